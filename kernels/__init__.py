@@ -1,0 +1,1 @@
+"""omniopd_kernels: Triton kernels (and PyTorch references) for on-policy distillation."""

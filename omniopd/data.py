@@ -1,0 +1,191 @@
+"""Prompt sets: local JSONL/Parquet, HF `datasets` when online, and the built-in offline task.
+
+A `Problem` is what one training or evaluation prompt needs: the question, its checkable final
+answer, and (optionally) a reference solution that a teacher may be shown. A malformed row is an
+error naming the file and the row; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from omniopd.config import DataConfig
+
+
+class DataError(ValueError):
+    """A prompt file or row that cannot be used; the message names the file and row."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    prompt: str
+    answer: str
+    solution: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in task: two-digit addition with carries, phrased as short word problems. SmolLM2-135M
+# solves a bare "a + b" only ~12% of the time, the carry is where it forks, and a teacher shown the
+# worked solution can continue any prefix correctly: weak but not hopeless, and checkable exactly.
+_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jade", "Kofi", "Lena"]
+_THINGS = ["apples", "marbles", "stickers", "books", "coins", "shells", "cards", "pencils"]
+
+
+def _carry_pairs(seed: int) -> Iterator[tuple[int, int]]:
+    """Endless two-digit pairs whose ones digits carry: the step the student gets wrong."""
+    rng = random.Random(seed)
+    while True:
+        a, b = rng.randint(11, 89), rng.randint(11, 89)
+        if (a % 10) + (b % 10) >= 10:
+            yield a, b
+
+
+def _addition_problem(a: int, b: int, problem_id: str) -> Problem:
+    rng = random.Random(a * 100 + b)  # wording depends only on the numbers
+    name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+    ones, tens, total = a % 10 + b % 10, a // 10 + b // 10 + 1, a + b
+    prompt = f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"
+    solution = (f"{name} starts with {a} {thing} and gets {b} more, so we add {a} + {b}. "
+                f"Ones: {a % 10} + {b % 10} = {ones}, write {ones % 10} and carry 1. "
+                f"Tens: {a // 10} + {b // 10} + 1 = {tens}. "
+                f"So {a} + {b} = {total}. The answer is \\boxed{{{total}}}.")
+    return Problem(id=problem_id, prompt=prompt, answer=str(total), solution=solution)
+
+
+BUILTIN_SIZES = {"train": 512, "eval": 128}
+
+
+def _unique_pairs(pairs: Iterator[tuple[int, int]], size: int, exclude: set) -> list[tuple[int, int]]:
+    chosen: dict[tuple[int, int], None] = {}
+    for pair in pairs:
+        if pair not in exclude:
+            chosen[pair] = None
+        if len(chosen) == size:
+            return list(chosen)
+    raise AssertionError("unreachable: the pair stream is endless")
+
+
+def builtin_task(split: str) -> list[Problem]:
+    """Deterministic problems; `train` never contains an (a, b) pair of `eval`."""
+    if split not in BUILTIN_SIZES:
+        raise DataError(f"builtin split '{split}': expected one of {sorted(BUILTIN_SIZES)}")
+    held_out = _unique_pairs(_carry_pairs(98765), BUILTIN_SIZES["eval"], exclude=set())
+    pairs = held_out if split == "eval" else _unique_pairs(_carry_pairs(1234), BUILTIN_SIZES["train"],
+                                                           exclude=set(held_out))
+    return [_addition_problem(a, b, f"builtin-{split}-{i}") for i, (a, b) in enumerate(pairs)]
+
+
+# ---------------------------------------------------------------------------------------------
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    if path.suffix == ".jsonl" or path.suffix == ".json":
+        with path.open() as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                yield lineno, row
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq  # optional: only for Parquet files
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield i, row
+    else:
+        raise DataError(f"{path}: unsupported format (expected .jsonl or .parquet)")
+
+
+def _answer_text(value: object) -> str:
+    if isinstance(value, list):  # e.g. OlympiadBench's final_answer
+        return ", ".join(str(v) for v in value)
+    text = str(value)
+    return text.split("####")[-1].strip() if "####" in text else text.strip()  # GSM8K rationale
+
+
+def load_problems(path: str | Path, prompt_field: str, answer_field: str, solution_field: str = "",
+                  id_fields: tuple[str, ...] = ("id", "idx", "unique_id")) -> list[Problem]:
+    """Problems from a local JSONL/Parquet file; a row missing a field raises naming file and row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prompt file not found: {path}")
+    problems = []
+    for row_no, row in _rows(path):
+        for name in (prompt_field, answer_field):
+            if name not in row or row[name] in (None, ""):
+                raise DataError(f"{path}: row {row_no} has no '{name}' field (fields: {sorted(row)})")
+        row_id = next((str(row[k]) for k in id_fields if k in row), f"{path.stem}-{row_no}")
+        solution = str(row.get(solution_field) or "") if solution_field else ""
+        problems.append(Problem(id=row_id, prompt=str(row[prompt_field]), answer=_answer_text(row[answer_field]),
+                                solution=solution))
+    if not problems:
+        raise DataError(f"{path}: no rows")
+    return problems
+
+
+def load_split(spec: str, cfg: DataConfig, split: str) -> list[Problem]:
+    """`builtin`, a local file, or `hf:<dataset>[:<split>]` (only when online)."""
+    if spec == "builtin":
+        return builtin_task(split)
+    if spec.startswith("hf:"):
+        import datasets  # optional, online only
+
+        name, _, hf_split = spec[3:].partition(":")
+        rows = datasets.load_dataset(name, split=hf_split or split)
+        return [Problem(id=f"{name}-{i}", prompt=str(r[cfg.prompt_field]), answer=_answer_text(r[cfg.answer_field]),
+                        solution=str(r.get(cfg.solution_field) or "")) for i, r in enumerate(rows)]
+    return load_problems(spec, cfg.prompt_field, cfg.answer_field, cfg.solution_field)
+
+
+def student_messages(problem: Problem, system_prompt: str) -> list[dict[str, str]]:
+    """The chat the student sees."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": problem.prompt}]
+
+
+def teacher_messages(problem: Problem, system_prompt: str, hint: str) -> list[dict[str, str]]:
+    """The chat the teacher sees: the student's, plus the reference solution when `hint='solution'`."""
+    system = system_prompt
+    if hint == "solution" and problem.solution:
+        system = (f"{system_prompt}\nA correct worked solution, for you to follow:\n{problem.solution}").strip()
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": problem.prompt}]
+
+
+class PromptStream:
+    """Endless, seeded, resumable order over a problem list: an epoch is a fresh permutation."""
+
+    def __init__(self, problems: list[Problem], seed: int):
+        if not problems:
+            raise DataError("empty prompt set")
+        self.problems, self.seed = problems, seed
+        self.position = 0  # problems consumed so far, across epochs
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.problems)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def next_batch(self, size: int) -> list[Problem]:
+        batch = []
+        for _ in range(size):
+            epoch, offset = divmod(self.position, len(self.problems))
+            batch.append(self.problems[self._order(epoch)[offset]])
+            self.position += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "seed": self.seed, "size": len(self.problems)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != len(self.problems) or state["seed"] != self.seed:
+            raise DataError(f"resume: the prompt set changed (saved {state['size']} problems, seed {state['seed']}; "
+                            f"now {len(self.problems)}, seed {self.seed})")
+        self.position = int(state["position"])

