@@ -1,0 +1,256 @@
+"""Training objectives on top of the kernels: `omniopd` and the `opd`, `sft`, `rl` baselines (DESIGN §1).
+
+Every tensor is *response-aligned* (`[B, T]` / `[B, T, V]`): row `t` is the distribution that produced
+response token `y_t`, and `response_mask[B, T]` marks real response tokens (no prompt, padding or
+post-EOS). Every objective returns `(loss, metrics)`: a scalar fp32 loss with gradient to the student's
+logits (or hidden states and head), and a dict of floats.
+
+Normalizer: each loss is a *sum* over tokens divided by `normalizer`, a number the trainer passes after
+its one all-reduce per step. Default (`objective.normalizer = "sequences"`): the global number of
+sequences in the step; alternative ("tokens"): the global number of response tokens. It never depends on
+how many chunks were audited or dropped, so a step with fewer teacher answers does not weigh its
+remaining chunks more (see `loss_normalizer`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from omniopd.audit.target import AuditResult
+
+
+def loss_normalizer(kind: str, response_mask: torch.Tensor) -> torch.Tensor:
+    """This rank's contribution to the normalizer (sum it over ranks): sequences or response tokens."""
+    if kind == "sequences":
+        return torch.tensor(float(response_mask.shape[0]))
+    if kind == "tokens":
+        return response_mask.sum().float()
+    raise ValueError(f"objective.normalizer={kind!r}: must be 'sequences' or 'tokens'")
+
+
+def audit_weights(audit: AuditResult, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token `(weights[B, T], kl_mask[B, T])`: π̂ on the tokens of each kept chunk, 0 elsewhere;
+    the KL mask is every response token outside a kept chunk (dropped chunks' tokens get the KL anchor)."""
+    device = response_mask.device
+    weights = torch.zeros(response_mask.shape, dtype=torch.float32, device=device)
+    if not audit.forks:
+        return weights, response_mask.bool().clone()
+    rows = torch.tensor([f.seq for f in audit.forks], device=device)[:, None].expand(-1, audit.chunk_len)
+    cols = torch.tensor([f.anchor for f in audit.forks], device=device)[:, None] + \
+        torch.arange(audit.chunk_len, device=device)
+    b, t = response_mask.shape
+    r, c = rows.clamp(0, b - 1), cols.clamp(0, t - 1)  # safe indices; out-of-range chunks fail `inside`
+    inside = (rows >= 0) & (rows < b) & (cols >= 0) & (cols < t) & response_mask[r, c].bool()
+    counts = torch.zeros(response_mask.shape, dtype=torch.int64, device=device)
+    counts.index_put_((r, c), torch.ones_like(cols), accumulate=True)
+    bad = ~inside.all(dim=1) | (counts[r, c] > 1).any(dim=1)
+    if bad.any():
+        f = audit.forks[int(bad.nonzero()[0])]
+        raise ValueError(f"chunk (sequence {f.seq}, anchor {f.anchor}, C={audit.chunk_len}) is not inside the "
+                         f"response of shape {tuple(response_mask.shape)} or overlaps another audited chunk")
+    weights[rows, cols] = audit.pi_hat.to(device=device, dtype=torch.float32)[:, None].expand_as(cols)
+    return weights, response_mask.bool() & (counts == 0)
+
+
+def omniopd(logits: torch.Tensor, ref_logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
+            audit: AuditResult, *, beta: float, normalizer: float | torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """OmniOPD: `(Σ_audited −π̂·log π_θ(y_t) + β·Σ_unaudited KL(π_ref ‖ π_θ)_t) / normalizer`.
+
+    logits, ref_logits: `[B, T, V]`; tokens, response_mask: `[B, T]`. Through `omniopd_kernels.omniopd_loss`.
+    """
+    from omniopd_kernels import omniopd_loss
+
+    b, t = _check_bt(tokens, response_mask)
+    _check_logits("logits", logits, b, t)
+    _check_logits("ref_logits", ref_logits, b, t)
+    weights, kl_mask = audit_weights(audit, response_mask)
+    v = logits.shape[-1]
+    per_token = omniopd_loss(logits.reshape(b * t, v), ref_logits.reshape(b * t, v),
+                             _safe_tokens(tokens, response_mask), weights.reshape(-1), kl_mask.reshape(-1),
+                             float(beta), reduction="none")
+    return _omniopd_out(per_token.reshape(b, t), response_mask, weights, kl_mask, beta, normalizer, audit)
+
+
+def omniopd_linear(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor,
+                   tokens: torch.Tensor, response_mask: torch.Tensor, audit: AuditResult, *, beta: float,
+                   normalizer: float | torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """`omniopd` from hidden states `[B, T, D]` and LM heads `[V, D]` of student and reference, through
+    `omniopd_kernels.linear_omniopd_loss` (never materialises `[B·T, V]` logits)."""
+    from omniopd_kernels import linear_omniopd_loss
+
+    b, t = _check_bt(tokens, response_mask)
+    for name, h in (("hidden", hidden), ("ref_hidden", ref_hidden)):
+        if not isinstance(h, torch.Tensor) or h.dim() != 3 or tuple(h.shape[:2]) != (b, t):
+            raise ValueError(f"{name} must have shape [{b}, {t}, D], got {getattr(h, 'shape', type(h))}")
+    weights, kl_mask = audit_weights(audit, response_mask)
+    per_token = linear_omniopd_loss(hidden.reshape(b * t, -1), weight, ref_hidden.reshape(b * t, -1), ref_weight,
+                                    _safe_tokens(tokens, response_mask), weights.reshape(-1), kl_mask.reshape(-1),
+                                    float(beta), reduction="none")
+    return _omniopd_out(per_token.reshape(b, t), response_mask, weights, kl_mask, beta, normalizer, audit)
+
+
+def _omniopd_out(per_token: torch.Tensor, response_mask: torch.Tensor, weights: torch.Tensor,
+                 kl_mask: torch.Tensor, beta: float, normalizer: float | torch.Tensor,
+                 audit: AuditResult) -> tuple[torch.Tensor, dict]:
+    norm = _check_normalizer(normalizer)
+    # Padding rows carry weight 0 and no KL, but 0 · (−inf log-prob) would still be NaN: select, not multiply.
+    per_token = torch.where(response_mask.bool(), per_token, 0.0)
+    loss = per_token.sum() / norm
+    # kl_mask and the audited chunks are disjoint (padding contributes 0), so the split is exact.
+    pg = per_token.detach()[~kl_mask].sum().item()
+    kl = per_token.detach()[kl_mask].sum().item()
+    n_kl = int(kl_mask.sum())
+    metrics = {"loss/total": loss.item(), "loss/pg": pg / norm, "loss/kl": kl / norm,
+               # per_token = β·KL on unaudited tokens, so the KL itself is only recoverable when β > 0
+               "kl/unaudited_mean": kl / beta / n_kl if beta > 0 and n_kl else math.nan,
+               "loss/audited_tokens": float(len(audit.forks) * audit.chunk_len), "loss/kl_tokens": float(n_kl)}
+    metrics.update(audit.metrics)
+    return loss, metrics
+
+
+def opd(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor, *,
+        normalizer: float | torch.Tensor, teacher_logprobs: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None, exact: bool = False) -> tuple[torch.Tensor, dict]:
+    """White-box on-policy distillation: per-token reverse KL(π_θ ‖ π_T) to a same-tokenizer teacher.
+
+    Sampled-token form (default): advantage `a_t = log π_T(y_t) − log π_θ(y_t)` (detached) in a policy
+    gradient, loss `−Σ_t a_t · log π_θ(y_t) / normalizer` (its gradient is that of the reverse KL in
+    expectation over y ~ π_θ). Needs `teacher_logprobs[B, T]` or `teacher_logits[B, T, V]`.
+    `exact=True` (needs teacher_logits): `Σ_t Σ_v π_θ(v)(log π_θ(v) − log π_T(v)) / normalizer`, in
+    plain PyTorch (it holds a few fp32 `[B, T, V]` temporaries: meant for local teachers at small scale).
+    """
+    from omniopd_kernels import entropy_logprob
+
+    b, t = _check_bt(tokens, response_mask)
+    _check_logits("logits", logits, b, t)
+    norm = _check_normalizer(normalizer)
+    mask = response_mask.bool()
+    v = logits.shape[-1]
+    if teacher_logits is not None:
+        _check_logits("teacher_logits", teacher_logits, b, t)
+        if teacher_logits.shape[-1] != v:
+            raise ValueError(f"teacher_logits vocabulary {teacher_logits.shape[-1]} != student's {v}: opd needs "
+                             "the same tokenizer")
+    if exact:
+        if teacher_logits is None:
+            raise ValueError("opd with exact=True needs teacher_logits")
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        logq = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
+        rkl = torch.where(mask, (logp.exp() * (logp - logq)).sum(-1), 0.0)  # [B, T]
+        loss = rkl.sum() / norm
+        return loss, {"loss/total": loss.item(), "opd/reverse_kl_mean": _masked_mean(rkl.detach(), mask)}
+    if teacher_logprobs is None:
+        if teacher_logits is None:
+            raise ValueError("opd needs teacher_logprobs [B, T] or teacher_logits [B, T, V]")
+        with torch.no_grad():
+            _, teacher_logprobs, _ = entropy_logprob(teacher_logits.reshape(b * t, v), _safe_tokens(tokens, mask))
+        teacher_logprobs = teacher_logprobs.reshape(b, t)
+    elif teacher_logprobs.shape != (b, t):
+        raise ValueError(f"teacher_logprobs must have shape [{b}, {t}], got {tuple(teacher_logprobs.shape)}")
+    _, logp, _ = entropy_logprob(logits.reshape(b * t, v), _safe_tokens(tokens, mask))
+    logp = logp.reshape(b, t)
+    advantage = torch.where(mask, teacher_logprobs.detach().float() - logp.detach(), 0.0)
+    loss = -torch.where(mask, advantage * logp, 0.0).sum() / norm
+    return loss, {"loss/total": loss.item(), "opd/advantage_mean": _masked_mean(advantage, mask),
+                  "opd/reverse_kl_estimate": -_masked_mean(advantage, mask)}
+
+
+def sft(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
+        normalizer: float | torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Token cross-entropy on teacher-written responses: `Σ_masked −log π_θ(target) / normalizer`.
+
+    logits `[B, T, V]` aligned with `targets[B, T]`; `normalizer=None` means the number of masked
+    tokens (then it equals `F.cross_entropy` over those tokens).
+    """
+    from omniopd_kernels import entropy_logprob
+
+    b, t = _check_bt(targets, mask)
+    _check_logits("logits", logits, b, t)
+    mask = mask.bool()
+    norm = _check_normalizer(mask.sum() if normalizer is None else normalizer)
+    _, logp, _ = entropy_logprob(logits.reshape(b * t, -1), _safe_tokens(targets, mask))
+    nll = -torch.where(mask.reshape(-1), logp, 0.0)
+    loss = nll.sum() / norm
+    return loss, {"loss/total": loss.item(), "sft/nll_mean": _masked_mean(nll.detach(), mask.reshape(-1))}
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_std: bool = True,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantages: `r − mean(group)`, optionally `/ (std(group) + eps)` (population std).
+
+    `rewards[B]` holds consecutive groups of `group_size` samples of the same prompt.
+    """
+    if not isinstance(rewards, torch.Tensor) or rewards.dim() != 1:
+        raise ValueError(f"rewards must be a 1-D tensor [B], got {getattr(rewards, 'shape', type(rewards))}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
+            or rewards.shape[0] % group_size:
+        raise ValueError(f"group_size={group_size!r} must be an int >= 1 dividing the {rewards.shape[0]} rewards")
+    if not torch.isfinite(rewards).all():
+        raise ValueError(f"rewards must be finite, got {rewards.tolist()}")
+    r = rewards.detach().double().reshape(-1, group_size)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale_std:
+        adv = adv / (r.std(dim=1, unbiased=False, keepdim=True) + eps)
+    return adv.reshape(-1).float()
+
+
+def rl(logits: torch.Tensor, ref_logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
+       rewards: torch.Tensor, *, group_size: int, beta: float, normalizer: float | torch.Tensor,
+       scale_std: bool = True) -> tuple[torch.Tensor, dict]:
+    """Self-exploratory RL: `(−Σ_t A_b·log π_θ(y_t) + β·Σ_t KL(π_ref ‖ π_θ)_t) / normalizer` over all
+    response tokens, `A = group_advantages(rewards)`. One update per rollout batch, so the importance
+    ratio is 1 and PPO-style clipping would be inert: this is the plain on-policy estimator."""
+    from omniopd_kernels import logprob_kl
+
+    b, t = _check_bt(tokens, response_mask)
+    _check_logits("logits", logits, b, t)
+    _check_logits("ref_logits", ref_logits, b, t)
+    if not isinstance(rewards, torch.Tensor) or rewards.shape != (b,):
+        raise ValueError(f"rewards must have shape [{b}], got {getattr(rewards, 'shape', type(rewards))}")
+    norm = _check_normalizer(normalizer)
+    adv = group_advantages(rewards, group_size, scale_std=scale_std).to(response_mask.device)
+    mask = response_mask.bool()
+    v = logits.shape[-1]
+    # Both parts cover every response token, so take them separately (one kernel pass) for the metrics.
+    logp, kl = logprob_kl(logits.reshape(b * t, v), ref_logits.reshape(b * t, v), _safe_tokens(tokens, mask))
+    pg = -torch.where(mask, adv[:, None] * logp.reshape(b, t), 0.0).sum()
+    kl = torch.where(mask, kl.reshape(b, t), 0.0).sum()
+    loss = (pg + float(beta) * kl) / norm
+    n_tok = int(mask.sum())
+    return loss, {"loss/total": loss.item(), "loss/pg": pg.item() / norm, "loss/kl": float(beta) * kl.item() / norm,
+                  "kl/response_mean": kl.item() / n_tok if n_tok else math.nan,
+                  "rl/reward_mean": rewards.double().mean().item(),
+                  "rl/advantage_std": adv.double().std(unbiased=False).item()}
+
+
+def _check_bt(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+        raise ValueError(f"tokens must be a [B, T] tensor, got {getattr(tokens, 'shape', type(tokens))}")
+    if not isinstance(mask, torch.Tensor) or mask.shape != tokens.shape:
+        raise ValueError(f"response_mask must have the shape of tokens {tuple(tokens.shape)}, "
+                         f"got {getattr(mask, 'shape', type(mask))}")
+    return tokens.shape[0], tokens.shape[1]
+
+
+def _check_logits(name: str, logits: torch.Tensor, b: int, t: int) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != (b, t):
+        raise ValueError(f"{name} must have shape [{b}, {t}, V], got {getattr(logits, 'shape', type(logits))}")
+
+
+def _check_normalizer(normalizer: float | torch.Tensor) -> float:
+    value = float(normalizer)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"normalizer must be a finite number > 0, got {value}")
+    return value
+
+
+def _safe_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flattened int64 tokens with padding (often −100 or out of vocabulary) replaced by 0; masked anyway."""
+    return torch.where(mask.bool(), tokens, 0).reshape(-1).long()
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    n = int(mask.sum())
+    return (x.double() * mask).sum().item() / n if n else math.nan
