@@ -151,12 +151,16 @@ def student_messages(problem: Problem, system_prompt: str) -> list[dict[str, str
 
 
 def teacher_messages(problem: Problem, system_prompt: str, hint: str) -> list[dict[str, str]]:
-    """The chat the teacher sees: the student's, plus the reference solution when `hint='solution'`."""
-    system = system_prompt
+    """The chat the teacher sees: the student's, plus the reference solution when `hint='solution'`.
+
+    The solution goes into the user turn: measured on the built-in task, SmolLM2 as teacher follows it
+    there far more often (13/32 correct, greedy) than in the system message (8/32; student alone 3/32).
+    """
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    user = problem.prompt
     if hint == "solution" and problem.solution:
-        system = (f"{system_prompt}\nA correct worked solution, for you to follow:\n{problem.solution}").strip()
-    messages = [{"role": "system", "content": system}] if system else []
-    return messages + [{"role": "user", "content": problem.prompt}]
+        user += "\n\nHere is a correct worked solution. Follow it step by step:\n" + problem.solution
+    return messages + [{"role": "user", "content": user}]
 
 
 class PromptStream:

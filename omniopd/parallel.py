@@ -1,0 +1,107 @@
+"""Process group, FSDP2 sharding, collectives and the full-state gather for the weight sync.
+
+Always runs inside a process group (world size 1 when started without torchrun), so the trainer has
+one code path: all-reduces are cheap no-ops on one rank, and torch.distributed.checkpoint works alike.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from omniopd.config import ParallelConfig
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(cfg: ParallelConfig) -> Dist:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPU), or make a 1-rank one."""
+    if "RANK" not in os.environ:  # plain `python -m omniopd.train`
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.barrier()  # without it gloo may abort while a peer is still sending
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float] | torch.Tensor) -> torch.Tensor:
+    """Sum float64 values over ranks in one collective."""
+    t = torch.as_tensor(values, dtype=torch.float64).clone()
+    if dist.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        t = t.to(device)
+        dist.all_reduce(t)
+    return t.cpu()
+
+
+def broadcast_object(obj: object) -> object:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard(model: nn.Module, *, mixed_precision: bool, reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2: `fully_shard` every transformer block, then the root (embeddings, norm, head)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kwargs = {}
+    if mixed_precision:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for block in transformer_blocks(model):
+        fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
+    fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)
+    return model
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated decoder layers of an HF causal LM (`model.model.layers` for Llama-style models)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj: object = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList):
+            return list(obj)
+    raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks to shard")
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded weights, on CPU, on every rank (all ranks must call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                broadcast_from_rank0=False))

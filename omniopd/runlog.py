@@ -1,0 +1,108 @@
+"""Run logging on rank 0: one JSONL line per step, TensorBoard, Weights & Biases, a progress bar, plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from omniopd.config import Config
+
+# The curves plotted at the end (present keys only), one panel each.
+PLOTTED = ["loss/total", "audit/pi_hat_mean", "audit/phi_mean", "loss/kl_unaudited_mean", "rollout/reward_mean",
+           "rollout/response_len_mean", "time/step_s", "eval/accuracy"]
+
+
+class RunLog:
+    """Writes nothing on ranks other than 0, so callers need no `if rank == 0`."""
+
+    def __init__(self, cfg: Config, out_dir: Path, *, active: bool, total_steps: int, start_step: int):
+        self.active, self.dir = active, out_dir
+        self._tb = self._wandb = self._bar = None
+        if not active:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        self._jsonl = (out_dir / "metrics.jsonl").open("a")
+        if cfg.log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(out_dir / "tensorboard"))
+        if cfg.log.wandb:
+            import wandb  # optional dependency, only when configured
+
+            self._wandb = wandb.init(project=cfg.log.wandb, config=cfg.to_dict(), dir=str(out_dir), resume="allow")
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="omniopd", unit="step", dynamic_ncols=True)
+
+    def print(self, *args: Any) -> None:
+        if self.active:
+            (self._bar.write if self._bar else print)(" ".join(str(a) for a in args))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        clean = {k: (float(v) if isinstance(v, int | float) and math.isfinite(v) else None) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self._jsonl.flush()
+        for k, v in clean.items():
+            if v is not None and self._tb is not None:
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in clean.items() if v is not None}, step=step)
+        if self._bar is not None and "loss/total" in clean:
+            self._bar.set_postfix({k.split("/")[-1]: f"{clean[k]:.3g}" for k in
+                                   ("loss/total", "audit/pi_hat_mean", "rollout/reward_mean")
+                                   if clean.get(k) is not None})
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; a resumed run appends, so the last row of each step wins."""
+    rows: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"]] = row
+    return [rows[s] for s in sorted(rows)]
+
+
+def plot_metrics(metrics_path: Path, out: Path) -> Path | None:
+    """One PNG with a panel per main curve (train steps; eval points where present)."""
+    rows = read_metrics(metrics_path)
+    keys = [k for k in PLOTTED if any(r.get(k) is not None for r in rows)]
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,432 @@
+"""One OmniOPD training step, top to bottom (DESIGN.md §1), and the loop around it.
+
+    rollout -> trainer forward (entropy, log-probs) -> forks -> teacher continuations -> similarity
+    -> Dirichlet targets -> loss -> backward -> clip -> optimizer step -> weight hot-swap
+
+Everything is response-aligned: a batch row is `[left-padded prompt | right-padded response]` with the
+prompt `P` wide, so the logits at column `P - 1 + t` are the distribution that produced response
+token `t`. Parallelism (`parallel.py`), checkpoints (`checkpoint.py`) and logging (`runlog.py`) live
+beside this file; this file only decides what happens in which order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omniopd import assets, checkpoint, losses, parallel
+from omniopd.audit import build_forks, get_similarity, num_chunks_at, score_forks, select_anchors
+from omniopd.config import Config
+from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
+from omniopd.eval.mathgrade import grade_math
+from omniopd.rollout.student import Sample, build_generator
+from omniopd.rollout.teachers import TeacherRequest, build_teacher, resolve_cache_path
+from omniopd.runlog import RunLog, plot_metrics
+from omniopd_kernels import entropy_logprob
+
+
+@dataclass
+class Batch:
+    """Padded token tensors of one rank's rollouts, plus what produced them."""
+
+    input_ids: torch.Tensor  # [B, P + T]
+    attention_mask: torch.Tensor  # [B, P + T]
+    tokens: torch.Tensor  # [B, T] response tokens (0 where padded)
+    response_mask: torch.Tensor  # [B, T] real response tokens
+    prompt_width: int  # P
+    problems: list[Problem]  # one per row
+    samples: list[Sample]  # one per row
+
+    @property
+    def responses(self) -> list[list[int]]:
+        return [s.token_ids for s in self.samples]
+
+
+def pack(problems: list[Problem], samples: list[Sample], pad_id: int, device: torch.device) -> Batch:
+    """Left-pad prompts and right-pad responses so response column t sits at P + t in every row."""
+    width_p = max(len(s.prompt_ids) for s in samples)
+    width_t = max(1, max(len(s.token_ids) for s in samples))
+    b = len(samples)
+    ids = torch.full((b, width_p + width_t), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(samples):
+        p, t = len(s.prompt_ids), len(s.token_ids)
+        ids[i, width_p - p:width_p] = torch.tensor(s.prompt_ids)
+        ids[i, width_p:width_p + t] = torch.tensor(s.token_ids, dtype=torch.long)
+        mask[i, width_p - p:width_p + t] = 1
+    tokens = torch.where(mask[:, width_p:].bool(), ids[:, width_p:], 0)
+    return Batch(ids.to(device), mask.to(device), tokens.to(device), mask[:, width_p:].bool().to(device), width_p,
+                 problems, samples)
+
+
+def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """`[B, T, V]` fp32 logits of the distributions that produced each response token."""
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+                use_cache=False)
+    p, t = batch.prompt_width, batch.tokens.shape[1]
+    return out.logits[:, p - 1:p - 1 + t].float()
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed that depends only on `parts` (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+# Per-rank values already divided by the global normalizer (or counts): their sum over ranks is global.
+_SUMMED = {"loss/total", "loss/pg", "loss/kl"}
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.dist = parallel.init(cfg.parallel)
+        self.out = Path(cfg.log.dir)
+        torch.manual_seed(cfg.train.seed)
+        dtype = getattr(torch, cfg.model.dtype)
+        device = self.dist.device
+
+        # Models: the trainable student, the frozen reference (the KL anchor), both sharded alike.
+        self.student_path = assets.student_path(cfg.model.student)
+        self.model, self.tokenizer = assets.load_student(self.student_path, cfg.model.dtype, str(device))
+        self.ref_model, _ = assets.load_student(cfg.model.reference or self.student_path, cfg.model.dtype,
+                                                str(device))
+        self.ref_model.requires_grad_(False).eval()
+        if cfg.model.activation_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.sharded = self.dist.world_size > 1 and cfg.parallel.fsdp
+        if self.sharded:
+            mixed = device.type == "cuda" and dtype == torch.float32
+            parallel.shard(self.model, mixed_precision=mixed)
+            parallel.shard(self.ref_model, mixed_precision=mixed)
+            # Our loss is already divided by the global normalizer: reduce gradients as a sum, not a mean.
+            self.model.set_gradient_divide_factor(1.0)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                           weight_decay=cfg.optim.weight_decay)
+        warmup = cfg.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+        # Data: every rank walks the same global order and takes its slice of each batch.
+        self.train_set = load_split(cfg.data.train, cfg.data, "train")
+        self.eval_set = load_split(cfg.data.eval, cfg.data, "eval")
+        self.stream = PromptStream(self.train_set, seed=cfg.train.seed)
+        self.step = 0
+        self.nonfinite_steps = 0
+
+        # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
+        gen_cfg = cfg.generation
+        self.generator = build_generator(gen_cfg, self.student_path, tokenizer=self.tokenizer,
+                                         hf_model=None if self.sharded else self.model)
+        self.teacher = build_teacher(cfg.teacher, cache_path=self._rank_cache(), tokenizer_path=None)
+        self.similarity = get_similarity(cfg.audit.similarity, trim=cfg.audit.trim, embedder=cfg.audit.embedder) \
+            if cfg.objective.name == "omniopd" else None
+        self.log = RunLog(cfg, self.out, active=self.dist.is_main, total_steps=cfg.train.steps, start_step=0)
+        self._resume()
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        summary: dict[str, float] = {}
+        if cfg.train.eval_before and self.step == 0:
+            summary["eval/accuracy_before"] = self.evaluate()
+            self.log.print(f"held-out accuracy before training: {summary['eval/accuracy_before']:.3f}")
+            self.log.log(0, {"eval/accuracy": summary["eval/accuracy_before"]})
+        try:
+            while self.step < cfg.train.steps:
+                metrics = self.train_step()
+                self.step += 1
+                self.log.log(self.step, metrics)
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
+                    self.save()
+        except KeyboardInterrupt:
+            self.log.print(f"interrupted at step {self.step}: saving a checkpoint before exiting")
+            self.save()
+            raise
+        self.save()
+        if cfg.train.eval_after:
+            summary["eval/accuracy_after"] = self.evaluate()
+            self.log.print(f"held-out accuracy after training: {summary['eval/accuracy_after']:.3f}")
+            self.log.log(self.step, {"eval/accuracy": summary["eval/accuracy_after"]})
+        self.finish()
+        return summary
+
+    def train_step(self) -> dict[str, float]:
+        cfg, timer = self.cfg, _Timer()
+        self.model.train()
+        # 1. Roll out: this rank's slice of the global batch, n samples each, from the current weights.
+        problems = self.stream.next_batch(cfg.train.batch_size)[self.dist.rank::self.dist.world_size]
+        with timer("generate"):
+            grouped = self.generator.generate([student_messages(p, cfg.data.system_prompt) for p in problems],
+                                              cfg.generation.n, temperature=cfg.generation.temperature,
+                                              top_p=cfg.generation.top_p,
+                                              max_new_tokens=cfg.generation.max_new_tokens)
+        rows = [(p, s) for p, group in zip(problems, grouped) for s in group]
+        if cfg.objective.name == "sft":  # train on teacher-written responses instead of the student's
+            with timer("teacher"):
+                rows = self._teacher_responses(problems)
+        batch = pack([p for p, _ in rows], [s for _, s in rows], self.tokenizer.pad_token_id, self.dist.device)
+        rewards = torch.tensor([float(grade_math(s.text, p.answer)) for p, s in rows])
+        normalizer = float(parallel.all_reduce_sum([losses.loss_normalizer(cfg.objective.normalizer,
+                                                                           batch.response_mask).item()])[0])
+
+        # 2. Trainer forward: exact full-vocabulary entropy and log-prob of every response token.
+        with timer("forward"):
+            logits = response_logits(self.model, batch)
+            b, t, v = logits.shape
+            with torch.no_grad():
+                entropy, logprob, _ = entropy_logprob(logits.detach().reshape(b * t, v), batch.tokens.reshape(-1))
+                entropy, logprob = entropy.reshape(b, t), logprob.reshape(b, t)
+                ref_logits = response_logits(self.ref_model, batch) if cfg.objective.name != "opd" else None
+        metrics = self._rollout_metrics(batch, rewards, logprob, entropy)
+
+        # 3-6. The objective (forks, teacher, similarity and targets for omniopd).
+        if cfg.objective.name == "omniopd":
+            loss, obj = self._omniopd_loss(batch, logits, ref_logits, entropy, logprob, normalizer, timer)
+        elif cfg.objective.name == "opd":
+            with timer("teacher"):
+                teacher_logits = self._teacher_logits(batch)
+            loss, obj = losses.opd(logits, batch.tokens, batch.response_mask, normalizer=normalizer,
+                                   teacher_logits=teacher_logits, exact=cfg.objective.opd_exact_kl)
+        elif cfg.objective.name == "sft":
+            loss, obj = losses.sft(logits, batch.tokens, batch.response_mask, normalizer=normalizer)
+        else:  # rl
+            loss, obj = losses.rl(logits, ref_logits, batch.tokens, batch.response_mask, rewards.to(logits.device),
+                                  group_size=cfg.generation.n, beta=cfg.objective.beta, normalizer=normalizer)
+        metrics.update(obj)
+
+        # 7. Backward, clip, step (skipped, and counted, when anything is non-finite on any rank).
+        with timer("backward_step"):
+            loss.backward()
+            grad_norm = self._clip()
+            finite = parallel.all_reduce_sum([float(not (math.isfinite(loss.item()) and math.isfinite(grad_norm)))])
+            if finite[0] > 0:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.nonfinite_steps += 1
+                metrics["train/skipped_nonfinite"] = 1.0
+                self.log.print(f"step {self.step}: non-finite loss or gradient, step skipped "
+                               f"({self.nonfinite_steps}/{cfg.train.max_nonfinite_steps})")
+                if self.nonfinite_steps >= cfg.train.max_nonfinite_steps:
+                    raise NonFiniteError(f"{self.nonfinite_steps} non-finite steps: stopping (see "
+                                         f"{self.out / 'metrics.jsonl'})")
+            else:
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        # 8. Hot-swap the new weights into the running generator.
+        with timer("swap"):
+            self._sync_generator()
+
+        metrics.update({"train/grad_norm": grad_norm, "train/lr": self.scheduler.get_last_lr()[0],
+                        "teacher/cost_usd": self.teacher.usage().get("cost_usd", 0.0)})
+        metrics.update(timer.metrics(tokens=int(batch.response_mask.sum())))
+        return self._reduce(metrics)
+
+    def _omniopd_loss(self, batch: Batch, logits: torch.Tensor, ref_logits: torch.Tensor, entropy: torch.Tensor,
+                      logprob: torch.Tensor, normalizer: float, timer: _Timer) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        # 3. Forks: up to M non-overlapping peak-entropy chunks per response.
+        m = num_chunks_at(self.step, cfg.audit)
+        anchors = select_anchors(entropy, batch.response_mask, m, cfg.audit.chunk_len, cfg.audit.min_entropy)
+        forks = build_forks(batch.responses, anchors.cpu(), self.tokenizer, cfg.audit.chunk_len)
+        # 4. Speculative verification: N teacher continuations of the prefix before each chunk.
+        requests = [TeacherRequest(
+            messages=teacher_messages(batch.problems[f.seq], cfg.data.system_prompt, cfg.teacher.hint),
+            prefix=f.prefix_text, n=cfg.audit.num_continuations, max_tokens=2 * cfg.audit.chunk_len,
+            temperature=cfg.teacher.temperature,
+            seed=stable_seed(cfg.train.seed, batch.problems[f.seq].id, f.prefix_text),
+            key=f"step {self.step} rank {self.dist.rank} seq {f.seq} anchor {f.anchor}") for f in forks]
+        with timer("teacher"):
+            results = self.teacher.generate(requests)
+        # 5. Similarity and the Dirichlet-Multinomial target; chunks with < N texts are dropped, counted.
+        with timer("score"):
+            audit = score_forks(forks, [r.texts for r in results], logprob, self.similarity,
+                                n=cfg.audit.num_continuations, alpha=cfg.audit.alpha, chunk_len=cfg.audit.chunk_len,
+                                entropy=entropy, response_mask=batch.response_mask)
+        # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.
+        loss, metrics = losses.omniopd(logits, ref_logits, batch.tokens, batch.response_mask, audit,
+                                       beta=cfg.objective.beta, normalizer=normalizer)
+        metrics["audit/num_chunks_m"] = float(m)
+        metrics["teacher/failed_requests"] = float(sum(not r.ok for r in results))
+        return loss, metrics
+
+    # ------------------------------------------------------------------------------------------
+    def _teacher_responses(self, problems: list[Problem]) -> list[tuple[Problem, Sample]]:
+        """sft: the teacher writes whole responses (same count as the student's rollouts)."""
+        cfg = self.cfg
+        requests = [TeacherRequest(messages=teacher_messages(p, cfg.data.system_prompt, cfg.teacher.hint), prefix="",
+                                   n=cfg.generation.n, max_tokens=cfg.generation.max_new_tokens,
+                                   temperature=cfg.teacher.temperature, seed=stable_seed(cfg.train.seed, p.id, "sft"),
+                                   key=f"sft {p.id}") for p in problems]
+        rows = []
+        eos = self.tokenizer.eos_token_id
+        for p, result in zip(problems, self.teacher.generate(requests)):
+            prompt_ids = self.generator.prompt_ids(student_messages(p, cfg.data.system_prompt))
+            for text in result.texts or []:  # a failed request contributes nothing (counted by the teacher)
+                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:cfg.generation.max_new_tokens - 1]
+                rows.append((p, Sample(prompt_ids, ids + [eos], text, "stop", [0.0] * (len(ids) + 1))))
+        if not rows:
+            raise RuntimeError(f"step {self.step}: the teacher returned no response for sft")
+        return rows
+
+    def _teacher_logits(self, batch: Batch) -> torch.Tensor:
+        """opd: the white-box teacher's log-probs of the student's tokens, in the teacher's own context."""
+        if not hasattr(self.teacher, "token_logprobs"):
+            raise RuntimeError("objective.name=opd needs teacher.kind=local (a teacher that exposes log-probs)")
+        cfg = self.cfg
+        prompts = [self.generator.prompt_ids(teacher_messages(p, cfg.data.system_prompt, cfg.teacher.hint))
+                   for p in batch.problems]
+        teacher_batch = pack(batch.problems, [Sample(p, s.token_ids, s.text, s.finish_reason, s.logprobs)
+                                              for p, s in zip(prompts, batch.samples)],
+                             self.tokenizer.pad_token_id, self.dist.device)
+        logp = self.teacher.token_logprobs(teacher_batch.input_ids, teacher_batch.attention_mask)
+        p, t = teacher_batch.prompt_width, teacher_batch.tokens.shape[1]
+        return logp[:, p - 1:p - 1 + t].to(self.dist.device)
+
+    def _clip(self) -> float:
+        if self.cfg.optim.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return float(norm)
+
+    def _sync_generator(self) -> None:
+        if self.sharded or self.generator.backend != "hf":
+            state = parallel.full_state_dict(self.model) if self.sharded else self.model.state_dict()
+            self.generator.update_weights(state.items())
+
+    def _rollout_metrics(self, batch: Batch, rewards: torch.Tensor, logprob: torch.Tensor,
+                         entropy: torch.Tensor) -> dict[str, float]:
+        mask = batch.response_mask
+        sampler = torch.zeros_like(logprob)
+        for i, s in enumerate(batch.samples):
+            sampler[i, :len(s.logprobs)] = torch.tensor(s.logprobs, dtype=torch.float32)
+        n_tok = mask.sum().clamp(min=1)
+        return {"rollout/reward_mean": rewards.mean().item(),
+                "rollout/response_len_mean": mask.sum(1).float().mean().item(),
+                "rollout/truncated_frac": sum(s.finish_reason == "length" for s in batch.samples) / len(batch.samples),
+                "rollout/entropy_mean": (entropy * mask).sum().item() / n_tok.item(),
+                # rollout-vs-trainer log-prob mismatch (only meaningful at temperature 1, top_p 1)
+                "rollout/logprob_mismatch": ((sampler - logprob).abs() * mask).sum().item() / n_tok.item()}
+
+    def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean over ranks (counts summed) in one all-reduce."""
+        keys = sorted(metrics)
+        values = [metrics[k] if metrics[k] is not None and math.isfinite(metrics[k]) else 0.0 for k in keys]
+        present = [1.0 if metrics[k] is not None and math.isfinite(metrics[k]) else 0.0 for k in keys]
+        total = parallel.all_reduce_sum(values + present)
+        out = {}
+        for i, k in enumerate(keys):
+            count = total[len(keys) + i].item()
+            summed = k in _SUMMED or k.startswith(("audit/chunks_", "teacher/failed")) or k.endswith("_tokens")
+            out[k] = total[i].item() if summed else (total[i].item() / count if count else math.nan)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def evaluate(self) -> float:
+        """Greedy held-out accuracy (each rank grades its slice; counts are summed)."""
+        cfg = self.cfg
+        problems = self.eval_set[:cfg.train.eval_size or None][self.dist.rank::self.dist.world_size]
+        self.model.eval()
+        grouped = self.generator.generate([student_messages(p, cfg.data.system_prompt) for p in problems], 1,
+                                          temperature=0.0, top_p=1.0, max_new_tokens=cfg.generation.max_new_tokens)
+        correct = sum(grade_math(g[0].text, p.answer) for p, g in zip(problems, grouped))
+        total = parallel.all_reduce_sum([float(correct), float(len(problems))])
+        return (total[0] / total[1]).item()
+
+    def save(self) -> Path:
+        extra = {"step": self.step, "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
+                 "rng": checkpoint.rng_state(), "nonfinite_steps": self.nonfinite_steps}
+        return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, extra,
+                               keep=self.cfg.checkpoint.keep)
+
+    def _resume(self) -> None:
+        if not self.cfg.checkpoint.resume:
+            return
+        found = checkpoint.checkpoints(self.out / "checkpoints")
+        if not found:
+            self.log.print(f"--resume: no checkpoint under {self.out / 'checkpoints'}, starting fresh")
+            return
+        step, path = found[-1]
+        extra = checkpoint.load(path, self.model, self.optimizer)
+        self.step, self.nonfinite_steps = extra["step"], extra["nonfinite_steps"]
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.stream.load_state_dict(extra["stream"])
+        checkpoint.set_rng_state(extra["rng"])
+        self._sync_generator()
+        self.log.print(f"resumed from {path} at step {step}")
+
+    def _rank_cache(self) -> str | None:
+        path = resolve_cache_path(self.cfg.teacher, self.out)
+        if path and self.dist.world_size > 1:  # one SQLite writer per file
+            path = str(Path(path).with_suffix(f".rank{self.dist.rank}.sqlite"))
+        return path
+
+    def finish(self) -> None:
+        """HF export of the final student and the plots (rank 0 writes)."""
+        state = parallel.full_state_dict(self.model) if self.sharded else self.model.state_dict()
+        if self.dist.is_main:
+            if self.cfg.checkpoint.export:
+                path = checkpoint.export_hf(state, self.student_path, self.out / "export", self.tokenizer)
+                self.log.print(f"exported the student to {path}")
+            if self.cfg.log.plots and (self.out / "metrics.jsonl").exists():
+                png = plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
+                self.log.print(f"plots: {png}")
+
+    def close(self) -> None:
+        for part in ("generator", "teacher"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                obj.close()
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+        parallel.shutdown()
+
+    def __enter__(self) -> Trainer:
+        # Ctrl-C and SIGTERM both land in fit()'s KeyboardInterrupt handler, which saves first.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Timer:
+    """Wall time per phase of one step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def __call__(self, phase: str) -> _Phase:
+        return _Phase(self, phase)
+
+    def metrics(self, tokens: int) -> dict[str, float]:
+        total = time.perf_counter() - self._start
+        out = {f"time/{k}_s": v for k, v in self.seconds.items()}
+        out["time/step_s"] = total
+        out["throughput/tokens_per_s"] = tokens / total if total > 0 else math.nan
+        return out
+
+
+class _Phase:
+    def __init__(self, timer: _Timer, name: str):
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.timer.seconds[self.name] = self.timer.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0

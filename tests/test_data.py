@@ -1,0 +1,65 @@
+"""Prompt data: the built-in task, file loaders with named errors, the resumable stream."""
+
+import json
+
+import pytest
+
+from omniopd.config import DataConfig
+from omniopd.data import DataError, PromptStream, builtin_task, load_problems, load_split, teacher_messages
+
+
+def test_builtin_task_is_deterministic_checkable_and_disjoint():
+    train, held_out = builtin_task("train"), builtin_task("eval")
+    assert train == builtin_task("train") and len(train) == 512 and len(held_out) == 128
+    assert not {p.prompt for p in train} & {p.prompt for p in held_out}
+    for p in train[:50]:
+        a, b = (int(w) for w in p.prompt.replace(".", " ").split() if w.isdigit())
+        assert int(p.answer) == a + b
+        assert (a % 10) + (b % 10) >= 10  # every problem needs the carry
+        assert f"\\boxed{{{a + b}}}" in p.solution
+
+
+def test_teacher_sees_solution_only_with_hint():
+    p = builtin_task("eval")[0]
+    assert p.solution in teacher_messages(p, "sys", "solution")[-1]["content"]
+    assert teacher_messages(p, "sys", "none")[-1]["content"] == p.prompt
+
+
+def test_jsonl_loader_and_field_names(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [{"question": "1+1?", "final": 2, "idx": 7}, {"question": "2+2?", "final": "#### 4"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    problems = load_problems(path, "question", "final")
+    assert [(p.id, p.answer) for p in problems] == [("7", "2"), ("p-2", "4")]
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"problem": "x", "answer": 1}\n{"problem": "y"}\n', r"p\.jsonl: row 2 has no 'answer' field"),
+    ('{"problem": "x", "answer": 1}\n{not json\n', r"p\.jsonl:2: invalid JSON"),
+    ('[1, 2]\n', r"p\.jsonl:1: expected a JSON object"),
+    ('', r"p\.jsonl: no rows"),
+])
+def test_malformed_rows_name_file_and_row(tmp_path, content, needle):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=needle):
+        load_split(str(path), DataConfig(), "train")
+
+
+def test_real_benchmark_file_loads(shared_data):
+    problems = load_problems(shared_data / "math" / "gsm8k.jsonl", "question", "answer")
+    assert len(problems) == 1319 and problems[0].answer.replace(",", "").isdigit()
+
+
+def test_stream_resumes_exactly():
+    problems = builtin_task("eval")
+    a = PromptStream(problems, seed=3)
+    first = [p.id for p in a.next_batch(100)] + [p.id for p in a.next_batch(100)]  # crosses an epoch
+    assert len(set(first[:128])) == 128  # an epoch is a permutation
+    b = PromptStream(problems, seed=3)
+    b.next_batch(100)
+    c = PromptStream(problems, seed=3)
+    c.load_state_dict(b.state_dict())
+    assert [p.id for p in c.next_batch(100)] == first[100:]
+    with pytest.raises(DataError, match="prompt set changed"):
+        PromptStream(problems[:5], seed=3).load_state_dict(b.state_dict())
