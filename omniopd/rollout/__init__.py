@@ -1,0 +1,1 @@
+"""Rollouts: student generators and text-only teachers (submodules import their heavy deps lazily)."""

@@ -1,0 +1,74 @@
+"""Anthropic teacher (official `anthropic` SDK, AsyncAnthropic, the Messages API).
+
+Prefill is native: the prefix goes in as the final assistant message and the reply's text blocks
+are its continuation. The API rejects a final assistant message that ends in whitespace, so that
+whitespace is held back and removed from the start of the continuation. The Messages API has no
+`n` and no `seed`: n samples are n requests (each retried on its own), and seeds only key the cache.
+System turns are joined into the top-level `system` parameter.
+
+`temperature` is sent (in the body; SDK 2.x no longer types it) only when it differs from the API's
+default of 1.0, so `teacher.temperature=1.0` also works with models that refuse sampling parameters.
+Models without prefill support answer HTTP 400; such requests are reported failed, never retried.
+"""
+
+from __future__ import annotations
+
+from omniopd.config import TeacherConfig
+from omniopd.rollout.teachers.base import TeacherRequest
+from omniopd.rollout.teachers.cache import ResponseCache
+from omniopd.rollout.teachers.remote import CallError, RemoteTeacher, Reply
+from omniopd.rollout.teachers.secrets import read_api_key
+
+
+def build_messages_params(model: str, req: TeacherRequest) -> tuple[dict, str]:
+    """Keyword arguments of `messages.create` for `req`, and the prefix whitespace held back."""
+    system = "\n\n".join(m["content"] for m in req.messages if m["role"] == "system")
+    turns = [{"role": m["role"], "content": m["content"]} for m in req.messages if m["role"] != "system"]
+    head = req.prefix.rstrip()
+    if head:
+        turns.append({"role": "assistant", "content": head})
+    params: dict = {"model": model, "max_tokens": req.max_tokens, "messages": turns}
+    if system:
+        params["system"] = system
+    if req.temperature != 1.0:
+        params["extra_body"] = {"temperature": req.temperature}
+    return params, req.prefix[len(head):]
+
+
+def continuation_text(content: list, held_back: str) -> str:
+    """The reply's text after the full prefix, given the whitespace that was not sent."""
+    text = "".join(block.text for block in content if getattr(block, "type", None) == "text")
+    if not held_back:
+        return text
+    # The model usually re-emits the held-back whitespace; if it chose other whitespace, the prefix's wins.
+    return text[len(held_back):] if text.startswith(held_back) else text.lstrip()
+
+
+class AnthropicTeacher(RemoteTeacher):
+    kind = "anthropic"
+
+    def __init__(self, cfg: TeacherConfig, cache: ResponseCache | None = None):
+        import anthropic
+
+        self.sdk = anthropic
+        key = read_api_key(cfg.api_key_env, required=True)
+        super().__init__(cfg, cache)
+        self._client = anthropic.AsyncAnthropic(api_key=key, base_url=cfg.base_url or None,
+                                                timeout=cfg.timeout_s, max_retries=0)
+
+    def _split(self, req: TeacherRequest) -> list[int]:
+        return [1] * req.n
+
+    async def _attempt(self, req: TeacherRequest, n: int) -> Reply:
+        params, held_back = build_messages_params(self.cfg.model, req)
+        message = await self._client.messages.create(**params)
+        try:
+            if message.stop_reason is None or not isinstance(message.content, list):
+                raise CallError("malformed response: no stop_reason or content", retryable=True)
+            return Reply([continuation_text(message.content, held_back)], message.usage.input_tokens or 0,
+                         message.usage.output_tokens or 0)
+        except (AttributeError, TypeError) as e:  # a body that is not a message at all
+            raise CallError(f"malformed response ({type(e).__name__}: {e})", retryable=True) from e
+
+    async def _aclose(self) -> None:
+        await self._client.close()

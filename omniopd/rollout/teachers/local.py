@@ -1,0 +1,100 @@
+"""A teacher running in this process: a transformers model, sampled in batches with per-request seeds.
+
+It is also the white-box teacher of the `opd` baseline: `token_logprobs` gives its full-vocabulary
+log-probabilities on any token sequence (with the student's tokenizer when both are the same model).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from omniopd.config import TeacherConfig
+from omniopd.rollout.teachers.base import Teacher, TeacherRequest, TeacherResult
+from omniopd.rollout.teachers.cache import ResponseCache
+from omniopd.rollout.teachers.chat import render_prompt
+from omniopd.rollout.teachers.sampling import eos_ids, position_ids, sample
+
+_MAX_ROWS = 64  # sampled rows per forward batch; bounds memory on long prompts
+
+
+class LocalTeacher(Teacher):
+    kind = "local"
+
+    def __init__(self, cfg: TeacherConfig, cache: ResponseCache | None = None, *, device: str | None = None,
+                 model=None, tokenizer=None):
+        super().__init__(cfg, cache)
+        if model is None or tokenizer is None:
+            from omniopd.assets import load_student
+
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model, tokenizer = load_student(cfg.model, "float32", device)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self._stop = eos_ids(model, tokenizer)
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _run(self, requests: list[TeacherRequest],
+             on_result: Callable[[int, TeacherResult], None]) -> list[TeacherResult]:
+        deadline = time.monotonic() + self.cfg.step_deadline_s
+        prompts = []
+        for req in requests:
+            text = render_prompt(self.tokenizer, req.messages, req.prefix)
+            prompts.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        results: list[TeacherResult] = [None] * len(requests)  # type: ignore[list-item]
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        batch: list[int] = []
+        for i in range(len(requests) + 1):
+            if i < len(requests) and context and len(prompts[i]) + requests[i].max_tokens > context:
+                results[i] = TeacherResult(None, f"prompt ({len(prompts[i])} tokens) + max_tokens "
+                                           f"({requests[i].max_tokens}) exceeds the model's context of {context}")
+                continue
+            # Close the batch when the next request would overflow it (or at the end).
+            rows = sum(requests[j].n for j in batch)
+            if batch and (i == len(requests) or rows + requests[i].n > _MAX_ROWS):
+                if time.monotonic() > deadline:
+                    for j in batch:
+                        results[j] = TeacherResult(None, f"step deadline of {self.cfg.step_deadline_s:g}s "
+                                                   "passed before this request was sampled")
+                else:
+                    self._sample_batch(requests, prompts, batch, results, on_result)
+                batch = []
+            if i < len(requests):
+                batch.append(i)
+        return results
+
+    def _sample_batch(self, requests, prompts, batch, results, on_result) -> None:
+        samples = sample(self.model, [prompts[j] for j in batch], [requests[j].n for j in batch],
+                         [requests[j].max_tokens for j in batch], [requests[j].temperature for j in batch],
+                         [requests[j].seed for j in batch], self._stop, self._pad)
+        for j, outs in zip(batch, samples, strict=True):
+            texts = [self.tokenizer.decode(s.tokens, skip_special_tokens=True) for s in outs]
+            results[j] = TeacherResult(texts, None, len(prompts[j]), sum(len(s.tokens) for s in outs))
+            on_result(j, results[j])
+
+    @torch.no_grad()
+    def token_logprobs(self, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-vocabulary log-probabilities, float32 [B, T, V]: row t is log p(· | input_ids[:, :t+1]).
+
+        Left or right padding both work (positions follow `attention_mask`); rows at padded
+        positions are meaningless. Token ids must come from this model's tokenizer.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError("token_logprobs: input_ids must be [batch, time], got shape "
+                             f"{tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"token_logprobs: attention_mask shape {tuple(attention_mask.shape)} != "
+                             f"input_ids shape {tuple(input_ids.shape)}")
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if input_ids.numel() and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
+            raise ValueError(f"token_logprobs: token ids must be in [0, {vocab}) for teacher "
+                             f"{self.cfg.model!r}")
+        device = next(self.model.parameters()).device
+        ids, mask = input_ids.to(device), attention_mask.to(device)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+        return torch.log_softmax(logits.float(), dim=-1)

@@ -1,0 +1,113 @@
+"""OpenAI-compatible teacher (official `openai` SDK, AsyncOpenAI): vLLM, SGLang, omniopd.serve, proxies.
+
+Two ways to make the server continue a partial assistant answer (`teacher.completion_mode`):
+
+- `completions` (exact; default when the teacher's tokenizer is given): the chat template is applied
+  here with the model's own tokenizer, the prefix appended verbatim, and the text sent to
+  `/v1/completions`. Works with any server that serves raw completions for an open model: vLLM,
+  SGLang, omniopd.serve, llama.cpp's server, TGI. The tokenizer must be the teacher model's.
+- `chat` (no tokenizer needed): `/v1/chat/completions` with the prefix as a final assistant message
+  and `continue_final_message=true, add_generation_prompt=false` in the body — the vLLM and SGLang
+  extension (also omniopd.serve). vLLM renders it with transformers' `continue_final_message`, which
+  strips trailing whitespace from the prefix, so a prefix ending in a space may be continued as if
+  the space were absent; `completions` has no such gap. Hosted APIs without this extension
+  (OpenAI itself) reject the unknown fields or answer a new turn: use `completions`, or a backend
+  with native prefill (Anthropic).
+
+One HTTP request per prefix carries all `n` samples (the API's `n`); `seed` is sent when given.
+The SDK's own retries are off: the engine in `remote.py` retries, counts and times out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from urllib.parse import urlparse
+
+from omniopd.config import TeacherConfig
+from omniopd.rollout.teachers.base import TeacherRequest
+from omniopd.rollout.teachers.cache import ResponseCache
+from omniopd.rollout.teachers.chat import render_prompt
+from omniopd.rollout.teachers.remote import CallError, RemoteTeacher, Reply
+from omniopd.rollout.teachers.secrets import read_api_key
+
+log = logging.getLogger("omniopd.teacher")
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OpenAITeacher(RemoteTeacher):
+    kind = "openai"
+
+    def __init__(self, cfg: TeacherConfig, cache: ResponseCache | None = None,
+                 tokenizer_path: str | None = None):
+        import openai
+
+        self.sdk = openai
+        mode = cfg.completion_mode
+        if mode == "auto":
+            mode = "completions" if tokenizer_path else "chat"
+        if mode == "completions" and not tokenizer_path:
+            raise ValueError("teacher.completion_mode='completions' needs the teacher's tokenizer "
+                             "(build_teacher(..., tokenizer_path=<its HF folder or alias>)) to apply the "
+                             "chat template; or use teacher.completion_mode='chat'")
+        self.mode = mode
+        self.tokenizer = None
+        if mode == "completions":
+            from transformers import AutoTokenizer
+
+            from omniopd.assets import student_path
+
+            self.tokenizer = AutoTokenizer.from_pretrained(student_path(tokenizer_path))
+        # A local server usually needs no key; the official endpoint (no base_url) always does.
+        key = read_api_key(cfg.api_key_env, required=not cfg.base_url or not _is_loopback(cfg.base_url))
+        if key is None:
+            log.info("teacher: %s is not set; sending a placeholder key to %s", cfg.api_key_env, cfg.base_url)
+        super().__init__(cfg, cache)
+        self._client = openai.AsyncOpenAI(api_key=key or "no-key", base_url=cfg.base_url or None,
+                                          timeout=cfg.timeout_s, max_retries=0)
+
+    async def _attempt(self, req: TeacherRequest, n: int) -> Reply:
+        options = {"model": self.cfg.model, "n": n, "max_tokens": req.max_tokens,
+                   "temperature": req.temperature}
+        if req.seed is not None:
+            options["seed"] = req.seed
+        if self.mode == "completions":
+            prompt = render_prompt(self.tokenizer, req.messages, req.prefix)
+            response = await self._client.completions.create(prompt=prompt, **options)
+        else:
+            messages = list(req.messages)
+            if req.prefix:
+                messages.append({"role": "assistant", "content": req.prefix})
+                options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+            response = await self._client.chat.completions.create(messages=messages, **options)
+        return self._parse(response)
+
+    def _parse(self, response) -> Reply:
+        try:
+            if not response.choices:
+                raise CallError("malformed response: no choices", retryable=True)
+            choices = sorted(response.choices, key=lambda c: c.index)
+            if self.mode == "completions":
+                texts = [c.text for c in choices]
+            else:
+                texts = [c.message.content if c.message is not None else None for c in choices]
+            usage = response.usage
+            prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+            completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+        except (AttributeError, TypeError, KeyError) as e:  # a body that is not a completion at all
+            raise CallError(f"malformed response ({type(e).__name__}: {e})", retryable=True) from e
+        if len({c.index for c in choices}) != len(choices):
+            raise CallError("malformed response: duplicate choice indices", retryable=True)
+        return Reply(texts, prompt_tokens, completion_tokens)
+
+    async def _aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,231 @@
+"""The async engine shared by the API teachers: concurrency, ordering, timeouts, retries, deadline.
+
+- A private event loop on a daemon thread, so `generate` is a plain call that also works when the
+  caller already runs an event loop, and HTTP connections are reused across steps.
+- At most `max_concurrency` HTTP requests in flight (one semaphore around every HTTP call).
+- Requests start in ascending-prefix order per trajectory (stable sort by (messages, len(prefix))),
+  so a prefix-caching server sees each shared prefix before its extensions.
+- Every HTTP call has a hard timeout; connection errors, timeouts, 408/409/429/5xx and malformed
+  replies (unparsable, missing text, fewer choices than asked) are retried with exponential backoff
+  and jitter, or after the server's Retry-After; other errors fail at once.
+- A per-step deadline: whatever is still outstanding then is cancelled and reported failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+
+from omniopd.config import TeacherConfig
+from omniopd.rollout.teachers.base import Teacher, TeacherRequest, TeacherResult
+from omniopd.rollout.teachers.cache import ResponseCache
+from omniopd.rollout.teachers.secrets import scrub
+
+_MAX_BACKOFF_S = 30.0
+
+
+class CallError(Exception):
+    """One failed HTTP call, classified: retry it or give up."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class _Failed(Exception):
+    """A request that exhausted its retries or hit a non-retryable error."""
+
+
+@dataclass
+class Reply:
+    """What one HTTP call returned: `texts` must hold exactly as many samples as were asked for."""
+
+    texts: list[str | None]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _Progress:
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date), if present."""
+    if not headers:
+        return None
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def classify_sdk_error(exc: BaseException, sdk: ModuleType) -> CallError:
+    """Map an `openai` / `anthropic` SDK exception (same class names in both) to a CallError."""
+    if isinstance(exc, CallError):
+        return exc
+    if isinstance(exc, sdk.APIStatusError):
+        status = exc.status_code
+        retryable = status in (408, 409, 429) or status >= 500
+        return CallError(f"HTTP {status}: {exc.message}", retryable=retryable,
+                         retry_after=parse_retry_after(exc.response.headers))
+    if isinstance(exc, sdk.APITimeoutError):
+        return CallError("request timed out", retryable=True)
+    if isinstance(exc, sdk.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        detail = f" ({type(cause).__name__}: {cause})" if cause else ""
+        return CallError(f"connection error{detail}", retryable=True)
+    # Unparsable JSON or a reply the SDK cannot validate: malformed, worth retrying.
+    if isinstance(exc, sdk.APIResponseValidationError | json.JSONDecodeError):
+        return CallError(f"malformed response ({type(exc).__name__}: {exc})", retryable=True)
+    # Anything else is a bug on our side or in the SDK: retrying would only repeat it.
+    return CallError(f"{type(exc).__name__}: {exc}", retryable=False)
+
+
+class RemoteTeacher(Teacher):
+    """Base of the HTTP teachers. Subclasses implement `_attempt` and may override `_split`."""
+
+    sdk: ModuleType  # set by subclasses: the SDK module whose exceptions `_attempt` raises
+
+    def __init__(self, cfg: TeacherConfig, cache: ResponseCache | None = None):
+        super().__init__(cfg, cache)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"omniopd-teacher-{self.kind}",
+                                        daemon=True)
+        self._thread.start()
+        self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self._rng = random.Random()
+
+    # -- the backend's job ---------------------------------------------------------------------
+    async def _attempt(self, req: TeacherRequest, n: int) -> Reply:
+        """One HTTP call asking for `n` samples continuing `req`; raise SDK errors or CallError."""
+        raise NotImplementedError
+
+    def _split(self, req: TeacherRequest) -> list[int]:
+        """Samples per HTTP call for one request: [n] where the API has `n`, else [1] * n."""
+        return [req.n]
+
+    async def _aclose(self) -> None:
+        """Close the SDK client (runs on the engine's loop)."""
+
+    # -- engine --------------------------------------------------------------------------------
+    def _run(self, requests: list[TeacherRequest],
+             on_result: Callable[[int, TeacherResult], None]) -> list[TeacherResult]:
+        if self._loop.is_closed():
+            raise RuntimeError(f"{self.kind} teacher is closed")
+        future = asyncio.run_coroutine_threadsafe(self._run_async(requests, on_result), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    async def _run_async(self, requests: list[TeacherRequest],
+                         on_result: Callable[[int, TeacherResult], None]) -> list[TeacherResult]:
+        deadline = self._loop.time() + self.cfg.step_deadline_s
+        order = sorted(range(len(requests)), key=lambda i: (json.dumps(requests[i].messages, sort_keys=True),
+                                                            len(requests[i].prefix)))
+        progress = [_Progress() for _ in requests]
+        results: list[TeacherResult | None] = [None] * len(requests)
+
+        async def one(i: int) -> None:
+            try:
+                results[i] = await self._request(requests[i], progress[i], deadline)
+            except Exception as e:  # noqa: BLE001 - a bug must surface as this request's failure, not a hang
+                p = progress[i]
+                results[i] = TeacherResult(None, scrub(f"internal error: {type(e).__name__}: {e}"),
+                                           p.prompt_tokens, p.completion_tokens, p.retries)
+            on_result(i, results[i])
+
+        # Tasks start in `order` and queue on the FIFO semaphore in that order.
+        tasks = [asyncio.ensure_future(one(i)) for i in order]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - self._loop.time()))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        out = []
+        for i, result in enumerate(results):
+            if result is None:
+                p = progress[i]
+                result = TeacherResult(None, f"step deadline of {self.cfg.step_deadline_s:g}s passed before "
+                                       f"the reply (after {p.retries} retries)", p.prompt_tokens,
+                                       p.completion_tokens, p.retries)
+            out.append(result)
+        return out
+
+    async def _request(self, req: TeacherRequest, p: _Progress, deadline: float) -> TeacherResult:
+        parts = [asyncio.ensure_future(self._part(req, n, p, deadline)) for n in self._split(req)]
+        try:
+            texts = [t for chunk in await asyncio.gather(*parts) for t in chunk]
+        except _Failed as e:
+            for part in parts:
+                part.cancel()
+            return TeacherResult(None, scrub(str(e)), p.prompt_tokens, p.completion_tokens, p.retries)
+        return TeacherResult(texts, None, p.prompt_tokens, p.completion_tokens, p.retries)
+
+    async def _part(self, req: TeacherRequest, n: int, p: _Progress, deadline: float) -> list[str]:
+        attempt = 0
+        while True:
+            try:
+                async with self._slots:
+                    reply = await asyncio.wait_for(self._attempt(req, n), timeout=self.cfg.timeout_s)
+                p.prompt_tokens += reply.prompt_tokens  # billed even when the reply is then rejected
+                p.completion_tokens += reply.completion_tokens
+                if len(reply.texts) != n:
+                    raise CallError(f"malformed response: {len(reply.texts)} choices, asked for {n}",
+                                    retryable=True)
+                if any(not isinstance(t, str) for t in reply.texts):
+                    raise CallError("malformed response: a choice without text", retryable=True)
+                return list(reply.texts)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                error = CallError(f"timed out after {self.cfg.timeout_s:g}s", retryable=True)
+            except Exception as e:  # noqa: BLE001 - classified below; nothing escapes unreported
+                error = classify_sdk_error(e, self.sdk)
+            if not error.retryable:
+                raise _Failed(f"{error} (not retried)")
+            if attempt >= self.cfg.max_retries:
+                raise _Failed(f"{error} (gave up after {attempt} retries)")
+            if error.retry_after is not None:
+                delay = error.retry_after
+            else:
+                delay = min(_MAX_BACKOFF_S, self.cfg.retry_backoff_s * 2**attempt)
+                delay *= self._rng.uniform(0.5, 1.5)
+            if self._loop.time() + delay >= deadline:
+                raise _Failed(f"{error}; the next retry (in {delay:.1f}s) would pass the step deadline "
+                              f"(after {attempt} retries)")
+            attempt += 1
+            p.retries += 1
+            await asyncio.sleep(delay)
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            with contextlib.suppress(Exception):  # closing a half-dead client must not raise
+                asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+        super().close()

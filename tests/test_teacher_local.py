@@ -1,0 +1,87 @@
+"""Local (in-process) teacher: reproducible seeded sampling, greedy = transformers' greedy, the
+full-vocabulary log-probs of the white-box `opd` teacher, and input errors that name the request."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omniopd.config import TeacherConfig
+from omniopd.rollout.teachers import TeacherInputError, TeacherRequest, build_teacher
+from omniopd.rollout.teachers.chat import render_prompt
+
+CHAT = [{"role": "user", "content": "What is 12 + 7? Answer briefly."}]
+OTHER = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a prime number above 50."}]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    # One intra-op thread: on a shared 2-core box, two OpenMP threads run ~20x slower under load.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t = build_teacher(TeacherConfig(kind="local", model="smollm2-135m"), cache_path=None)
+    try:
+        yield t
+    finally:
+        t.close()
+        torch.set_num_threads(threads)
+
+
+def test_greedy_matches_transformers_generate(teacher):
+    tok, model = teacher.tokenizer, teacher.model
+    prefix = "12 + 7 ="
+    text = tok.apply_chat_template(CHAT + [{"role": "assistant", "content": prefix}], continue_final_message=True,
+                                   tokenize=False)
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    reference = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    # Batched with a longer, different prompt: left padding must not change the greedy continuation.
+    results = teacher.generate([TeacherRequest(CHAT, prefix, n=2, max_tokens=6, temperature=0.0),
+                                TeacherRequest(OTHER, "One prime above 50 is", n=1, max_tokens=6, temperature=0.0)])
+    assert results[0].texts == [reference, reference]
+    assert results[0].prompt_tokens == ids.shape[1]
+
+
+def test_seeded_sampling_is_reproducible_and_gives_exactly_n(teacher):
+    req = TeacherRequest(CHAT, "The answer", n=3, max_tokens=8, temperature=1.0, seed=11)
+    first = teacher.generate([req, TeacherRequest(OTHER, "", n=2, max_tokens=8, temperature=1.0, seed=3)])
+    again = teacher.generate([req])
+    assert len(first[0].texts) == 3 and len(first[1].texts) == 2
+    assert again[0].texts == first[0].texts  # same seed, alone or in a batch: same samples
+    other_seed = teacher.generate([TeacherRequest(CHAT, "The answer", n=3, max_tokens=8, temperature=1.0, seed=12)])
+    assert other_seed[0].texts != first[0].texts
+
+
+def test_prefix_whitespace_reaches_the_model_exactly(teacher):
+    tok = teacher.tokenizer
+    assert render_prompt(tok, CHAT, "Sum: ") == render_prompt(tok, CHAT, "Sum:") + " "
+    assert render_prompt(tok, CHAT, "a\n").endswith("<|im_start|>assistant\na\n")
+    assert render_prompt(tok, CHAT, "") == tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+
+
+def test_token_logprobs_full_vocabulary_and_padding(teacher):
+    tok, model = teacher.tokenizer, teacher.model
+    a = tok("12 + 7 = 19", add_special_tokens=False)["input_ids"]
+    b = tok("A prime above fifty is fifty-three", add_special_tokens=False)["input_ids"]
+    width = max(len(a), len(b))
+    pad = tok.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(a)) + a, b if len(b) == width else [pad] * (width - len(b)) + b])
+    mask = (torch.arange(width) >= torch.tensor([[width - len(a)], [width - len(b)]])).long()
+    logprobs = teacher.token_logprobs(ids, mask)
+    assert logprobs.shape == (2, width, model.config.vocab_size) and logprobs.dtype == torch.float32
+    assert torch.allclose(logprobs.exp().sum(-1), torch.ones(2, width), atol=1e-4)
+    # The left-padded row equals the same sequence run alone.
+    with torch.no_grad():
+        alone = torch.log_softmax(model(torch.tensor([a])).logits.float(), -1)[0]
+    assert torch.allclose(logprobs[0, width - len(a):], alone, atol=1e-3)
+    with pytest.raises(ValueError, match="token ids must be in"):
+        teacher.token_logprobs(torch.tensor([[model.config.vocab_size + 5]]))
+
+
+def test_bad_requests_name_the_culprit(teacher):
+    with pytest.raises(TeacherInputError, match=r"teacher request 1 \(seq 4 anchor 9\): n must be"):
+        teacher.generate([TeacherRequest(CHAT, "", n=1, max_tokens=2, temperature=0.0),
+                          TeacherRequest(CHAT, "", n=0, max_tokens=2, temperature=0.0, key="seq 4 anchor 9")])
+    with pytest.raises(TeacherInputError, match=r"messages\[0\]"):
+        teacher.generate([TeacherRequest([{"role": "tool", "content": "x"}], "", n=1, max_tokens=2, temperature=0)])
