@@ -110,8 +110,6 @@ class Trainer:
             mixed = device.type == "cuda" and dtype == torch.float32
             parallel.shard(self.model, mixed_precision=mixed)
             parallel.shard(self.ref_model, mixed_precision=mixed)
-            # Our loss is already divided by the global normalizer: reduce gradients as a sum, not a mean.
-            self.model.set_gradient_divide_factor(1.0)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
@@ -208,7 +206,9 @@ class Trainer:
 
         # 7. Backward, clip, step (skipped, and counted, when anything is non-finite on any rank).
         with timer("backward_step"):
-            loss.backward()
+            # The loss is already divided by the global normalizer, and FSDP averages gradients over ranks:
+            # scaling by the world size turns that mean into the sum the global loss needs.
+            (loss * self.dist.world_size if self.sharded else loss).backward()
             grad_norm = self._clip()
             finite = parallel.all_reduce_sum([float(not (math.isfinite(loss.item()) and math.isfinite(grad_norm)))])
             if finite[0] > 0:
