@@ -23,6 +23,7 @@ setup(
         "numpy",
         "rapidfuzz>=3.0",
         "math-verify>=0.7",
+        "pyarrow",  # Parquet problem sets (omniopd.eval, omniopd.data)
         "matplotlib",
         "tensorboard",
         "tqdm",

@@ -1,0 +1,201 @@
+"""Generate, grade, summarize: the pieces `python -m omniopd.eval` (and the trainer) put together.
+
+A sample record is one JSON object: benchmark, problem_id, sample_index, response, correct, verdict
+(the extracted answer, or the code status), reference (math), finish_reason and num_tokens when
+generated here. `--grade` reads the same layout back (only benchmark is optional).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from omniopd.config import DataConfig
+from omniopd.eval.codegrade import grade_code
+from omniopd.eval.data import DataError, Problem, Suite
+from omniopd.eval.mathgrade import MathVerifier, answers_match, extract_answer
+from omniopd.eval.passk import default_ks, mean_pass_at_k
+from omniopd.eval.sandbox import DEFAULT_LIMITS, SandboxLimits
+
+MATH_SYSTEM_PROMPT = DataConfig().system_prompt  # the trainer's default: eval prompts match training
+CODE_SYSTEM_PROMPT = ("Solve the programming problem in Python 3. Reply with one complete program in a "
+                      "```python code block.")
+
+
+def build_prompt(problem: Problem, suite: Suite, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """Chat messages for one problem."""
+    if suite == "math":
+        system, user = system_prompt or MATH_SYSTEM_PROMPT, problem.question
+    else:
+        system = system_prompt or CODE_SYSTEM_PROMPT
+        tests = problem.tests
+        if tests is not None and tests.fn_name:
+            how = f"Implement the function `{tests.fn_name}`; it is called directly, do not read input."
+        else:
+            how = "Read the input from standard input and print the answer to standard output."
+        user = f"{problem.question.strip()}\n\n{how}"
+        if problem.starter_code.strip():
+            user += f"\n\nStart from:\n```python\n{problem.starter_code.rstrip()}\n```"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def grade_response(problem: Problem, response: str, suite: Suite, *, limits: SandboxLimits = DEFAULT_LIMITS,
+                   verifier: MathVerifier | None = None, boxed_only: bool = False) -> tuple[bool, str]:
+    """(correct, verdict): verdict is the extracted answer (math; '' if none) or the code status."""
+    if suite == "math":
+        if problem.answer is None:
+            raise DataError(f"{problem.benchmark}/{problem.id}: no reference answer")
+        pred = extract_answer(response, boxed_only=boxed_only)
+        return (pred is not None and answers_match(pred, problem.answer, verifier)), pred or ""
+    if problem.tests is None:
+        raise DataError(f"{problem.benchmark}/{problem.id}: no tests")
+    verdict = grade_code(response, problem.tests, limits)
+    return verdict.passed, verdict.status
+
+
+def grade_records(records: list[dict[str, Any]], problems: dict[tuple[str, str], Problem], suite: Suite, *,
+                  limits: SandboxLimits = DEFAULT_LIMITS, workers: int = 0,
+                  boxed_only: bool = False) -> list[dict[str, Any]]:
+    """Add `correct` and `verdict` to each record (in place, also returned); code runs `workers` at a time."""
+    verifier = MathVerifier() if suite == "math" else None
+
+    def grade(record: dict[str, Any]) -> None:
+        problem = problems[(record["benchmark"], record["problem_id"])]
+        record["correct"], record["verdict"] = grade_response(problem, record["response"], suite, limits=limits,
+                                                              verifier=verifier, boxed_only=boxed_only)
+        if suite == "math":
+            record["reference"] = problem.answer
+
+    try:
+        if suite == "code":
+            with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+                list(pool.map(grade, records))
+        else:
+            for record in records:
+                grade(record)
+    finally:
+        if verifier is not None:
+            verifier.close()
+    return records
+
+
+def generate_records(generator, problems: Sequence[Problem], suite: Suite, *, k: int, temperature: float,
+                     top_p: float, max_new_tokens: int, batch_size: int = 64,
+                     system_prompt: str | None = None,
+                     progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """`k` responses per problem from a `StudentGenerator`, as ungraded sample records."""
+    records: list[dict[str, Any]] = []
+    start_time = time.monotonic()
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start:start + batch_size]
+        outputs = generator.generate([build_prompt(p, suite, system_prompt) for p in batch], k,
+                                     temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        for problem, samples in zip(batch, outputs):
+            for i, sample in enumerate(samples):
+                records.append({"benchmark": problem.benchmark, "problem_id": problem.id, "sample_index": i,
+                                "response": sample.text, "finish_reason": sample.finish_reason,
+                                "num_tokens": len(sample.token_ids)})
+        if progress is not None:
+            tokens = sum(r["num_tokens"] for r in records)
+            elapsed = time.monotonic() - start_time
+            progress(f"[eval] generated {start + len(batch)}/{len(problems)} problems, {tokens} tokens, "
+                     f"{elapsed:.0f} s ({tokens / max(elapsed, 1e-9):.0f} tokens/s)")
+    return records
+
+
+def evaluate(generator, problems: Sequence[Problem], suite: Suite, *, k: int = 1, temperature: float = 0.0,
+             top_p: float = 1.0, max_new_tokens: int = 512, limits: SandboxLimits = DEFAULT_LIMITS,
+             system_prompt: str | None = None) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Generate `k` samples per problem with `generator`, grade them: (summary, graded records)."""
+    records = generate_records(generator, problems, suite, k=k, temperature=temperature, top_p=top_p,
+                               max_new_tokens=max_new_tokens, system_prompt=system_prompt)
+    grade_records(records, {(p.benchmark, p.id): p for p in problems}, suite, limits=limits)
+    return summarize(records), records
+
+
+def read_records(path: str | Path, problems: dict[tuple[str, str], Problem]) -> list[dict[str, Any]]:
+    """Sample records from a JSONL file, each matched to a loaded problem (errors name the line)."""
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for benchmark, pid in problems:
+        by_id[pid].append(benchmark)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:line {lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            pid = next((row[k] for k in ("problem_id", "id") if row.get(k) is not None), None)
+            response = next((row[k] for k in ("response", "text", "completion") if k in row), None)
+            if pid is None or not isinstance(response, str):
+                raise DataError(f"{where}: needs 'problem_id' (or 'id') and a 'response' text")
+            pid = str(int(pid)) if isinstance(pid, float) and pid.is_integer() else str(pid)
+            benchmark = row.get("benchmark")
+            if benchmark is None:
+                if len(by_id[pid]) != 1:
+                    found = "in several data files" if by_id[pid] else "in none of the data files"
+                    raise DataError(f"{where}: problem id '{pid}' is {found}; add a 'benchmark' field")
+                benchmark = by_id[pid][0]
+            if (benchmark, pid) not in problems:
+                raise DataError(f"{where}: no problem '{pid}' in benchmark '{benchmark}'")
+            records.append({**row, "benchmark": benchmark, "problem_id": pid, "response": response})
+    if not records:
+        raise DataError(f"{path}: no samples")
+    return records
+
+
+def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Per benchmark: problems, samples, pass@1 (mean over samples) and pass@k for k up to the fewest
+    samples any problem has; plus mean response tokens when known."""
+    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    tokens: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        nc = counts[r["benchmark"]][r["problem_id"]]
+        nc[0] += 1
+        nc[1] += bool(r["correct"])
+        if r.get("num_tokens") is not None:
+            tokens[r["benchmark"]].append(r["num_tokens"])
+    summary = {}
+    for benchmark, per_problem in counts.items():
+        pairs = [(n, c) for n, c in per_problem.values()]
+        n_min = min(n for n, _ in pairs)
+        entry: dict[str, Any] = {"problems": len(pairs), "samples": sum(n for n, _ in pairs), "k": n_min}
+        for k in sorted({k for k in (ks or default_ks(n_min)) if k <= n_min}):
+            entry[f"pass@{k}"] = mean_pass_at_k(pairs, k)
+        if tokens[benchmark]:
+            entry["mean_tokens"] = sum(tokens[benchmark]) / len(tokens[benchmark])
+        summary[benchmark] = entry
+    return summary
+
+
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+    """Plain-text table: benchmark, problems, k, pass@1, pass@k (percent)."""
+    header = f"{'benchmark':<20} {'problems':>8} {'k':>3} {'pass@1':>8} {'pass@k':>8}"
+    lines = [header, "-" * len(header)]
+    for name, e in summary.items():
+        k = e["k"]
+        lines.append(f"{name:<20} {e['problems']:>8} {k:>3} {100 * e['pass@1']:>7.1f}% "
+                     f"{100 * e[f'pass@{k}']:>7.1f}%")
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir: str | Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
+    """samples.jsonl (every sample with its verdict) and summary.json under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out

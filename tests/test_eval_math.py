@@ -1,0 +1,148 @@
+"""Math grading: answer extraction and equivalence on hand-checked tricky pairs."""
+
+import threading
+import time
+
+import pytest
+
+from omniopd.eval.mathgrade import MathVerifier, answers_match, extract_answer, fast_verdict, grade_math
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    v = MathVerifier(timeout_s=2.0)
+    yield v
+    v.close()
+
+
+# (response, reference, correct?) — each checked by hand.
+GRADING_TABLE = [
+    # fractions vs decimals, \dfrac
+    (r"So the probability is $\boxed{\frac{1}{2}}$.", "0.5", True),
+    (r"\boxed{0.5}", r"\frac{1}{2}", True),
+    (r"\boxed{\dfrac{3}{4}}", r"\frac34", True),
+    (r"\boxed{\tfrac{3}{4}}", "0.75", True),
+    (r"\boxed{-\frac{1}{2}}", "-0.5", True),
+    (r"\boxed{0.333}", r"\frac{1}{3}", False),  # too coarse to be 1/3
+    (r"\boxed{\frac{2}{4}}", r"\frac{1}{2}", True),
+    # units and degrees
+    (r"The side is \boxed{10\text{ cm}}.", "10", True),
+    (r"\boxed{10}", r"10\text{ cm}", True),
+    (r"\boxed{30^\circ}", "30", True),
+    (r"\boxed{106}", r"106^\circ", True),
+    # sets, tuples, intervals
+    (r"\boxed{\{1,2\}}", r"\{2,1\}", True),
+    (r"\boxed{\{1,2\}}", r"\{1,2,3\}", False),
+    (r"\boxed{(1,2]}", "(1,2]", True),
+    (r"\boxed{[1,2]}", "(1,2]", False),  # closed where the reference is open
+    (r"\boxed{(-\infty, 3)}", r"(-\infty,3)", True),
+    (r"\boxed{(3,\pi/2)}", r"\left( 3, \frac{\pi}{2} \right)", True),
+    (r"\boxed{x \in [2,5)}", "[2,5)", True),
+    # algebra
+    (r"\boxed{(x+1)^2}", "x^2+2x+1", True),
+    (r"\boxed{x=4}", "4", True),
+    (r"\boxed{\frac{\sqrt{3}}{3}}", r"\frac{\sqrt{3}}{2}", False),  # looks close, is not
+    (r"\boxed{2\sqrt{2}}", r"\sqrt{8}", True),
+    # integers, thousands separators, close-looking wrong numbers
+    (r"\boxed{1,000}", "1000", True),
+    (r"\boxed{240}", "204", False),
+    (r"\boxed{9901}", "9901", True),
+    (r"\boxed{5.0}", "5", True),
+    (r"\boxed{50\%}", "50", True),
+    # responses without a box
+    ("Adding them gives 18.\n#### 18", "18", True),
+    ("The answer is $\\frac{1}{2}$.", "0.5", True),
+    ("Final answer: 42", "42", True),
+    ("First 3 apples, then 4 more, so 7 apples in total", "7", True),
+    ("First 3 apples, then 4 more, so 7 apples in total", "8", False),
+    ("I am not sure how to solve this.", "7", False),
+    ("The answer is N.", "7", False),
+    # a truncated box is no answer, even when an earlier number happens to match
+    (r"We get 7, so \boxed{\frac{7}{", "7", False),
+    # the last box wins; nested braces are kept
+    (r"First \boxed{3}, corrected: \boxed{\frac{1}{\sqrt{2}}}", r"\frac{\sqrt{2}}{2}", True),
+    (r"\fbox{12}", "12", True),
+]
+
+
+@pytest.mark.parametrize("response,reference,correct", GRADING_TABLE)
+def test_grading_table(response, reference, correct, verifier):
+    assert grade_math(response, reference, verifier) is correct
+
+
+EXTRACTION_TABLE = [
+    (r"so \boxed{\frac{a+b}{\sqrt{c}}} done", r"\frac{a+b}{\sqrt{c}}"),
+    (r"\boxed{\{1,2\}}", r"\{1,2\}"),
+    (r"\boxed{1} then \boxed{2}", "2"),
+    (r"\fbox{x^2}", "x^2"),
+    (r"the result is \boxed 5$.", "5"),
+    ("rationale\n#### 1,234", "1,234"),
+    ("The final answer is $x+1$. Thanks", "x+1"),
+    ("Answer: 12 apples. Also 5", "12 apples"),
+    ("we had 3, then 4.5", "4.5"),
+    ("costs 1,250 dollars", "1250"),
+    ("nothing numeric here", None),
+    (r"cut off \boxed{\frac{1}{2", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("response,expected", EXTRACTION_TABLE)
+def test_extract_answer(response, expected):
+    assert extract_answer(response) == expected
+
+
+def test_fast_path_decides_plain_numbers_without_math_verify():
+    assert fast_verdict("9901", "9901") is True
+    assert fast_verdict("240", "204") is False
+    assert fast_verdict(r"\dfrac{1}{2}", "0.5") is True
+    assert fast_verdict(r"\frac{\sqrt{3}}{3}", r"\frac{\sqrt{3}}{2}") is None  # needs the CAS
+
+
+def test_pathological_answer_times_out_instead_of_hanging():
+    v = MathVerifier(timeout_s=1.0)
+    try:
+        v.verify("1", "1")  # start the helper first so its import does not count
+        start = time.monotonic()
+        assert v.verify(r"9^{9^{9^{9}}}", r"2^{2^{2^{2^{2}}}}+x") is False
+        assert time.monotonic() - start < 4.0
+        assert v.verify(r"\frac{1}{2}", "0.5") is True  # still usable afterwards
+    finally:
+        v.close()
+
+
+def test_grading_from_threads(verifier):
+    # math-verify's own timeouts use SIGALRM and refuse to run off the main thread; ours do not care.
+    results = {}
+
+    def work(i):
+        results[i] = answers_match(r"(x+1)^2", "x^2+2x+1", verifier)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: True, 1: True, 2: True}
+
+
+def test_helper_stuck_beyond_its_deadline_is_killed(tmp_path):
+    # A helper that ignores its own deadline (as code stuck inside C would): the parent kills it.
+    stuck = tmp_path / "stuck_worker.py"
+    stuck.write_text("import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\ntime.sleep(600)\n")
+    v = MathVerifier(timeout_s=0.5)
+    v.worker_script = stuck
+    try:
+        start = time.monotonic()
+        assert v.verify("x", "y") is False
+        assert time.monotonic() - start < 5.0
+        assert v.timeouts == 1 and v._proc is None
+    finally:
+        v.close()
+
+
+def test_boxed_only_turns_off_the_fallbacks(verifier):
+    assert grade_math("so 7 apples in total", "7", verifier)
+    assert not grade_math("so 7 apples in total", "7", verifier, boxed_only=True)
+    assert extract_answer("The answer is 5.\n#### 5", boxed_only=True) is None
+    assert grade_math(r"so \boxed{7}", "7", verifier, boxed_only=True)
