@@ -69,10 +69,11 @@ def all_reduce_sum(values: list[float] | torch.Tensor) -> torch.Tensor:
     return t.cpu()
 
 
-def broadcast_object(obj: object) -> object:
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's `obj`, in rank order."""
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def shard(model: nn.Module, *, mixed_precision: bool, reshard_after_forward: bool = True) -> nn.Module:

@@ -71,12 +71,13 @@ class RunLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl rows; a resumed run appends, so the last row of each step wins."""
+    """One merged row per step: the eval row shares its step with the train row, and a resumed run
+    appends the steps it re-runs, so later values win key by key."""
     rows: dict[int, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            rows[row["step"]] = row
+            rows.setdefault(row["step"], {}).update(row)
     return [rows[s] for s in sorted(rows)]
 
 

@@ -12,6 +12,7 @@ beside this file; this file only decides what happens in which order.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import signal
 import time
@@ -75,6 +76,12 @@ def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return out.logits[:, p - 1:p - 1 + t].float()
 
 
+def repetition_rate(token_ids: list[int], n: int = 4) -> float:
+    """Share of a response's token n-grams that repeat an earlier one (0: none; near 1: a loop)."""
+    grams = [tuple(token_ids[i:i + n]) for i in range(len(token_ids) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def stable_seed(*parts: object) -> int:
     """A seed that depends only on `parts` (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
@@ -134,13 +141,13 @@ class Trainer:
         self._resume()
 
     # ------------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, float]:
+    def fit(self) -> dict[str, dict[str, float]]:
         cfg = self.cfg
-        summary: dict[str, float] = {}
+        summary: dict[str, dict[str, float]] = {}
         if cfg.train.eval_before and self.step == 0:
-            summary["eval/accuracy_before"] = self.evaluate()
-            self.log.print(f"held-out accuracy before training: {summary['eval/accuracy_before']:.3f}")
-            self.log.log(0, {"eval/accuracy": summary["eval/accuracy_before"]})
+            summary["before"] = self.evaluate("before")
+            self.log.print(f"held-out accuracy before training: {summary['before']['eval/accuracy']:.3f}")
+            self.log.log(0, summary["before"])
         try:
             while self.step < cfg.train.steps:
                 metrics = self.train_step()
@@ -154,10 +161,11 @@ class Trainer:
             raise
         self.save()
         if cfg.train.eval_after:
-            summary["eval/accuracy_after"] = self.evaluate()
-            self.log.print(f"held-out accuracy after training: {summary['eval/accuracy_after']:.3f}")
-            self.log.log(self.step, {"eval/accuracy": summary["eval/accuracy_after"]})
-        self.finish()
+            summary["after"] = self.evaluate("after")
+            self.log.print(f"held-out accuracy after training: {summary['after']['eval/accuracy']:.3f}")
+            self.log.log(self.step, summary["after"])
+        summary["teacher"] = {k: v for k, v in self.teacher.usage().items() if isinstance(v, int | float)}
+        self.finish(summary)
         return summary
 
     def train_step(self) -> dict[str, float]:
@@ -228,8 +236,10 @@ class Trainer:
         with timer("swap"):
             self._sync_generator()
 
+        usage = self.teacher.usage()  # cumulative over the run (this rank's teacher)
         metrics.update({"train/grad_norm": grad_norm, "train/lr": self.scheduler.get_last_lr()[0],
-                        "teacher/cost_usd": self.teacher.usage().get("cost_usd", 0.0)})
+                        "teacher/cost_usd_total": usage["cost_usd"], "teacher/cache_hits_total": usage["cache_hits"],
+                        "teacher/completion_tokens_total": usage["completion_tokens"]})
         metrics.update(timer.metrics(tokens=int(batch.response_mask.sum())))
         return self._reduce(metrics)
 
@@ -330,21 +340,29 @@ class Trainer:
         out = {}
         for i, k in enumerate(keys):
             count = total[len(keys) + i].item()
-            summed = k in _SUMMED or k.startswith(("audit/chunks_", "teacher/failed")) or k.endswith("_tokens")
+            summed = k in _SUMMED or k.startswith(("audit/chunks_", "teacher/")) or k.endswith("_tokens")
             out[k] = total[i].item() if summed else (total[i].item() / count if count else math.nan)
         return out
 
     # ------------------------------------------------------------------------------------------
-    def evaluate(self) -> float:
-        """Greedy held-out accuracy (each rank grades its slice; counts are summed)."""
+    def evaluate(self, tag: str) -> dict[str, float]:
+        """Greedy held-out accuracy, mean response length and repetition; samples go to eval_<tag>.jsonl."""
         cfg = self.cfg
         problems = self.eval_set[:cfg.train.eval_size or None][self.dist.rank::self.dist.world_size]
         self.model.eval()
         grouped = self.generator.generate([student_messages(p, cfg.data.system_prompt) for p in problems], 1,
                                           temperature=0.0, top_p=1.0, max_new_tokens=cfg.generation.max_new_tokens)
-        correct = sum(grade_math(g[0].text, p.answer) for p, g in zip(problems, grouped))
-        total = parallel.all_reduce_sum([float(correct), float(len(problems))])
-        return (total[0] / total[1]).item()
+        records = [{"problem_id": p.id, "answer": p.answer, "response": g[0].text,
+                    "correct": bool(grade_math(g[0].text, p.answer)), "num_tokens": len(g[0].token_ids),
+                    "repetition": repetition_rate(g[0].token_ids)} for p, g in zip(problems, grouped)]
+        records = [r for part in parallel.all_gather_object(records) for r in part]
+        if self.dist.is_main:
+            with (self.out / f"eval_{tag}.jsonl").open("w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+        n = max(1, len(records))
+        return {"eval/accuracy": sum(r["correct"] for r in records) / n,
+                "eval/response_len_mean": sum(r["num_tokens"] for r in records) / n,
+                "eval/repetition_mean": sum(r["repetition"] for r in records) / n}
 
     def save(self) -> Path:
         extra = {"step": self.step, "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
@@ -374,10 +392,11 @@ class Trainer:
             path = str(Path(path).with_suffix(f".rank{self.dist.rank}.sqlite"))
         return path
 
-    def finish(self) -> None:
-        """HF export of the final student and the plots (rank 0 writes)."""
+    def finish(self, summary: dict) -> None:
+        """summary.json, the HF export of the final student and the plots (rank 0 writes)."""
         state = parallel.full_state_dict(self.model) if self.sharded else self.model.state_dict()
         if self.dist.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             if self.cfg.checkpoint.export:
                 path = checkpoint.export_hf(state, self.student_path, self.out / "export", self.tokenizer)
                 self.log.print(f"exported the student to {path}")

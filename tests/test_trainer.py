@@ -34,7 +34,7 @@ def _train(out: Path, *args: str, launcher: list[str] | None = None, timeout: in
 
 
 def _step(rows: list[dict], step: int) -> dict:
-    return next(r for r in rows if r["step"] == step and "loss/total" in r)
+    return next(r for r in rows if r["step"] == step)
 
 
 @pytest.mark.parametrize("objective", ["omniopd", "opd", "sft", "rl"])
@@ -42,7 +42,12 @@ def test_each_objective_trains_a_step(tmp_path, objective):
     rows = _train(tmp_path, f"--objective.name={objective}", "--train.steps=1", "--train.eval_before=false",
                   "--train.eval_after=false", "--checkpoint.export=false", "--log.plots=false")
     m = _step(rows, 1)
-    assert m["loss/total"] is not None and m["train/grad_norm"] > 0  # a real gradient reached the weights
+    assert m["loss/total"] is not None
+    if objective == "rl" and m["rl/advantage_std"] == 0:
+        # every group scored alike and KL(ref || student) is 0 at the first step: no signal, no gradient
+        assert m["train/grad_norm"] == 0
+    else:
+        assert m["train/grad_norm"] > 0  # a real gradient reached the weights
     for phase in ("generate", "forward", "backward_step", "swap"):
         assert m[f"time/{phase}_s"] >= 0
     if objective == "omniopd":
@@ -54,9 +59,9 @@ def test_each_objective_trains_a_step(tmp_path, objective):
 
 def test_default_run_writes_everything(tmp_path):
     """The built-in default's outputs: logs, checkpoint, HF export that loads, plots, eval before/after."""
-    rows = _train(tmp_path, "--train.steps=2", "--checkpoint.every=1")
+    rows = _train(tmp_path, "--train.steps=2", "--checkpoint.every=1", "--generation.backend=auto")  # vLLM
     assert [r["step"] for r in rows if "loss/total" in r] == [1, 2]
-    assert sum("eval/accuracy" in r for r in rows) == 2  # before and after
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2]  # before and after
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["step_000001", "step_000002"]
     from transformers import AutoModelForCausalLM
