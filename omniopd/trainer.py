@@ -405,13 +405,14 @@ class Trainer:
                 self.log.print(f"plots: {png}")
 
     def close(self) -> None:
-        for part in ("generator", "teacher"):
-            obj = getattr(self, part, None)
-            if obj is not None:
-                obj.close()
         if getattr(self, "log", None) is not None:
             self.log.close()
+        if getattr(self, "teacher", None) is not None:
+            self.teacher.close()
+        # Our process group goes first: closing a vLLM engine tears down torch.distributed with it.
         parallel.shutdown()
+        if getattr(self, "generator", None) is not None:
+            self.generator.close()
 
     def __enter__(self) -> Trainer:
         # Ctrl-C and SIGTERM both land in fit()'s KeyboardInterrupt handler, which saves first.
