@@ -7,17 +7,16 @@ error naming the file and the row; nothing is skipped silently.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from omniopd.config import DataConfig
+from omniopd.eval.data import ID_FIELDS, DataError, math_answer, read_rows
 
-
-class DataError(ValueError):
-    """A prompt file or row that cannot be used; the message names the file and row."""
+__all__ = ["DataError", "Problem", "PromptStream", "builtin_task", "load_problems", "load_split",
+           "student_messages", "teacher_messages"]
 
 
 @dataclass(frozen=True)
@@ -81,49 +80,16 @@ def builtin_task(split: str) -> list[Problem]:
 
 
 # ---------------------------------------------------------------------------------------------
-def _rows(path: Path) -> Iterator[tuple[int, dict]]:
-    if path.suffix == ".jsonl" or path.suffix == ".json":
-        with path.open() as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                yield lineno, row
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # optional: only for Parquet files
-
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield i, row
-    else:
-        raise DataError(f"{path}: unsupported format (expected .jsonl or .parquet)")
-
-
-def _answer_text(value: object) -> str:
-    if isinstance(value, list):  # e.g. OlympiadBench's final_answer
-        return ", ".join(str(v) for v in value)
-    text = str(value)
-    return text.split("####")[-1].strip() if "####" in text else text.strip()  # GSM8K rationale
-
-
-def load_problems(path: str | Path, prompt_field: str, answer_field: str, solution_field: str = "",
-                  id_fields: tuple[str, ...] = ("id", "idx", "unique_id")) -> list[Problem]:
-    """Problems from a local JSONL/Parquet file; a row missing a field raises naming file and row."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"prompt file not found: {path}")
+def load_problems(path: str | Path, prompt_field: str, answer_field: str, solution_field: str = "") -> list[Problem]:
+    """Problems from a local JSONL/Parquet file, read like the evaluation harness reads benchmarks
+    (GSM8K's `#### N`, OlympiadBench's answer lists, ...); a bad row raises naming file and line."""
     problems = []
-    for row_no, row in _rows(path):
-        for name in (prompt_field, answer_field):
-            if name not in row or row[name] in (None, ""):
-                raise DataError(f"{path}: row {row_no} has no '{name}' field (fields: {sorted(row)})")
-        row_id = next((str(row[k]) for k in id_fields if k in row), f"{path.stem}-{row_no}")
+    for where, row in read_rows(path):
+        if row.get(prompt_field) in (None, ""):
+            raise DataError(f"{where}: missing prompt field '{prompt_field}' (fields: {sorted(row)})")
+        row_id = next((str(row[k]) for k in ID_FIELDS if row.get(k) is not None), where)
         solution = str(row.get(solution_field) or "") if solution_field else ""
-        problems.append(Problem(id=row_id, prompt=str(row[prompt_field]), answer=_answer_text(row[answer_field]),
+        problems.append(Problem(id=row_id, prompt=str(row[prompt_field]), answer=math_answer(row, where, answer_field),
                                 solution=solution))
     if not problems:
         raise DataError(f"{path}: no rows")
@@ -139,7 +105,8 @@ def load_split(spec: str, cfg: DataConfig, split: str) -> list[Problem]:
 
         name, _, hf_split = spec[3:].partition(":")
         rows = datasets.load_dataset(name, split=hf_split or split)
-        return [Problem(id=f"{name}-{i}", prompt=str(r[cfg.prompt_field]), answer=_answer_text(r[cfg.answer_field]),
+        return [Problem(id=f"{name}-{i}", prompt=str(r[cfg.prompt_field]),
+                        answer=math_answer(r, f"{spec}:row {i}", cfg.answer_field),
                         solution=str(r.get(cfg.solution_field) or "")) for i, r in enumerate(rows)]
     return load_problems(spec, cfg.prompt_field, cfg.answer_field, cfg.solution_field)
 

@@ -30,13 +30,14 @@ def test_jsonl_loader_and_field_names(tmp_path):
     rows = [{"question": "1+1?", "final": 2, "idx": 7}, {"question": "2+2?", "final": "#### 4"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     problems = load_problems(path, "question", "final")
-    assert [(p.id, p.answer) for p in problems] == [("7", "2"), ("p-2", "4")]
+    assert [(p.id, p.answer) for p in problems] == [("7", "2"), (f"{path}:line 2", "4")]
 
 
 @pytest.mark.parametrize("content, needle", [
-    ('{"problem": "x", "answer": 1}\n{"problem": "y"}\n', r"p\.jsonl: row 2 has no 'answer' field"),
-    ('{"problem": "x", "answer": 1}\n{not json\n', r"p\.jsonl:2: invalid JSON"),
-    ('[1, 2]\n', r"p\.jsonl:1: expected a JSON object"),
+    ('{"problem": "x", "answer": 1}\n{"problem": "y"}\n', r"p\.jsonl:line 2: missing answer field 'answer'"),
+    ('{"answer": 1}\n', r"p\.jsonl:line 1: missing prompt field 'problem'"),
+    ('{"problem": "x", "answer": 1}\n{not json\n', r"p\.jsonl:line 2: not valid JSON"),
+    ('[1, 2]\n', r"p\.jsonl:line 1: expected a JSON object"),
     ('', r"p\.jsonl: no rows"),
 ])
 def test_malformed_rows_name_file_and_row(tmp_path, content, needle):

@@ -124,3 +124,20 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     assert proc.returncode != 0 and "non-finite steps: stopping" in proc.stderr
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert sum(r.get("train/skipped_nonfinite") == 1.0 for r in rows) >= 1
+
+
+def test_interrupt_saves_a_checkpoint_first(tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM mid-run: the run saves where it is, then exits non-zero."""
+    cmd = [sys.executable, "-m", "omniopd.train", f"--log.dir={tmp_path}", *TINY, "--train.steps=20",
+           "--checkpoint.every=0", "--train.eval_before=false"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while not (tmp_path / "metrics.jsonl").is_file() or '"step": 1' not in (tmp_path / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first step"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert "saving a checkpoint before exiting" in out
+    saved = [p.name for p in (tmp_path / "checkpoints").iterdir()]
+    assert len(saved) == 1 and saved[0].startswith("step_0000")  # step 1 or 2, whichever was running
