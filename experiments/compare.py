@@ -34,6 +34,9 @@ def shared_args(steps: int) -> list[str]:
 
 
 def run(out: Path, objective: str, seed: int, steps: int, eval_before: bool) -> dict:
+    if (out / "summary.json").is_file():  # finished earlier: an interrupted comparison resumes here
+        print(f"{objective:8s} seed {seed}: reusing {out / 'summary.json'}", flush=True)
+        return json.loads((out / "summary.json").read_text())
     cmd = [sys.executable, "-m", "omniopd.train", f"--log.dir={out}", f"--objective.name={objective}",
            f"--train.seed={seed}", f"--train.eval_before={str(eval_before).lower()}", *shared_args(steps)]
     start = time.time()

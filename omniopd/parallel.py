@@ -53,7 +53,13 @@ def init(cfg: ParallelConfig) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
+    """Leave the process group (if something, e.g. a vLLM engine's shutdown, has not already)."""
     if dist.is_initialized():
         dist.barrier()  # without it gloo may abort while a peer is still sending
         dist.destroy_process_group()

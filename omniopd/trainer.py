@@ -409,10 +409,12 @@ class Trainer:
             self.log.close()
         if getattr(self, "teacher", None) is not None:
             self.teacher.close()
-        # Our process group goes first: closing a vLLM engine tears down torch.distributed with it.
-        parallel.shutdown()
         if getattr(self, "generator", None) is not None:
+            parallel.barrier()  # every rank is done with collectives before any engine goes away
+            # A vLLM engine's shutdown destroys torch.distributed's world group along with its own
+            # groups (and fails if ours went first), so it closes before parallel.shutdown().
             self.generator.close()
+        parallel.shutdown()
 
     def __enter__(self) -> Trainer:
         # Ctrl-C and SIGTERM both land in fit()'s KeyboardInterrupt handler, which saves first.
