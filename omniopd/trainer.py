@@ -11,6 +11,7 @@ beside this file; this file only decides what happens in which order.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -131,7 +132,19 @@ class Trainer:
         self.nonfinite_steps = 0
 
         # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
-        gen_cfg = cfg.generation
+        # vLLM samples in the trainer's dtype, so rollout log-probs match the trainer's (sharded runs pass
+        # no model to read it from).
+        gen_cfg = dataclasses.replace(cfg.generation, dtype=cfg.model.dtype) if cfg.generation.dtype == "auto" \
+            else cfg.generation
+        if self.dist.world_size > 1 and gen_cfg.backend != "hf":
+            # An in-process vLLM engine per torchrun rank issues collectives on the default process group
+            # that the other ranks do not mirror (seen here: a hang after the first swap); until the
+            # engine runs in its own group, multi-rank runs generate with HF.
+            if gen_cfg.backend == "vllm":
+                raise ValueError("generation.backend=vllm is not supported with more than one rank yet: "
+                                 "use generation.backend=auto or hf under torchrun")
+            self.log_early(f"{self.dist.world_size} ranks: generating with HF (vLLM is single-rank for now)")
+            gen_cfg = dataclasses.replace(gen_cfg, backend="hf")
         self.generator = build_generator(gen_cfg, self.student_path, tokenizer=self.tokenizer,
                                          hf_model=None if self.sharded else self.model)
         self.teacher = build_teacher(cfg.teacher, cache_path=self._rank_cache(), tokenizer_path=None)
@@ -139,6 +152,11 @@ class Trainer:
             if cfg.objective.name == "omniopd" else None
         self.log = RunLog(cfg, self.out, active=self.dist.is_main, total_steps=cfg.train.steps, start_step=0)
         self._resume()
+
+    def log_early(self, message: str) -> None:
+        """A notice before the run log exists (rank 0 only)."""
+        if self.dist.is_main:
+            print(f"omniopd: {message}", flush=True)
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, dict[str, float]]:
