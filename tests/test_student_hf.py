@@ -66,6 +66,21 @@ def test_model_mode_is_restored_and_update_weights_checks_names(gen, hf):
         gen.update_weights([("lm_head.bias", torch.zeros(1))])
 
 
+def test_own_model_takes_the_trainers_weights(hf):
+    """Beside a sharded trainer the HF backend holds its own copy: a swap must really copy the weights."""
+    trainer_model, tokenizer = hf
+    gen = build_generator(GenerationConfig(backend="hf"), student_path(), tokenizer=tokenizer)  # own copy
+    greedy = dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=8)
+    before = gen.generate(PROMPTS, **greedy)
+    perturbed = {k: v + 0.02 * torch.randn_like(v) for k, v in trainer_model.state_dict().items()}
+    perturbed["lm_head.weight"] = perturbed["model.embed_tokens.weight"]  # tied
+    gen.update_weights(perturbed.items())
+    after = gen.generate(PROMPTS, **greedy)
+    assert [r[0].token_ids for r in after] != [r[0].token_ids for r in before]
+    gen.update_weights(trainer_model.state_dict().items())  # and back
+    assert [r[0].token_ids for r in gen.generate(PROMPTS, **greedy)] == [r[0].token_ids for r in before]
+
+
 def test_cut_at_stop_and_sampling_logprobs_rules():
     assert cut_at_stop("a. b. c", [". c", ". "]) == ("a", True)
     assert cut_at_stop("abc", ["x"]) == ("abc", False)

@@ -27,7 +27,6 @@ class HFGenerator(StudentGenerator):
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.eos_ids = sorted({*eos, tokenizer.eos_token_id} - {None})
-        self._param_names = {name for name, _ in model.named_parameters()}
         self._closed = False
 
     def generate(self, prompts: list[list[dict[str, str]]], n: int, *, temperature: float, top_p: float,
@@ -87,12 +86,19 @@ class HFGenerator(StudentGenerator):
         return samples
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        # The model object is the trainer's, so its parameters already hold the new values; only check
-        # that the caller is talking about this model.
-        unknown = sorted({name for name, _ in named_tensors} - self._param_names - {"lm_head.weight"})
+        # Sharing the trainer's model (one rank), the parameters already hold the new values and nothing
+        # is copied; a model of its own (e.g. beside an FSDP-sharded trainer) takes the full state dict.
+        named_tensors = list(named_tensors)
+        own = dict(self.model.state_dict(keep_vars=True))
+        unknown = sorted({name for name, _ in named_tensors} - set(own))
         if unknown:
             raise ValueError(f"update_weights: {len(unknown)} names are not parameters of the HF model, "
                              f"e.g. {unknown[:3]}")
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                target = own[name]
+                if target.data_ptr() != tensor.data_ptr():
+                    target.copy_(tensor.to(device=target.device, dtype=target.dtype))
 
     def close(self) -> None:
         self._closed = True
