@@ -11,9 +11,9 @@ Backend = Literal["auto", "triton", "torch"]
 _BACKENDS = ("auto", "triton", "torch")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
-# Rows of a [rows, V] fp32 scratch tile the chunked torch paths may hold at once (16 MiB at V=1).
+# Elements of one fp32 [rows, V] scratch tile of the chunked torch paths (4 MiB).
 # Several temporaries live per chunk, so this keeps peak extra memory a few % of [N, V] fp32.
-TORCH_CHUNK_ELEMS = 1 << 22
+TORCH_CHUNK_ELEMS = 1 << 20
 
 
 def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
@@ -75,6 +75,6 @@ def check_temperature(temperature: float) -> float:
     return temperature
 
 
-def chunk_rows(vocab: int, n: int, elems: int = TORCH_CHUNK_ELEMS) -> int:
-    """Rows per chunk so that one fp32 [rows, vocab] temporary stays near `elems` elements."""
-    return max(1, min(n, elems // max(vocab, 1)))
+def chunk_rows(vocab: int, n: int) -> int:
+    """Rows per chunk so that one fp32 [rows, vocab] temporary stays near TORCH_CHUNK_ELEMS elements."""
+    return max(1, min(n, TORCH_CHUNK_ELEMS // max(vocab, 1)))
