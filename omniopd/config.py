@@ -78,6 +78,8 @@ class TeacherConfig:
     completion_mode: Literal["auto", "completions", "chat"] = doc(
         "OpenAI-compatible prefill: raw completions with the chat template applied locally, or chat "
         "with continue_final_message (vLLM/SGLang).", "auto")
+    tokenizer: str = doc("OpenAI-compatible teacher: its tokenizer (HF folder or alias) to apply the chat "
+                         "template locally; enables 'completions' prefill with exact prefixes.", "")
     price_in_per_mtok: float = doc("Price per million prompt tokens (cost estimate).", 0.0)
     price_out_per_mtok: float = doc("Price per million completion tokens (cost estimate).", 0.0)
     cache: str = doc("SQLite response cache path; empty = <log.dir>/teacher_cache.sqlite; 'off' disables.", "")

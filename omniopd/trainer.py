@@ -147,7 +147,8 @@ class Trainer:
             gen_cfg = dataclasses.replace(gen_cfg, backend="hf")
         self.generator = build_generator(gen_cfg, self.student_path, tokenizer=self.tokenizer,
                                          hf_model=None if self.sharded else self.model)
-        self.teacher = build_teacher(cfg.teacher, cache_path=self._rank_cache(), tokenizer_path=None)
+        self.teacher = build_teacher(cfg.teacher, cache_path=self._rank_cache(),
+                                     tokenizer_path=cfg.teacher.tokenizer or None)
         self.similarity = get_similarity(cfg.audit.similarity, trim=cfg.audit.trim, embedder=cfg.audit.embedder) \
             if cfg.objective.name == "omniopd" else None
         self.log = RunLog(cfg, self.out, active=self.dist.is_main, total_steps=cfg.train.steps, start_step=0)
