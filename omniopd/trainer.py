@@ -71,10 +71,11 @@ def pack(problems: list[Problem], samples: list[Sample], pad_id: int, device: to
 def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """`[B, T, V]` fp32 logits of the distributions that produced each response token."""
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    t = batch.tokens.shape[1]
+    # The head runs only on the last T + 1 positions (columns P - 1 .. P + T - 1), not over the prompt.
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-                use_cache=False)
-    p, t = batch.prompt_width, batch.tokens.shape[1]
-    return out.logits[:, p - 1:p - 1 + t].float()
+                use_cache=False, logits_to_keep=t + 1)
+    return out.logits[:, :t].float()
 
 
 def repetition_rate(token_ids: list[int], n: int = 4) -> float:

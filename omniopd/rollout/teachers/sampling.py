@@ -62,8 +62,10 @@ def sample(model, prompts: list[list[int]], n: list[int], max_tokens: list[int],
     past = None
     step_ids, pos = ids, position_ids(mask)
     for step in range(max(max_tokens)):
+        # Only the last position's logits are sampled from: computing the head over the whole prompt
+        # costs rows x prompt x vocab floats (GBs for a batch of hinted prompts).
         result = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, past_key_values=past,
-                       use_cache=True)
+                       use_cache=True, logits_to_keep=1)
         past = result.past_key_values
         logits = result.logits[:, -1, :].float()
         nxt = torch.empty(len(rows), dtype=torch.long, device=device)
