@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def run(out: Path, objective: str, seed: int, steps: int, eval_before: bool) -> 
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
     summary = json.loads((out / "summary.json").read_text())
     summary["wall_s"] = time.time() - start
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ~1.7 GB each; the comparison needs none
     print(f"{objective:8s} seed {seed}: accuracy {summary['after']['eval/accuracy']:.3f} "
           f"({summary['wall_s']:.0f}s)", flush=True)
     return summary
