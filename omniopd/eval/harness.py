@@ -18,7 +18,7 @@ from typing import Any
 
 from omniopd.config import DataConfig
 from omniopd.eval.codegrade import grade_code
-from omniopd.eval.data import DataError, Problem, Suite
+from omniopd.eval.data import DataError, Problem, Suite, read_rows
 from omniopd.eval.mathgrade import MathVerifier, answers_match, extract_answer
 from omniopd.eval.passk import default_ks, mean_pass_at_k
 from omniopd.eval.sandbox import DEFAULT_LIMITS, SandboxLimits
@@ -125,31 +125,21 @@ def read_records(path: str | Path, problems: dict[tuple[str, str], Problem]) -> 
     for benchmark, pid in problems:
         by_id[pid].append(benchmark)
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            pid = next((row[k] for k in ("problem_id", "id") if row.get(k) is not None), None)
-            response = next((row[k] for k in ("response", "text", "completion") if k in row), None)
-            if pid is None or not isinstance(response, str):
-                raise DataError(f"{where}: needs 'problem_id' (or 'id') and a 'response' text")
-            pid = str(int(pid)) if isinstance(pid, float) and pid.is_integer() else str(pid)
-            benchmark = row.get("benchmark")
-            if benchmark is None:
-                if len(by_id[pid]) != 1:
-                    found = "in several data files" if by_id[pid] else "in none of the data files"
-                    raise DataError(f"{where}: problem id '{pid}' is {found}; add a 'benchmark' field")
-                benchmark = by_id[pid][0]
-            if (benchmark, pid) not in problems:
-                raise DataError(f"{where}: no problem '{pid}' in benchmark '{benchmark}'")
-            records.append({**row, "benchmark": benchmark, "problem_id": pid, "response": response})
+    for where, row in read_rows(path):  # the loaders' reader: same JSON checks and line-naming errors
+        pid = next((row[k] for k in ("problem_id", "id") if row.get(k) is not None), None)
+        response = next((row[k] for k in ("response", "text", "completion") if k in row), None)
+        if pid is None or not isinstance(response, str):
+            raise DataError(f"{where}: needs 'problem_id' (or 'id') and a 'response' text")
+        pid = str(int(pid)) if isinstance(pid, float) and pid.is_integer() else str(pid)
+        benchmark = row.get("benchmark")
+        if benchmark is None:
+            if len(by_id[pid]) != 1:
+                found = "in several data files" if by_id[pid] else "in none of the data files"
+                raise DataError(f"{where}: problem id '{pid}' is {found}; add a 'benchmark' field")
+            benchmark = by_id[pid][0]
+        if (benchmark, pid) not in problems:
+            raise DataError(f"{where}: no problem '{pid}' in benchmark '{benchmark}'")
+        records.append({**row, "benchmark": benchmark, "problem_id": pid, "response": response})
     if not records:
         raise DataError(f"{path}: no samples")
     return records
