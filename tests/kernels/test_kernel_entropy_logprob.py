@@ -1,5 +1,7 @@
 """entropy_logprob: forward and gradients vs float64, both backends, odd shapes, edge-case logits."""
 
+import zlib
+
 import pytest
 import torch
 from kernel_testing import BACKENDS, GRAD_MARGIN, MARGIN, assert_close_rule, device_for
@@ -24,7 +26,7 @@ CASES = {
 
 def _run(backend, name):
     dtype, build, tau, with_tok = CASES[name]
-    g = torch.Generator().manual_seed(hash(name) % 1000)
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()) % 1000)  # hash() is salted per process
     x = build(g).to(dtype)
     tok = torch.randint(0, V, (N,), generator=g) if with_tok else None
     dev = device_for(backend)
