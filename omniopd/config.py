@@ -70,6 +70,19 @@ class TeacherConfig:
                            "OPENAI_API_KEY")
     temperature: float = doc("Teacher sampling temperature tau_T.", 0.7)
     max_concurrency: int = doc("Concurrent requests in flight to the teacher.", 8)
+    tokens_per_minute: int = doc(
+        "API teachers: the provider's token budget per minute (prompt + completion, as the provider counts "
+        "them; 0 = unlimited). Each call is charged prompt + n * max_tokens before it goes and corrected "
+        "with the usage the reply reports; a call larger than the whole budget still goes, alone.", 0)
+    requests_per_minute: int = doc("API teachers: the provider's HTTP-request budget per minute (0 = unlimited).",
+                                   0)
+    rate_burst_s: float = doc(
+        "API teachers: the budgets refill continuously; at most this many seconds' worth goes out at once "
+        "(60 = a whole minute's budget; lower it for providers that enforce limits over shorter windows).",
+        60.0)
+    max_failed_steps: int = doc(
+        "Stop the run with the teacher's last error after this many consecutive steps in which every "
+        "teacher request failed.", 3)
     timeout_s: float = doc("Per-request timeout in seconds.", 60.0)
     max_retries: int = doc("Retries per request on connection errors, 5xx, 429, malformed replies.", 4)
     retry_backoff_s: float = doc("First retry delay in seconds; doubles per retry, with jitter (a "
@@ -193,13 +206,14 @@ class Config:
 _POSITIVE = {"generation.n", "generation.kv_cache_gib", "generation.start_timeout_s",
              "generation.max_new_tokens", "audit.num_chunks", "audit.chunk_len",
              "audit.num_continuations", "train.steps", "train.batch_size", "teacher.max_concurrency",
-             "teacher.timeout_s", "teacher.step_deadline_s", "checkpoint.keep", "optim.lr",
+             "teacher.timeout_s", "teacher.step_deadline_s",
+             "teacher.rate_burst_s", "teacher.max_failed_steps", "checkpoint.keep", "optim.lr",
              "train.max_nonfinite_steps", "audit.schedule_steps"}
 _NON_NEGATIVE = {"generation.temperature", "generation.max_model_len", "teacher.temperature",
                  "audit.alpha", "objective.beta",
                  "optim.weight_decay", "optim.grad_clip", "optim.warmup_steps", "checkpoint.every",
                  "teacher.max_retries", "teacher.retry_backoff_s", "teacher.price_in_per_mtok",
-                 "teacher.price_out_per_mtok",
+                 "teacher.price_out_per_mtok", "teacher.tokens_per_minute", "teacher.requests_per_minute",
                  "train.eval_size", "audit.schedule_start"}
 _UNIT_INTERVAL = {"generation.top_p", "generation.gpu_memory_utilization"}
 

@@ -2,7 +2,11 @@
 
 - A private event loop on a daemon thread, so `generate` is a plain call that also works when the
   caller already runs an event loop, and HTTP connections are reused across steps.
-- At most `max_concurrency` HTTP requests in flight (one semaphore around every HTTP call).
+- At most `max_concurrency` HTTP requests in flight (one semaphore around every HTTP call), and
+  the provider's budgets kept on our side (`ratelimit.SendBudget`): `tokens_per_minute` (each call
+  charged prompt + n * max_tokens before it goes, the prompt estimated from characters at a ratio
+  learned from the replies' usage, then corrected with the usage the reply reports),
+  `requests_per_minute`, and a pause of every sender after a 429.
 - Requests start in ascending-prefix order per trajectory (stable sort by (messages, len(prefix))),
   so a prefix-caching server sees each shared prefix before its extensions.
 - Every HTTP call has a hard timeout; connection errors, timeouts, 408/409/429/5xx and malformed
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import math
 import random
 import threading
 import time
@@ -27,18 +32,23 @@ from types import ModuleType
 from omniopd.config import TeacherConfig
 from omniopd.rollout.teachers.base import Teacher, TeacherRequest, TeacherResult
 from omniopd.rollout.teachers.cache import ResponseCache
+from omniopd.rollout.teachers.ratelimit import BudgetExceeded, SendBudget
 from omniopd.rollout.teachers.secrets import scrub
 
 _MAX_BACKOFF_S = 30.0
+# Prompt characters per token before any reply has reported usage: low, so the first estimates are high.
+_FIRST_CHARS_PER_TOKEN = 3.0
 
 
 class CallError(Exception):
     """One failed HTTP call, classified: retry it or give up."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None):
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None,
+                 status: int | None = None):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status
 
 
 class _Failed(Exception):
@@ -88,7 +98,7 @@ def classify_sdk_error(exc: BaseException, sdk: ModuleType) -> CallError:
         status = exc.status_code
         retryable = status in (408, 409, 429) or status >= 500
         return CallError(f"HTTP {status}: {exc.message}", retryable=retryable,
-                         retry_after=parse_retry_after(exc.response.headers))
+                         retry_after=parse_retry_after(exc.response.headers), status=status)
     if isinstance(exc, sdk.APITimeoutError):
         return CallError("request timed out", retryable=True)
     if isinstance(exc, sdk.APIConnectionError):
@@ -114,6 +124,9 @@ class RemoteTeacher(Teacher):
                                         daemon=True)
         self._thread.start()
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self._budget = SendBudget(cfg.tokens_per_minute, cfg.requests_per_minute, cfg.rate_burst_s)
+        self._seen_chars = 0  # prompt characters and tokens of the replies that reported usage
+        self._seen_prompt_tokens = 0
         self._rng = random.Random()
 
     # -- the backend's job ---------------------------------------------------------------------
@@ -127,6 +140,16 @@ class RemoteTeacher(Teacher):
 
     async def _aclose(self) -> None:
         """Close the SDK client (runs on the engine's loop)."""
+
+    def usage(self) -> dict:
+        """The base counters plus the rate budget's: seconds calls waited for it, and 429 pauses."""
+        return {**super().usage(), "budget_wait_s": round(self._budget.stats.waited_s, 4),
+                "rate_limit_pauses": self._budget.stats.pauses}
+
+    def estimate_tokens(self, req: TeacherRequest, n: int) -> int:
+        """What one call for `n` samples will count against the budget, at most: prompt + n * max_tokens."""
+        ratio = self._seen_chars / self._seen_prompt_tokens if self._seen_prompt_tokens else _FIRST_CHARS_PER_TOKEN
+        return math.ceil(_prompt_chars(req) / ratio) + n * req.max_tokens
 
     # -- engine --------------------------------------------------------------------------------
     def _run(self, requests: list[TeacherRequest],
@@ -190,7 +213,7 @@ class RemoteTeacher(Teacher):
         while True:
             try:
                 async with self._slots:
-                    reply = await asyncio.wait_for(self._attempt(req, n), timeout=self.cfg.timeout_s)
+                    reply = await self._budgeted_attempt(req, n, deadline)
                 p.prompt_tokens += reply.prompt_tokens  # billed even when the reply is then rejected
                 p.completion_tokens += reply.completion_tokens
                 if len(reply.texts) != n:
@@ -201,25 +224,45 @@ class RemoteTeacher(Teacher):
                 return list(reply.texts)  # type: ignore[arg-type]
             except asyncio.CancelledError:
                 raise
+            except BudgetExceeded as e:
+                raise _Failed(f"{e} (after {attempt} retries)") from None
             except TimeoutError:
                 error = CallError(f"timed out after {self.cfg.timeout_s:g}s", retryable=True)
             except Exception as e:  # noqa: BLE001 - classified below; nothing escapes unreported
                 error = classify_sdk_error(e, self.sdk)
-            if not error.retryable:
-                raise _Failed(f"{error} (not retried)")
-            if attempt >= self.cfg.max_retries:
-                raise _Failed(f"{error} (gave up after {attempt} retries)")
             if error.retry_after is not None:
                 delay = error.retry_after
             else:
                 delay = min(_MAX_BACKOFF_S, self.cfg.retry_backoff_s * 2**attempt)
                 delay *= self._rng.uniform(0.5, 1.5)
+            if error.status == 429:  # the provider's limit is shared: every sender backs off, not just this one
+                self._budget.pause(delay)
+            if not error.retryable:
+                raise _Failed(f"{error} (not retried)")
+            if attempt >= self.cfg.max_retries:
+                raise _Failed(f"{error} (gave up after {attempt} retries)")
             if self._loop.time() + delay >= deadline:
                 raise _Failed(f"{error}; the next retry (in {delay:.1f}s) would pass the step deadline "
                               f"(after {attempt} retries)")
             attempt += 1
             p.retries += 1
             await asyncio.sleep(delay)
+
+    async def _budgeted_attempt(self, req: TeacherRequest, n: int, deadline: float) -> Reply:
+        """One HTTP call once the budget allows it; the budget is then corrected with the reply's usage (a
+        call that failed, or whose reply reports none, keeps its estimate)."""
+        estimate = self.estimate_tokens(req, n)
+        await self._budget.acquire(estimate, deadline)
+        used = estimate
+        try:
+            reply = await asyncio.wait_for(self._attempt(req, n), timeout=self.cfg.timeout_s)
+            if reply.prompt_tokens > 0:
+                self._seen_chars += _prompt_chars(req)
+                self._seen_prompt_tokens += reply.prompt_tokens
+            used = reply.prompt_tokens + reply.completion_tokens or estimate
+            return reply
+        finally:
+            self._budget.settle(estimate, used)
 
     def close(self) -> None:
         if not self._loop.is_closed():
@@ -229,3 +272,7 @@ class RemoteTeacher(Teacher):
             self._thread.join(timeout=10)
             self._loop.close()
         super().close()
+
+
+def _prompt_chars(req: TeacherRequest) -> int:
+    return sum(len(m["content"]) for m in req.messages) + len(req.prefix)

@@ -1,0 +1,261 @@
+"""The API teachers' send budget: tokens and requests per minute, a 429 that slows every sender, and a
+tight budget that never deadlocks nor waits past the step deadline.
+
+The OpenAI-compatible teacher talks over real HTTP to a small endpoint of our own on loopback that
+answers like `/v1/chat/completions`, reports a chosen usage, returns 429s on cue, and records when
+each request arrived; the tests compare those arrival times with the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from omniopd.config import ConfigError, TeacherConfig, load_config
+from omniopd.rollout.teachers import TeacherRequest, build_teacher
+from omniopd.rollout.teachers.ratelimit import TokenBucket
+
+# (status, extra headers) for the k-th arrival (k counts from 0), given its body.
+Decide = Callable[[int, dict], tuple[int, dict[str, str]]]
+
+
+class _Quiet(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
+class Endpoint:
+    """An OpenAI-style chat-completions endpoint that reports `usage` and records arrival times."""
+
+    def __init__(self, prompt_tokens: int, completion_tokens: int, decide: Decide | None = None,
+                 answer_after_s: float = 0.0):
+        self.arrivals: list[tuple[float, dict, int]] = []  # (monotonic time, body, status sent)
+        self.lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with endpoint.lock:
+                    k = len(endpoint.arrivals)
+                    status, headers = decide(k, body) if decide else (200, {})
+                    endpoint.arrivals.append((time.monotonic(), body, status))
+                if status == 200:
+                    time.sleep(answer_after_s)
+                    n = body.get("n", 1)
+                    payload = {"id": f"c{k}", "object": "chat.completion", "created": 0, "model": body["model"],
+                               "choices": [{"index": i, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": f" reply {k}.{i}"}}
+                                           for i in range(n)],
+                               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens * n,
+                                         "total_tokens": prompt_tokens + completion_tokens * n}}
+                else:
+                    payload = {"error": {"message": f"injected {status}", "type": "rate_limit_error"}}
+                raw = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = _Quiet(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def times(self, status: int | None = None) -> list[float]:
+        return [t for t, _, s in self.arrivals if status is None or s == status]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def endpoint():
+    made: list[Endpoint] = []
+
+    def make(*args, **kwargs) -> Endpoint:
+        made.append(Endpoint(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+@pytest.fixture()
+def teacher_for():
+    made = []
+
+    def make(url: str, **overrides):
+        fields = dict(kind="openai", model="budget-test", base_url=url, api_key_env="OMNIOPD_TEST_NO_KEY",
+                      completion_mode="chat", timeout_s=30.0, max_retries=3, retry_backoff_s=0.05,
+                      step_deadline_s=60.0)
+        fields.update(overrides)
+        made.append(build_teacher(TeacherConfig(**fields), cache_path=None))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def requests(count: int, max_tokens: int, n: int = 1) -> list[TeacherRequest]:
+    return [TeacherRequest([{"role": "user", "content": f"What is {k} + 7? Answer briefly."}], "It is", n=n,
+                           max_tokens=max_tokens, temperature=0.0, key=f"req {k}") for k in range(count)]
+
+
+# -- the bucket alone, against hand-computed values --------------------------------------------------------
+
+def test_bucket_refills_at_the_rate_up_to_its_capacity_and_runs_into_debt():
+    b = TokenBucket(per_minute=600, burst_s=6)  # 10 per second, at most 60 at once
+    assert b.wait_s(60, now=100.0) == 0.0  # full at first use
+    b.take(60, now=100.0)
+    assert b.wait_s(30, now=100.0) == pytest.approx(3.0)
+    assert b.wait_s(30, now=102.0) == pytest.approx(1.0)
+    b.take(100, now=106.0)  # larger than the capacity: allowed from a full bucket, leaves a debt of 40
+    assert b.level == pytest.approx(-40.0)
+    assert b.wait_s(500, now=106.0) == pytest.approx(10.0)  # waits for a full bucket, never forever
+    b.give_back(30, now=106.0)  # the reply used 30 fewer tokens than estimated
+    assert b.wait_s(500, now=106.0) == pytest.approx(7.0)
+    b.empty(now=200.0)  # a 429: restart from empty, not from the refilled 60
+    assert b.level == 0.0 and b.wait_s(20, now=200.0) == pytest.approx(2.0)
+    unlimited = TokenBucket(per_minute=0, burst_s=60)
+    unlimited.take(10**9, now=0.0)
+    assert unlimited.wait_s(10**9, now=0.0) == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(per_minute=st.integers(1, 10_000), burst_s=st.floats(0.1, 120),
+       calls=st.lists(st.tuples(st.floats(0, 30), st.integers(1, 5_000)), min_size=1, max_size=40))
+def test_bucket_never_lets_more_out_than_capacity_plus_rate_times_time(per_minute, burst_s, calls):
+    """Sending each call as soon as the bucket allows: in float64, the total sent by time t never exceeds
+    capacity + rate * t plus the excess of the one call that went over the capacity from a full bucket."""
+    b = TokenBucket(per_minute, burst_s)
+    rate, capacity = per_minute / 60, per_minute * burst_s / 60
+    now, sent = 0.0, 0.0
+    for gap, cost in calls:
+        now += gap
+        now += b.wait_s(cost, now)
+        assert b.wait_s(cost, now) <= 1e-9 * max(1.0, now)
+        b.take(cost, now)
+        sent += cost
+        assert sent <= capacity + rate * now + max(0.0, cost - capacity) + 1e-6 * sent
+
+
+def test_budget_fields_are_validated_by_name():
+    cfg = load_config(["--teacher.tokens_per_minute=90000", "--teacher.requests_per_minute=60",
+                       "--teacher.rate_burst_s=5", "--teacher.max_failed_steps=1"])
+    assert (cfg.teacher.tokens_per_minute, cfg.teacher.requests_per_minute) == (90000, 60)
+    for bad in ("--teacher.tokens_per_minute=-1", "--teacher.requests_per_minute=-5", "--teacher.rate_burst_s=0",
+                "--teacher.max_failed_steps=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0].removeprefix("--")):
+            load_config([bad])
+
+
+# -- the teacher over real HTTP ------------------------------------------------------------------------------
+
+def test_token_budget_paces_sends_and_is_corrected_by_the_reported_usage(endpoint, teacher_for):
+    """100 tokens/s, at most 100 at once. Each call is estimated at ~50 tokens (max_tokens 40 + the prompt)
+    but the reply reports 15: without the correction the 30 calls would take ~14 s, with it ~3.5 s."""
+    server = endpoint(prompt_tokens=10, completion_tokens=5)
+    teacher = teacher_for(server.url, tokens_per_minute=6000, rate_burst_s=1.0, max_concurrency=8)
+    start = time.monotonic()
+    results = teacher.generate(requests(30, max_tokens=40))
+    elapsed = time.monotonic() - start
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    times = sorted(server.times())
+    assert len(times) == 30
+    used = 15
+    for k, t in enumerate(times):  # never ahead of the budget, measured where the provider counts: on arrival
+        assert (k + 1) * used <= 100 + 100 * (t - times[0]) + 100 * 0.05, (k, t - times[0])
+    # ... and not far behind it: the refunds let the rate reach the budget in reported tokens.
+    ideal = (30 * used - 100) / 100
+    assert ideal - 0.1 <= times[-1] - times[0] <= 2 * ideal + 1.0, (times[-1] - times[0], elapsed)
+    assert teacher.usage()["budget_wait_s"] > 0
+
+
+def test_requests_per_minute_paces_sends(endpoint, teacher_for):
+    server = endpoint(prompt_tokens=10, completion_tokens=5)
+    teacher = teacher_for(server.url, requests_per_minute=240, rate_burst_s=0.5, max_concurrency=8)  # 4/s, 2 at once
+    results = teacher.generate(requests(10, max_tokens=8))
+    assert all(r.ok for r in results)
+    times = sorted(server.times())
+    for k, t in enumerate(times):
+        assert k + 1 <= 2 + 4 * (t - times[0]) + 0.2, (k, t - times[0])
+    assert times[-1] - times[0] >= (10 - 2) / 4 - 0.1
+
+
+def test_a_call_larger_than_the_whole_budget_goes_out_alone(endpoint, teacher_for):
+    """600 tokens per minute, a whole minute's worth at once; each call asks for up to 700 completion tokens.
+    The first goes at once from the full bucket; its reply reports 30 tokens, so the second waits until the
+    bucket is full again: 30 tokens at 10/s = 3 s. Nothing deadlocks, nothing goes beside it."""
+    server = endpoint(prompt_tokens=10, completion_tokens=20)
+    teacher = teacher_for(server.url, tokens_per_minute=600, max_concurrency=4)
+    results = teacher.generate(requests(2, max_tokens=700))
+    assert all(r.ok for r in results), [r.error for r in results]
+    first, second = sorted(server.times())
+    assert 2.7 <= second - first <= 5.0, second - first
+
+
+def test_a_tight_budget_fails_fast_instead_of_waiting_past_the_deadline(endpoint, teacher_for):
+    """10 tokens/s and calls of ~50 tokens each: only the first fits in a 3 s step deadline; the others are
+    reported failed at once, naming the budget, instead of stalling the step."""
+    server = endpoint(prompt_tokens=10, completion_tokens=40)
+    teacher = teacher_for(server.url, tokens_per_minute=600, rate_burst_s=1.0, step_deadline_s=3.0)
+    start = time.monotonic()
+    results = teacher.generate(requests(5, max_tokens=40))
+    elapsed = time.monotonic() - start
+    assert elapsed < 3.0
+    assert results[0].ok and len(server.arrivals) == 1
+    for r in results[1:]:
+        assert not r.ok and "teacher.tokens_per_minute" in r.error and "step deadline" in r.error, r.error
+        assert r.error.startswith("teacher request ")  # names the request
+
+
+def test_a_429_pauses_every_sender_not_just_the_one_request(endpoint, teacher_for):
+    """The second arrival gets 429 with Retry-After: 1.5. Two calls may be in flight, and the 429'd one
+    frees its slot while it waits: without a shared pause the others would go on sending meanwhile."""
+    server = endpoint(prompt_tokens=10, completion_tokens=5, answer_after_s=0.1,
+                      decide=lambda k, body: (429, {"Retry-After": "1.5"}) if k == 1 else (200, {}))
+    teacher = teacher_for(server.url, max_concurrency=2)
+    results = teacher.generate(requests(8, max_tokens=8))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    [limited] = server.times(429)
+    after = [t - limited for t in server.times() if t > limited]
+    assert after and min(after) >= 1.4, after
+    assert teacher.usage()["rate_limit_pauses"] == 1
+    assert sum(r.retries for r in results) == 1
+
+
+def test_a_429_restarts_the_token_budget_from_empty(endpoint, teacher_for):
+    """With a token budget, after the pause sending resumes at the budget's rate, not with a fresh burst."""
+    server = endpoint(prompt_tokens=10, completion_tokens=5,
+                      decide=lambda k, body: (429, {"Retry-After": "0.5"}) if k == 0 else (200, {}))
+    # 60 tokens/s, at most 120 at once; each call counts 15 tokens. One at a time, so every call after the
+    # first is sent after the 429 came back.
+    teacher = teacher_for(server.url, tokens_per_minute=3600, rate_burst_s=2.0, max_concurrency=1)
+    results = teacher.generate(requests(9, max_tokens=5))
+    assert all(r.ok for r in results)
+    [limited] = server.times(429)
+    after = sorted(t - limited for t in server.times(200))
+    assert len(after) == 9 and min(after) >= 0.45
+    # From empty, 30 tokens refilled during the pause, then 60/s: the 9 calls' 135 tokens take until
+    # ~2.25 s. Had the bucket kept its ~100 tokens, they would all be out by ~1.05 s.
+    assert after[-1] >= 0.5 + (9 * 15 - 30) / 60 - 0.2, after
