@@ -29,7 +29,7 @@ from omniopd.config import Config
 from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
 from omniopd.eval.mathgrade import grade_math
 from omniopd.rollout.student import Sample, build_generator
-from omniopd.rollout.teachers import TeacherRequest, build_teacher, resolve_cache_path
+from omniopd.rollout.teachers import TeacherRequest, TeacherResult, build_teacher, resolve_cache_path
 from omniopd.runlog import RunLog, plot_metrics
 from omniopd_kernels import entropy_logprob
 
@@ -97,6 +97,10 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+class TeacherDeadError(RuntimeError):
+    """Every teacher request failed for `teacher.max_failed_steps` steps in a row; carries the last error."""
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -131,6 +135,7 @@ class Trainer:
         self.stream = PromptStream(self.train_set, seed=cfg.train.seed)
         self.step = 0
         self.nonfinite_steps = 0
+        self.teacher_failed_steps, self.teacher_last_error = 0, ""  # consecutive all-failed teacher steps
 
         # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
         # vLLM samples in the trainer's dtype, so rollout log-probs match the trainer's (sharded runs pass
@@ -279,6 +284,7 @@ class Trainer:
             key=f"step {self.step} rank {self.dist.rank} seq {f.seq} anchor {f.anchor}") for f in forks]
         with timer("teacher"):
             results = self.teacher.generate(requests)
+        self._check_teacher(results)
         # 5. Similarity and the Dirichlet-Multinomial target; chunks with < N texts are dropped, counted.
         with timer("score"):
             audit = score_forks(forks, [r.texts for r in results], logprob, self.similarity,
@@ -290,6 +296,24 @@ class Trainer:
         metrics["audit/num_chunks_m"] = float(m)
         metrics["teacher/failed_requests"] = float(sum(not r.ok for r in results))
         return loss, metrics
+
+    def _check_teacher(self, results: list[TeacherResult]) -> None:
+        """A dead teacher is loud: stop after `teacher.max_failed_steps` steps in a row in which every
+        request failed on every rank (ranks decide together, so all of them stop at the same step)."""
+        ok, total = parallel.all_reduce_sum([float(sum(r.ok for r in results)), float(len(results))]).tolist()
+        if total == 0:
+            return
+        if ok > 0:
+            self.teacher_failed_steps = 0
+            return
+        self.teacher_failed_steps += 1
+        self.teacher_last_error = next((r.error for r in results if r.error), self.teacher_last_error)
+        limit = self.cfg.teacher.max_failed_steps
+        self.log.print(f"step {self.step}: all {int(total)} teacher requests failed "
+                       f"({self.teacher_failed_steps}/{limit}); last error: {self.teacher_last_error}")
+        if self.teacher_failed_steps >= limit:
+            raise TeacherDeadError(f"the teacher failed every request for {self.teacher_failed_steps} steps in a "
+                                   f"row: stopping. Last error: {self.teacher_last_error}")
 
     # ------------------------------------------------------------------------------------------
     def _teacher_responses(self, problems: list[Problem]) -> list[tuple[Problem, Sample]]:
@@ -386,7 +410,8 @@ class Trainer:
 
     def save(self) -> Path:
         extra = {"step": self.step, "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
-                 "rng": checkpoint.rng_state(), "nonfinite_steps": self.nonfinite_steps}
+                 "rng": checkpoint.rng_state(), "nonfinite_steps": self.nonfinite_steps,
+                 "teacher_failed_steps": self.teacher_failed_steps, "teacher_last_error": self.teacher_last_error}
         return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, extra,
                                keep=self.cfg.checkpoint.keep)
 
@@ -400,6 +425,8 @@ class Trainer:
         step, path = found[-1]
         extra = checkpoint.load(path, self.model, self.optimizer)
         self.step, self.nonfinite_steps = extra["step"], extra["nonfinite_steps"]
+        self.teacher_failed_steps = extra.get("teacher_failed_steps", 0)  # absent in older checkpoints
+        self.teacher_last_error = extra.get("teacher_last_error", "")
         self.scheduler.load_state_dict(extra["scheduler"])
         self.stream.load_state_dict(extra["stream"])
         checkpoint.set_rng_state(extra["rng"])

@@ -1,0 +1,58 @@
+"""A dead teacher is loud: a real `python -m omniopd.train` run whose OpenAI-compatible teacher points at a
+closed port stops with the teacher's error after `teacher.max_failed_steps` all-failed steps, exits
+non-zero, and the count survives a checkpoint and `--resume`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from omniopd.runlog import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+# One prompt, one 16-token rollout, forks of 4 tokens, 2 continuations: only the failure matters here.
+TINY = ["--train.batch_size=1", "--generation.n=1", "--generation.max_new_tokens=16", "--audit.chunk_len=4",
+        "--audit.num_continuations=2", "--generation.backend=hf", "--log.tensorboard=false", "--log.plots=false",
+        "--train.eval_before=false", "--train.eval_after=false", "--checkpoint.export=false",
+        "--teacher.kind=openai", "--teacher.model=smollm2-135m", "--teacher.completion_mode=chat",
+        "--teacher.max_retries=0", "--teacher.cache=off", "--teacher.api_key_env=OMNIOPD_TEST_NO_KEY",
+        "--teacher.max_failed_steps=2"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed when the block ends: connections are refused
+
+
+def _train(out: Path, port: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "omniopd.train", f"--log.dir={out}", f"--teacher.base_url=http://127.0.0.1:{port}/v1",
+           *TINY, *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("OMNIOPD_TEST_NO_KEY", None)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_dead_teacher_stops_the_run_and_the_count_survives_resume(tmp_path):
+    port = _closed_port()
+    # One step with every request failed: below the limit, so the run finishes (exit 0) and saves the count.
+    first = _train(tmp_path, port, "--train.steps=1")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    assert "teacher requests failed (1/2)" in first.stdout
+    [row] = read_metrics(tmp_path / "metrics.jsonl")
+    assert row["step"] == 1 and row["teacher/failed_requests"] >= 1
+
+    # Resumed: the very next all-failed step is the second in a row (the count came back from the checkpoint),
+    # so the run stops there with the teacher's own error, instead of training on a KL term alone.
+    second = _train(tmp_path, port, "--train.steps=3", "--resume")
+    assert second.returncode != 0, second.stdout[-3000:]
+    assert "teacher requests failed (2/2)" in second.stdout
+    assert "TeacherDeadError" in second.stderr
+    last_line = second.stderr.strip().splitlines()[-1]
+    assert "every request for 2 steps in a row" in last_line
+    assert "connection error" in last_line and "step 1 rank 0 seq 0 anchor" in last_line, last_line
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]  # step 2 never completed
