@@ -1,9 +1,10 @@
-"""The API teachers' send budget: tokens and requests per minute, a 429 that slows every sender, and a
-tight budget that never deadlocks nor waits past the step deadline.
+"""The API teachers' send budget: bounded concurrency, tokens and requests per minute, a 429 that slows
+every sender, and a tight budget that never deadlocks nor waits past the step deadline.
 
-The OpenAI-compatible teacher talks over real HTTP to a small endpoint of our own on loopback that
-answers like `/v1/chat/completions`, reports a chosen usage, returns 429s on cue, and records when
-each request arrived; the tests compare those arrival times with the budget.
+The teachers (the real `openai` / `anthropic` SDKs) talk over real HTTP to a small endpoint of our own
+on loopback that answers like `/v1/chat/completions` and `/v1/messages`, reports a chosen usage,
+returns 429s on cue, and records when each request arrived and how many were in flight; the tests
+compare those measurements with the budget.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Endpoint:
     def __init__(self, prompt_tokens: int, completion_tokens: int, decide: Decide | None = None,
                  answer_after_s: float = 0.0):
         self.arrivals: list[tuple[float, dict, int]] = []  # (monotonic time, body, status sent)
+        self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
         endpoint = self
 
@@ -54,7 +56,23 @@ class Endpoint:
                     k = len(endpoint.arrivals)
                     status, headers = decide(k, body) if decide else (200, {})
                     endpoint.arrivals.append((time.monotonic(), body, status))
-                if status == 200:
+                    endpoint.in_flight += 1
+                    endpoint.most_in_flight = max(endpoint.most_in_flight, endpoint.in_flight)
+                try:
+                    self.answer(k, body, status, headers)
+                finally:
+                    with endpoint.lock:
+                        endpoint.in_flight -= 1
+
+            def answer(self, k: int, body: dict, status: int, headers: dict[str, str]) -> None:
+                anthropic = self.path.endswith("/messages")
+                if status == 200 and anthropic:
+                    time.sleep(answer_after_s)
+                    payload = {"id": f"msg_{k}", "type": "message", "role": "assistant", "model": body["model"],
+                               "content": [{"type": "text", "text": f" reply {k}"}], "stop_reason": "end_turn",
+                               "stop_sequence": None,
+                               "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}}
+                elif status == 200:
                     time.sleep(answer_after_s)
                     n = body.get("n", 1)
                     payload = {"id": f"c{k}", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -63,6 +81,8 @@ class Endpoint:
                                            for i in range(n)],
                                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens * n,
                                          "total_tokens": prompt_tokens + completion_tokens * n}}
+                elif anthropic:
+                    payload = {"type": "error", "error": {"type": "rate_limit_error", "message": f"injected {status}"}}
                 else:
                     payload = {"error": {"message": f"injected {status}", "type": "rate_limit_error"}}
                 raw = json.dumps(payload).encode()
@@ -75,7 +95,8 @@ class Endpoint:
                 self.wfile.write(raw)
 
         self.server = _Quiet(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.root = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.root}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def times(self, status: int | None = None) -> list[float]:
@@ -100,11 +121,12 @@ def endpoint():
 
 
 @pytest.fixture()
-def teacher_for():
+def teacher_for(monkeypatch):
+    monkeypatch.setenv("OMNIOPD_TEST_BUDGET_KEY", "sk-budget-test")
     made = []
 
     def make(url: str, **overrides):
-        fields = dict(kind="openai", model="budget-test", base_url=url, api_key_env="OMNIOPD_TEST_NO_KEY",
+        fields = dict(kind="openai", model="budget-test", base_url=url, api_key_env="OMNIOPD_TEST_BUDGET_KEY",
                       completion_mode="chat", timeout_s=30.0, max_retries=3, retry_backoff_s=0.05,
                       step_deadline_s=60.0)
         fields.update(overrides)
@@ -171,11 +193,23 @@ def test_budget_fields_are_validated_by_name():
 
 # -- the teacher over real HTTP ------------------------------------------------------------------------------
 
-def test_token_budget_paces_sends_and_is_corrected_by_the_reported_usage(endpoint, teacher_for):
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_no_more_calls_in_flight_than_max_concurrency(endpoint, teacher_for, kind):
+    server = endpoint(prompt_tokens=10, completion_tokens=5, answer_after_s=0.3)
+    teacher = teacher_for(server.url if kind == "openai" else server.root, kind=kind, max_concurrency=3)
+    results = teacher.generate(requests(4, max_tokens=8, n=2))  # anthropic: 2 calls per request, 8 in all
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    assert len(server.arrivals) == (4 if kind == "openai" else 8)
+    assert server.most_in_flight == 3
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_token_budget_paces_sends_and_is_corrected_by_the_reported_usage(endpoint, teacher_for, kind):
     """100 tokens/s, at most 100 at once. Each call is estimated at ~50 tokens (max_tokens 40 + the prompt)
     but the reply reports 15: without the correction the 30 calls would take ~14 s, with it ~3.5 s."""
     server = endpoint(prompt_tokens=10, completion_tokens=5)
-    teacher = teacher_for(server.url, tokens_per_minute=6000, rate_burst_s=1.0, max_concurrency=8)
+    teacher = teacher_for(server.url if kind == "openai" else server.root, kind=kind, tokens_per_minute=6000,
+                          rate_burst_s=1.0, max_concurrency=8)
     start = time.monotonic()
     results = teacher.generate(requests(30, max_tokens=40))
     elapsed = time.monotonic() - start
@@ -229,12 +263,13 @@ def test_a_tight_budget_fails_fast_instead_of_waiting_past_the_deadline(endpoint
         assert r.error.startswith("teacher request ")  # names the request
 
 
-def test_a_429_pauses_every_sender_not_just_the_one_request(endpoint, teacher_for):
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_429_pauses_every_sender_not_just_the_one_request(endpoint, teacher_for, kind):
     """The second arrival gets 429 with Retry-After: 1.5. Two calls may be in flight, and the 429'd one
     frees its slot while it waits: without a shared pause the others would go on sending meanwhile."""
     server = endpoint(prompt_tokens=10, completion_tokens=5, answer_after_s=0.1,
                       decide=lambda k, body: (429, {"Retry-After": "1.5"}) if k == 1 else (200, {}))
-    teacher = teacher_for(server.url, max_concurrency=2)
+    teacher = teacher_for(server.url if kind == "openai" else server.root, kind=kind, max_concurrency=2)
     results = teacher.generate(requests(8, max_tokens=8))
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     [limited] = server.times(429)
