@@ -10,6 +10,9 @@ compare those measurements with the budget.
 from __future__ import annotations
 
 import json
+import select
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -294,3 +297,53 @@ def test_a_429_restarts_the_token_budget_from_empty(endpoint, teacher_for):
     # From empty, 30 tokens refilled during the pause, then 60/s: the 9 calls' 135 tokens take until
     # ~2.25 s. Had the bucket kept its ~100 tokens, they would all be out by ~1.05 s.
     assert after[-1] >= 0.5 + (9 * 15 - 30) / 60 - 0.2, after
+
+
+# -- the real server of the bundled model --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory):
+    """`python -m omniopd.serve` with the bundled SmolLM2 on a free loopback port (no API key)."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "omniopd.serve", "--model", "smollm2-135m", "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 180)
+        line = proc.stdout.readline() if ready else ""
+        if "listening on" not in line:
+            raise RuntimeError(f"omniopd.serve did not start: {line!r}\n{log.read_text()[-3000:]}")
+        yield line.strip().rsplit(" ", 1)[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_real_server_usage_paces_the_budget_and_teaches_the_estimate(real_server, teacher_for):
+    """Against the real model server: the budget holds in the tokens the server counts, and after one
+    batch the estimate of a new prompt is within 15% of the server's own count (its tokenizer and chat
+    template: an independent reference)."""
+    from transformers import AutoTokenizer
+
+    from omniopd.assets import student_path
+    from omniopd.rollout.teachers.chat import render_prompt
+
+    # 10 tokens/s, at most 60 at once; each call is ~44 prompt + 2 completion tokens, so three calls take
+    # ~8 s under the budget and well under 3 s without it (short answers from a small model).
+    teacher = teacher_for(f"{real_server}/v1", model="smollm2-135m", tokens_per_minute=600, rate_burst_s=6.0,
+                          max_concurrency=2)
+    start = time.monotonic()
+    results = teacher.generate(requests(3, max_tokens=2))
+    elapsed = time.monotonic() - start
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    counted = sum(r.prompt_tokens + r.completion_tokens for r in results)
+    # Charged before sending and corrected after, the calls cannot all be out before (counted - 60) / 10 s
+    # (0.8: the first call's estimate, made before any usage was known, may fall short).
+    assert elapsed >= 0.8 * (counted - 60) / 10, (elapsed, counted)
+
+    tok = AutoTokenizer.from_pretrained(student_path("smollm2-135m"))
+    fresh = TeacherRequest([{"role": "user", "content": "What is 58 + 7? Answer briefly."}], "It is", n=2,
+                           max_tokens=6, temperature=0.0)
+    reference = len(tok(render_prompt(tok, fresh.messages, fresh.prefix), add_special_tokens=False)["input_ids"])
+    estimate = teacher.estimate_tokens(fresh, 2) - 2 * 6
+    assert abs(estimate - reference) <= 0.15 * reference, (estimate, reference)
