@@ -144,3 +144,67 @@ def test_evaluate_api():
     assert [r["correct"] for r in records] == [True, False, True, True]
     entry = summary["math500_small"]
     assert entry["pass@1"] == pytest.approx(0.75) and entry["pass@2"] == 1.0 and entry["mean_tokens"] == 3
+
+
+GOOD_ROW = b'{"problem_id": "test/algebra/722.json", "response": "\\\\boxed{9901}"}\n'
+
+
+@pytest.mark.parametrize("bad,message", [
+    (b'{"problem_id": "test/algebra/722.json", "benchmark": ["math500_small"], "response": "1"}',
+     "s.jsonl:line 2: 'benchmark' must be a string, got list"),
+    (b'{"problem_id": ["a"], "response": "1"}', "s.jsonl:line 2: 'problem_id' must be a string or an integer"),
+    (b'{"problem_id": true, "response": "1"}', "s.jsonl:line 2: 'problem_id' must be a string or an integer"),
+    (b'{"problem_id": "test/algebra/722.json", "response": {"text": "1"}}',
+     "s.jsonl:line 2: 'response' must be a string, got dict"),
+    (b'{"problem_id": "test/algebra/722.json", "response": "caf\xe9 \\\\boxed{1}"}',
+     "s.jsonl:line 2: not valid UTF-8 (byte 56 of the line)"),
+    (b'{"problem_id": "test/algebra/722.json", "response": "\\\\boxed{9901} \\ud800"}',
+     "s.jsonl:line 2: field 'response' holds text that is not encodable"),
+    (b'{"problem_id": "test/algebra/722.json", "response": "1", "note": "\\udfff"}',
+     "s.jsonl:line 2: field 'note' holds text that is not encodable"),
+])
+def test_grade_bad_fields_are_errors_naming_the_line(tmp_path, capsys, bad, message):
+    """Each of these crashed with a traceback on main (a list benchmark: unhashable; bad UTF-8:
+    UnicodeDecodeError; a lone surrogate: UnicodeEncodeError after grading, with samples.jsonl half
+    written and no summary.json). Now: exit 2, the line named, nothing written."""
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(GOOD_ROW + bad + b"\n")
+    out = tmp_path / "out"
+    assert main(["--grade", str(samples), "--data", str(MATH), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_outputs_are_replaced_atomically(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous outputs whole (main wrote samples.jsonl in place)."""
+    from omniopd.eval import harness
+
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(GOOD_ROW)
+    out = tmp_path / "out"
+    assert main(["--grade", str(samples), "--data", str(MATH), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = harness.os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith("summary.json"):
+            raise OSError("disk full (simulated at the rename)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(harness.os, "replace", failing_replace)
+    samples.write_bytes(GOOD_ROW * 3)
+    with pytest.raises(OSError, match="disk full"):
+        main(["--grade", str(samples), "--data", str(MATH), "--out", str(out)])
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(after) == {"samples.jsonl", "summary.json"}  # no temporary file left behind
+    assert after["summary.json"] == before["summary.json"]
+    assert len(after["samples.jsonl"].splitlines()) == 3  # the new file is whole, not half written
+    assert all(json.loads(line)["correct"] for line in after["samples.jsonl"].splitlines())
+
+
+def test_generated_text_with_a_lone_surrogate_is_still_written(tmp_path):
+    from omniopd.eval.harness import write_outputs
+
+    out = write_outputs(tmp_path / "o", [{"response": "x \ud800 y", "correct": False}], {"ok": 1})
+    assert json.loads((out / "samples.jsonl").read_text(encoding="utf-8"))["response"] == "x \ud800 y"
