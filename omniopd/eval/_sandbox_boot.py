@@ -304,6 +304,10 @@ def main() -> None:
     if applied.get("mounts", "on") != "on" and cfg.get("require_isolation"):
         os.write(status_fd, json.dumps({"layers": applied, "refused": True}).encode())
         sys.exit(125)
+    if "landlock" in cfg["layers"]:
+        import ctypes  # noqa: F401 - imported while the interpreter's files are readable (before the uid drop)
+
+        import landlock.plumbing  # noqa: F401
     os.environ.update(HOME=folder, TMPDIR=folder)
     sys.stdout.flush()
     pid = os.fork()

@@ -138,6 +138,15 @@ def network_namespace_available() -> bool:
     return _unshare_prefix()[0] is not None
 
 
+def _unreadable_ancestor(path: str) -> str | None:
+    """The first folder on the way to `path` that other users cannot enter, else None."""
+    current = Path(path).resolve()
+    for folder in [*reversed(current.parents), current]:
+        if not os.stat(folder).st_mode & 0o001:
+            return str(folder)
+    return None
+
+
 def _plan(limits: SandboxLimits) -> dict[str, str]:
     """Per layer: "on" (will be applied), "off" (not asked for), or "unavailable: why"."""
     available = isolation_available()
@@ -151,8 +160,11 @@ def _plan(limits: SandboxLimits) -> dict[str, str]:
             plan[name] = f"unavailable: needs {_DEPENDS[name]}"
         else:
             plan[name] = "on"
-    if plan["user"] == "on" and os.geteuid() != 0:
-        plan["user"] = "on"  # already unprivileged: nothing to drop
+    if plan["user"] == "on" and plan["mounts"] != "on" and os.geteuid() == 0:
+        hidden = _unreadable_ancestor(sys.base_prefix) or _unreadable_ancestor(sys.prefix)
+        if hidden:  # without "mounts" to bind it back, another uid could not even import the stdlib
+            plan["user"] = f"unavailable: {hidden} is closed to other users and mounts are unavailable"
+            plan["process_limit"] = "unavailable: needs user"
     missing = [f"{name} ({plan[name]})" for name in KERNEL_LAYERS
                if name in limits.layers and plan[name] != "on"]
     if limits.require_isolation and missing:
