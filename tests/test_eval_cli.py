@@ -1,6 +1,7 @@
 """`python -m omniopd.eval`: grading saved samples, and the bundled student end to end."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,42 @@ def test_generated_text_with_a_lone_surrogate_is_still_written(tmp_path):
 
     out = write_outputs(tmp_path / "o", [{"response": "x \ud800 y", "correct": False}], {"ok": 1})
     assert json.loads((out / "samples.jsonl").read_text(encoding="utf-8"))["response"] == "x \ud800 y"
+
+
+def test_require_isolation_refuses_when_a_layer_is_missing(tmp_path, capsys, monkeypatch):
+    """A host without `unshare` (PATH without it, for real): a warning and a record by default, exit 2
+    before any grading with --require-isolation. Main had no such flag and fell back silently."""
+    from omniopd.eval import sandbox
+
+    samples = write_samples(tmp_path / "s.jsonl", [
+        {"problem_id": "sum_two", "response": "```python\na, b = map(int, input().split())\nprint(a + b)\n```"}])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    sandbox._unshare_prefix.cache_clear()
+    try:
+        args = ["--grade", str(samples), "--suite", "code", "--data", str(CODE), "--cpu-s", "2"]
+        assert main([*args, "--out", str(tmp_path / "refused"), "--require-isolation"]) == 2
+        err = capsys.readouterr().err
+        assert "error: sandbox isolation required but unavailable" in err and "namespaces (unavailable" in err
+        assert not (tmp_path / "refused").exists()
+        assert main([*args, "--out", str(tmp_path / "warned")]) == 0
+        assert "warning: sandbox layers unavailable here: namespaces" in capsys.readouterr().err
+        graded, summary = read_out(tmp_path / "warned")
+        assert graded[0]["correct"] is True
+        assert summary["sandbox"]["namespaces"].startswith("unavailable")
+    finally:
+        sandbox._unshare_prefix.cache_clear()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="every layer, the uid drop included, needs a root grader")
+def test_require_isolation_runs_when_every_layer_is_there(tmp_path):
+    from omniopd.eval.sandbox import isolation_available
+
+    if any(v != "on" for v in isolation_available().values()):
+        pytest.skip(f"this host lacks a layer: {isolation_available()}")
+    samples = write_samples(tmp_path / "s.jsonl", [
+        {"problem_id": "sum_two", "response": "```python\na, b = map(int, input().split())\nprint(a + b)\n```"}])
+    assert main(["--grade", str(samples), "--suite", "code", "--data", str(CODE), "--out", str(tmp_path / "o"),
+                 "--require-isolation", "--cpu-s", "2"]) == 0
+    graded, summary = read_out(tmp_path / "o")
+    assert graded[0]["correct"] is True
+    assert set(summary["sandbox"].values()) == {"on"}

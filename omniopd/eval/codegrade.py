@@ -38,6 +38,8 @@ class CodeVerdict:
     tests_passed: int
     tests_total: int
     detail: str = field(default="", compare=False)
+    missing_layers: tuple[str, ...] = field(default=(), compare=False)
+    """Sandbox kernel layers that did not apply to these runs (see `RunResult.isolation`)."""
 
 
 def extract_program(response: str) -> str | None:
@@ -115,13 +117,14 @@ def run_tests(program: str, tests: CodeTests, limits: SandboxLimits = DEFAULT_LI
     """Run `program` on every test (one sandboxed process each)."""
     if not tests.inputs:
         return CodeVerdict(False, "no_tests", 0, 0)
-    passed, first_failure, detail = 0, "", ""
+    passed, first_failure, detail, missing = 0, "", "", set()
     for i, test_input in enumerate(tests.inputs):
         if tests.fn_name:
             args = test_input if isinstance(test_input, list) else [test_input]
             run = run_python(program, "", limits, fn_name=tests.fn_name, args=args)
         else:
             run = run_python(program, _lines(test_input), limits)
+        missing.update(run.missing_layers)
         if run.status == "ok" and _check(run, tests, i):
             passed += 1
             continue
@@ -131,7 +134,8 @@ def run_tests(program: str, tests: CodeTests, limits: SandboxLimits = DEFAULT_LI
         if stop_at_first_failure:
             break
     total = len(tests.inputs)
-    return CodeVerdict(passed == total, "passed" if passed == total else first_failure, passed, total, detail)
+    return CodeVerdict(passed == total, "passed" if passed == total else first_failure, passed, total, detail,
+                       tuple(sorted(missing)))
 
 
 def grade_code(response: str, tests: CodeTests, limits: SandboxLimits = DEFAULT_LIMITS) -> CodeVerdict:

@@ -147,8 +147,10 @@ def _unreadable_ancestor(path: str) -> str | None:
     return None
 
 
-def _plan(limits: SandboxLimits) -> dict[str, str]:
-    """Per layer: "on" (will be applied), "off" (not asked for), or "unavailable: why"."""
+def isolation_plan(limits: SandboxLimits = DEFAULT_LIMITS) -> dict[str, str]:
+    """Per layer: "on" (will be applied), "off" (not asked for), or "unavailable: why".
+
+    Raises IsolationError when `limits.require_isolation` and an asked-for kernel layer is unavailable."""
     available = isolation_available()
     plan: dict[str, str] = {}
     for name in (*KERNEL_LAYERS, "guards"):
@@ -186,7 +188,7 @@ def _scrubbed_env(folder: str) -> dict[str, str]:
 def run_python(code: str, stdin: str = "", limits: SandboxLimits = DEFAULT_LIMITS, *,
                fn_name: str | None = None, args: list | None = None) -> RunResult:
     """Run `code` with `stdin`; with `fn_name`, call that function with `args` instead of `__main__`."""
-    plan = _plan(limits)
+    plan = isolation_plan(limits)
     work = Path(tempfile.mkdtemp(prefix="omniopd-sandbox-"))
     try:
         root = work / "root"  # the program's folder without "mounts"; its I/O files sit beside it
