@@ -173,6 +173,7 @@ ISSUE16_TABLE = [
     # digits separated by a space that are not groups of three are not one number (main: 12 34 == 1234)
     ("The answer is 12 34", "1234", False),
     ("The answer is 1 000 000", "1000000", True),
+    ("The answer isn't obvious; the count is 7", "7", True),  # "isn't" opens no answer phrase
     (r"\boxed{1{,}000}", "1000", True),
 ]
 

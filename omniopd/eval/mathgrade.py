@@ -24,7 +24,7 @@ from pathlib import Path
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASH_RE = re.compile(r"####\s*([^\n]+)")
 # "answer" then "is" / ":" / "=", markdown bold allowed around it ("**Final Answer:** 42", "**Answer**: 42")
-_ANSWER_RE = re.compile(r"(?:final answer|answer)[*_]*\s*(?:is|:|=)[*_]*\s*:?\s*([^\n]+)", re.IGNORECASE)
+_ANSWER_RE = re.compile(r"(?:final answer|answer)[*_]*\s*(?:is\b|:|=)[*_]*\s*:?\s*([^\n]+)", re.IGNORECASE)
 _MINUS = "\u2212"  # Unicode minus: a model writing "−5" means -5
 _NUMBER_RE = re.compile(r"[-\u2212]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|[-\u2212]?\.\d+")
 _BOLD_RE = re.compile(r"\*\*\s*\$?\s*([^*\n$]{1,100}?)\s*\$?\s*\*\*")
