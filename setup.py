@@ -23,6 +23,7 @@ setup(
         "numpy",
         "rapidfuzz>=3.0",
         "math-verify>=0.7",
+        "landlock>=1.0.0.dev5",  # the code sandbox's Landlock layer (omniopd.eval.sandbox)
         "pyarrow",  # Parquet problem sets (omniopd.eval, omniopd.data)
         "matplotlib",
         "tensorboard",

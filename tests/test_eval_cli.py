@@ -1,6 +1,7 @@
 """`python -m omniopd.eval`: grading saved samples, and the bundled student end to end."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,106 @@ def test_evaluate_api():
     assert [r["correct"] for r in records] == [True, False, True, True]
     entry = summary["math500_small"]
     assert entry["pass@1"] == pytest.approx(0.75) and entry["pass@2"] == 1.0 and entry["mean_tokens"] == 3
+
+
+GOOD_ROW = b'{"problem_id": "test/algebra/722.json", "response": "\\\\boxed{9901}"}\n'
+
+
+@pytest.mark.parametrize("bad,message", [
+    (b'{"problem_id": "test/algebra/722.json", "benchmark": ["math500_small"], "response": "1"}',
+     "s.jsonl:line 2: 'benchmark' must be a string, got list"),
+    (b'{"problem_id": ["a"], "response": "1"}', "s.jsonl:line 2: 'problem_id' must be a string or an integer"),
+    (b'{"problem_id": true, "response": "1"}', "s.jsonl:line 2: 'problem_id' must be a string or an integer"),
+    (b'{"problem_id": "test/algebra/722.json", "response": {"text": "1"}}',
+     "s.jsonl:line 2: 'response' must be a string, got dict"),
+    (b'{"problem_id": "test/algebra/722.json", "response": "caf\xe9 \\\\boxed{1}"}',
+     "s.jsonl:line 2: not valid UTF-8 (byte 56 of the line)"),
+    (b'{"problem_id": "test/algebra/722.json", "response": "\\\\boxed{9901} \\ud800"}',
+     "s.jsonl:line 2: field 'response' holds text that is not encodable"),
+    (b'{"problem_id": "test/algebra/722.json", "response": "1", "note": "\\udfff"}',
+     "s.jsonl:line 2: field 'note' holds text that is not encodable"),
+])
+def test_grade_bad_fields_are_errors_naming_the_line(tmp_path, capsys, bad, message):
+    """Each of these crashed with a traceback on main (a list benchmark: unhashable; bad UTF-8:
+    UnicodeDecodeError; a lone surrogate: UnicodeEncodeError after grading, with samples.jsonl half
+    written and no summary.json). Now: exit 2, the line named, nothing written."""
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(GOOD_ROW + bad + b"\n")
+    out = tmp_path / "out"
+    assert main(["--grade", str(samples), "--data", str(MATH), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_outputs_are_replaced_atomically(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous outputs whole (main wrote samples.jsonl in place)."""
+    from omniopd.eval import harness
+
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(GOOD_ROW)
+    out = tmp_path / "out"
+    assert main(["--grade", str(samples), "--data", str(MATH), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = harness.os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith("summary.json"):
+            raise OSError("disk full (simulated at the rename)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(harness.os, "replace", failing_replace)
+    samples.write_bytes(GOOD_ROW * 3)
+    with pytest.raises(OSError, match="disk full"):
+        main(["--grade", str(samples), "--data", str(MATH), "--out", str(out)])
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(after) == {"samples.jsonl", "summary.json"}  # no temporary file left behind
+    assert after["summary.json"] == before["summary.json"]
+    assert len(after["samples.jsonl"].splitlines()) == 3  # the new file is whole, not half written
+    assert all(json.loads(line)["correct"] for line in after["samples.jsonl"].splitlines())
+
+
+def test_generated_text_with_a_lone_surrogate_is_still_written(tmp_path):
+    from omniopd.eval.harness import write_outputs
+
+    out = write_outputs(tmp_path / "o", [{"response": "x \ud800 y", "correct": False}], {"ok": 1})
+    assert json.loads((out / "samples.jsonl").read_text(encoding="utf-8"))["response"] == "x \ud800 y"
+
+
+def test_require_isolation_refuses_when_a_layer_is_missing(tmp_path, capsys, monkeypatch):
+    """A host without `unshare` (PATH without it, for real): a warning and a record by default, exit 2
+    before any grading with --require-isolation. Main had no such flag and fell back silently."""
+    from omniopd.eval import sandbox
+
+    samples = write_samples(tmp_path / "s.jsonl", [
+        {"problem_id": "sum_two", "response": "```python\na, b = map(int, input().split())\nprint(a + b)\n```"}])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    sandbox._unshare_prefix.cache_clear()
+    try:
+        args = ["--grade", str(samples), "--suite", "code", "--data", str(CODE), "--cpu-s", "2"]
+        assert main([*args, "--out", str(tmp_path / "refused"), "--require-isolation"]) == 2
+        err = capsys.readouterr().err
+        assert "error: sandbox isolation required but unavailable" in err and "namespaces (unavailable" in err
+        assert not (tmp_path / "refused").exists()
+        assert main([*args, "--out", str(tmp_path / "warned")]) == 0
+        assert "warning: sandbox layers unavailable here: namespaces" in capsys.readouterr().err
+        graded, summary = read_out(tmp_path / "warned")
+        assert graded[0]["correct"] is True
+        assert summary["sandbox"]["namespaces"].startswith("unavailable")
+    finally:
+        sandbox._unshare_prefix.cache_clear()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="every layer, the uid drop included, needs a root grader")
+def test_require_isolation_runs_when_every_layer_is_there(tmp_path):
+    from omniopd.eval.sandbox import isolation_available
+
+    if any(v != "on" for v in isolation_available().values()):
+        pytest.skip(f"this host lacks a layer: {isolation_available()}")
+    samples = write_samples(tmp_path / "s.jsonl", [
+        {"problem_id": "sum_two", "response": "```python\na, b = map(int, input().split())\nprint(a + b)\n```"}])
+    assert main(["--grade", str(samples), "--suite", "code", "--data", str(CODE), "--out", str(tmp_path / "o"),
+                 "--require-isolation", "--cpu-s", "2"]) == 0
+    graded, summary = read_out(tmp_path / "o")
+    assert graded[0]["correct"] is True
+    assert set(summary["sandbox"].values()) == {"on"}

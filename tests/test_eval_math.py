@@ -4,6 +4,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from omniopd.eval.mathgrade import MathVerifier, answers_match, extract_answer, fast_verdict, grade_math
 
@@ -146,3 +148,87 @@ def test_boxed_only_turns_off_the_fallbacks(verifier):
     assert not grade_math("so 7 apples in total", "7", verifier, boxed_only=True)
     assert extract_answer("The answer is 5.\n#### 5", boxed_only=True) is None
     assert grade_math(r"so \boxed{7}", "7", verifier, boxed_only=True)
+
+
+# ---- issue 16: verdicts a careful human grader gives (each row failed on main before the fix) -----------
+
+ISSUE16_TABLE = [
+    # a mixed number typed with a space is 1 4/5 = 9/5, not 14/5 (main: read as 14/5)
+    ("The answer is 1 4/5.", r"1\frac{4}{5}", True),
+    ("The answer is 1 4/5.", r"\frac{9}{5}", True),
+    ("The answer is 1 4/5.", r"\frac{14}{5}", False),
+    # \mathrm{i} is the imaginary unit, not a unit of measure (main: 4i graded equal to 4)
+    (r"\boxed{4\mathrm{i}}", "4", False),
+    (r"\boxed{4\mathrm{i}}", "4i", True),
+    (r"\boxed{2\mathrm{e}}", "2", False),
+    (r"\boxed{5\mathrm{m}}", "5", True),  # a real unit is still dropped
+    # Unicode minus in the last-number fallback (main: the sign was dropped)
+    ("so the temperature drops to \u22125", "-5", True),
+    ("so the temperature drops to \u22125", "5", False),
+    ("\\boxed{\u22123}", "-3", True),
+    # markdown bold and Minerva's answer line (main: both missed)
+    ("The answer is **42**.", "42", True),
+    ("Final Answer: The final answer is $42$. I hope it is correct.", "42", True),
+    ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "0.5", True),
+    # digits separated by a space that are not groups of three are not one number (main: 12 34 == 1234)
+    ("The answer is 12 34", "1234", False),
+    ("The answer is 1 000 000", "1000000", True),
+    ("The answer isn't obvious; the count is 7", "7", True),  # "isn't" opens no answer phrase
+    (r"\boxed{1{,}000}", "1000", True),
+]
+
+
+@pytest.mark.parametrize("response,reference,correct", ISSUE16_TABLE)
+def test_issue16_verdicts(response, reference, correct, verifier):
+    assert grade_math(response, reference, verifier) is correct
+
+
+def test_huge_integers_are_graded_not_raised(verifier):
+    """Main raised ValueError (Python's 4,300-digit int limit) out of grade_math on these."""
+    looping = "9" * 5000
+    assert grade_math(rf"\boxed{{{looping}}}", "42", verifier) is False
+    assert grade_math(rf"\boxed{{{looping}}}", looping, verifier) is True
+    assert grade_math(rf"\boxed{{{looping}}}", looping[:-1] + "8", verifier) is False
+    assert grade_math("so the answer is 1" * 3 + "1" * 6000, "7", verifier) is False
+    assert grade_math(rf"\boxed{{-00{looping}}}", f"-{looping}", verifier) is True
+
+
+def test_extraction_is_linear_on_unclosed_boxes():
+    """Main took ~48 s on 100 KB of unclosed boxes (each one scanned to the end: quadratic)."""
+    for text in (r"\boxed{" * 20_000, (r"\boxed{1" + "{" * 5) * 10_000, r"\boxed{\{" * 30_000):
+        start = time.monotonic()
+        assert extract_answer(text) is None
+        assert time.monotonic() - start < 1.0, len(text)
+    big = "x " * 400_000 + r"\boxed{\frac{1}{2}}" + r" \boxed{" * 50_000
+    start = time.monotonic()
+    assert extract_answer(big) == r"\frac{1}{2}"  # the last complete box, found past 50,000 unclosed ones
+    assert time.monotonic() - start < 2.0
+
+
+# Pieces that steer hypothesis towards the grader's parsers: boxes, braces, digits, answer phrases, units.
+_FRAGMENTS = [r"\boxed{", r"\fbox ", "{", "}", r"\{", "\\", "$", "**", "#### ", "The answer is ", "Answer: ",
+              "Final Answer: The final answer is ", r"\frac{", "/", " ", "\n", "-", "\u2212", ",", ".", "9" * 50,
+              r"\mathrm{i}", r"\text{ cm}", "^\\circ", "1 4/5", "x=", "0"]
+
+
+@st.composite
+def _model_output(draw) -> str:
+    pieces = draw(st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=30)), max_size=40))
+    unit = "".join(pieces)
+    repeat = draw(st.integers(1, (1 << 20) // max(len(unit), 1)))  # up to 1 MB of text
+    return unit * repeat + draw(st.sampled_from(["", "}", r"\boxed{7}", "42"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(response=_model_output(), reference=st.sampled_from(["42", r"\frac{1}{2}", "-3", "x+1", "9" * 50]))
+def test_grade_math_never_raises_and_is_bounded(response, reference, verifier):
+    """Property: arbitrary text up to 1 MB is a verdict, quickly. Extraction and the fast path alone stay
+    under 2 s on 1 MB (main: minutes on unclosed boxes, ValueError on long digit runs); with math-verify
+    (its 2 s deadline, plus a helper restart after a timeout) under 15 s."""
+    start = time.monotonic()
+    pred = extract_answer(response)
+    if pred is not None:
+        fast_verdict(pred, reference)
+    assert time.monotonic() - start < 2.0
+    assert isinstance(grade_math(response, reference, verifier), bool)
+    assert time.monotonic() - start < 15.0

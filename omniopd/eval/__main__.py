@@ -22,7 +22,7 @@ from omniopd.eval.harness import (
     summarize,
     write_outputs,
 )
-from omniopd.eval.sandbox import SandboxLimits
+from omniopd.eval.sandbox import KERNEL_LAYERS, IsolationError, SandboxLimits, isolation_plan
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wall-s", type=float, default=10.0, help="code: wall seconds per test")
     p.add_argument("--memory-mb", type=int, default=512, help="code: address-space limit per test")
     p.add_argument("--workers", type=int, default=0, help="code: tests run in parallel (default: CPU count)")
+    p.add_argument("--require-isolation", action="store_true",
+                   help="code: refuse to run unless every kernel layer of the sandbox is available "
+                        f"({', '.join(KERNEL_LAYERS)}); without it a missing layer is a warning and is "
+                        "recorded in summary.json")
     args = p.parse_args(argv)
     if args.k < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
         p.error("--k, --max-new-tokens and --limit must be >= 1")
@@ -95,22 +99,31 @@ def generate(args: argparse.Namespace, problems: list[Problem]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    limits = SandboxLimits(cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb,
+                           require_isolation=args.require_isolation)
+    extra = {}
     try:
+        if args.suite == "code":  # before any work: a refused run should cost nothing
+            plan = isolation_plan(limits)
+            extra["sandbox"] = plan
+            missing = [f"{name} ({plan[name]})" for name in KERNEL_LAYERS if plan[name] != "on"]
+            if missing:
+                print("[eval] warning: sandbox layers unavailable here: " + "; ".join(missing), file=sys.stderr)
         problems = load_all(args)
         start = time.monotonic()
         records = read_records(args.grade, problems) if args.grade else generate(args, list(problems.values()))
         gen_s = time.monotonic() - start
-        limits = SandboxLimits(cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb)
         grade_records(records, problems, args.suite, limits=limits, workers=args.workers,
                       boxed_only=args.boxed_only)
         summary = summarize(records)
-    except DataError as e:
+    except (DataError, IsolationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     grade_s = time.monotonic() - start - gen_s
     out = write_outputs(args.out, records, {
         "benchmarks": summary,
         "config": {k: v for k, v in vars(args).items()},
+        **extra,
         "seconds": {"generate" if not args.grade else "read": gen_s, "grade": grade_s}})
     print(format_table(summary))
     print(f"[eval] samples: {out / 'samples.jsonl'}  summary: {out / 'summary.json'}")

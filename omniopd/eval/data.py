@@ -56,11 +56,15 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, row in enumerate(pq.read_table(path).to_pylist()):
             yield f"{path}:row {i}", row
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is an error naming that line
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not valid UTF-8 (byte {e.start} of the line)") from e
             if not line.strip():
                 continue
-            where = f"{path}:line {lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:

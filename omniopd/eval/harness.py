@@ -119,19 +119,46 @@ def evaluate(generator, problems: Sequence[Problem], suite: Suite, *, k: int = 1
     return summarize(records), records
 
 
+def _unencodable_key(row: dict[str, Any]) -> str | None:
+    """The first field holding text that cannot be written as UTF-8 (a lone surrogate from a JSON
+    escape such as "\\ud800"), else None."""
+    for key, value in row.items():
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return key
+    return None
+
+
 def read_records(path: str | Path, problems: dict[tuple[str, str], Problem]) -> list[dict[str, Any]]:
-    """Sample records from a JSONL file, each matched to a loaded problem (errors name the line)."""
+    """Sample records from a JSONL file, each matched to a loaded problem (errors name the line).
+
+    Every field is checked before any grading starts, so a bad row stops the run with its line
+    named instead of a traceback halfway through (or after) grading.
+    """
     by_id: dict[str, list[str]] = defaultdict(list)
     for benchmark, pid in problems:
         by_id[pid].append(benchmark)
     records = []
     for where, row in read_rows(path):  # the loaders' reader: same JSON checks and line-naming errors
-        pid = next((row[k] for k in ("problem_id", "id") if row.get(k) is not None), None)
-        response = next((row[k] for k in ("response", "text", "completion") if k in row), None)
-        if pid is None or not isinstance(response, str):
+        id_key = next((k for k in ("problem_id", "id") if row.get(k) is not None), None)
+        response_key = next((k for k in ("response", "text", "completion") if k in row), None)
+        if id_key is None or response_key is None:
             raise DataError(f"{where}: needs 'problem_id' (or 'id') and a 'response' text")
-        pid = str(int(pid)) if isinstance(pid, float) and pid.is_integer() else str(pid)
+        pid, response = row[id_key], row[response_key]
+        if not isinstance(response, str):
+            raise DataError(f"{where}: '{response_key}' must be a string, got {type(response).__name__}")
+        if isinstance(pid, bool) or not isinstance(pid, str | int | float) or (
+                isinstance(pid, float) and not pid.is_integer()):
+            raise DataError(f"{where}: '{id_key}' must be a string or an integer, got {pid!r:.60}")
+        pid = str(int(pid)) if isinstance(pid, float) else str(pid)
+        bad_key = _unencodable_key(row)
+        if bad_key is not None:
+            raise DataError(f"{where}: field '{bad_key}' holds text that is not encodable as UTF-8 "
+                            "(a lone surrogate escape such as \\ud800)")
         benchmark = row.get("benchmark")
+        if benchmark is not None and not isinstance(benchmark, str):
+            raise DataError(f"{where}: 'benchmark' must be a string, got {type(benchmark).__name__}")
         if benchmark is None:
             if len(by_id[pid]) != 1:
                 found = "in several data files" if by_id[pid] else "in none of the data files"
@@ -180,12 +207,36 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _json_line(record: dict[str, Any]) -> str:
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a generated text with a lone surrogate: \\u-escapes are still valid JSON
+        line = json.dumps(record, ensure_ascii=True)
+    return line + "\n"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader (or a crash)
+    sees the old file or the whole new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_outputs(out_dir: str | Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
-    """samples.jsonl (every sample with its verdict) and summary.json under `out_dir`."""
+    """samples.jsonl (every sample with its verdict) and summary.json under `out_dir`, each written
+    atomically, and only after both have been serialized (nothing is written if either cannot be)."""
     out = Path(out_dir)
+    samples_text = "".join(_json_line(r) for r in records)
+    summary_text = json.dumps(summary, indent=2) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_atomically(out / "samples.jsonl", samples_text)
+    _write_atomically(out / "summary.json", summary_text)
     return out

@@ -1,10 +1,13 @@
 """Math grading: pull the final answer out of a response, decide whether it equals the reference.
 
-`extract_answer` takes the last `\\boxed{}` / `\\fbox{}` (nested braces), else "#### X", else
-"The (final) answer is X" / "Answer: X", else the last number. `grade_math` first tries a fast exact
-path (normalized strings, plain numbers) and only then asks math-verify, which runs in a helper process
-(`MathVerifier`) that is killed and restarted when a comparison exceeds its time limit — so a pathological
-answer such as `9^{9^{9^9}}` can never hang the caller, and callers may be threads.
+`extract_answer` takes the last `\\boxed{}` / `\\fbox{}` (nested braces), else "#### X", else the last
+"The (final) answer is X" / "Answer: X" (markdown bold allowed), else the last bold number `**X**`, else the
+last number. Extraction is linear in the response length. Grading never raises on model output: an integer
+of any length, any text up to megabytes, is a verdict (rules for ambiguous spellings: see `normalize`).
+`grade_math` first tries a fast exact path (normalized strings, plain numbers) and only then asks
+math-verify, which runs in a helper process (`MathVerifier`) that is killed and restarted when a
+comparison exceeds its time limit — so a pathological answer such as `9^{9^{9^9}}` can never hang the
+caller, and callers may be threads.
 """
 
 from __future__ import annotations
@@ -20,50 +23,76 @@ from pathlib import Path
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASH_RE = re.compile(r"####\s*([^\n]+)")
-_ANSWER_RE = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*:?\s*([^\n]+)", re.IGNORECASE)
-_NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# "answer" then "is" / ":" / "=", markdown bold allowed around it ("**Final Answer:** 42", "**Answer**: 42")
+_ANSWER_RE = re.compile(r"(?:final answer|answer)[*_]*\s*(?:is\b|:|=)[*_]*\s*:?\s*([^\n]+)", re.IGNORECASE)
+_MINUS = "\u2212"  # Unicode minus: a model writing "−5" means -5
+_NUMBER_RE = re.compile(r"[-\u2212]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|[-\u2212]?\.\d+")
+_BOLD_RE = re.compile(r"\*\*\s*\$?\s*([^*\n$]{1,100}?)\s*\$?\s*\*\*")
+MAX_ANSWER_CHARS = 1000
+"""An extracted answer longer than this is graded by exact (normalized) comparison only: math-verify
+would spend its whole deadline parsing it, and no reference answer is that long."""
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
-    """Content of the `{...}` group opening at `text[start]` (nested braces), and the index after it."""
-    depth = 0
-    for i in range(start, len(text)):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-            continue  # \{ and \} are literal braces, not grouping
-        if ch == "{" and (i == 0 or text[i - 1] != "\\"):
-            depth += 1
-        elif ch == "}" and (i == 0 or text[i - 1] != "\\"):
-            depth -= 1
-            if depth == 0:
-                return text[start + 1:i], i + 1
-    return None  # unbalanced: a truncated response
+def _closing_braces(text: str) -> dict[int, int]:
+    """For every grouping `{` that is closed, the index of its `}`: one linear pass with a stack.
+
+    `\\{` and `\\}` are literal braces, not grouping. One pass for all boxes keeps extraction linear even on
+    a long response full of unclosed `\\boxed{` (each box scanning to the end would be quadratic).
+    """
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for m in re.finditer(r"\\\\.|[{}]", text, re.DOTALL):
+        ch = m.group(0)
+        if ch == "{":
+            stack.append(m.start())
+        elif ch == "}" and stack:
+            closing[stack.pop()] = m.start()
+    return closing
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last complete `\\boxed{...}` or `\\fbox{...}` (also `\\boxed 5`), or None."""
-    for match in reversed(list(_BOX_RE.finditer(text))):
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    closing = _closing_braces(text)
+    for match in reversed(matches):
         i = match.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            group = _braced(text, i)
-            if group is not None:
-                return group[0].strip()
+            end = closing.get(i)
+            if end is not None:
+                return text[i + 1:end].strip()
         elif i > match.end():  # "\boxed 5": the token after the space
-            token = re.match(r"[^\s$]+", text[i:])
+            token = re.match(r"[^\s$]{1,1000}", text[i:i + 1000])
             if token:
                 return token.group(0)
     return None
 
 
 def _clean(answer: str) -> str:
-    answer = answer.strip()
+    answer = answer.strip().strip("*_`").strip()  # markdown bold/italic/code around the answer
     if answer.startswith("$"):  # "$\frac{1}{2}$." -> the math between the first pair of $
         end = answer.find("$", 1)
         answer = answer[1:end] if end > 0 else answer[1:]
     answer = re.split(r"\.(?:\s|$)", answer)[0]  # up to the end of the sentence
-    return answer.strip().rstrip(".").strip()
+    return answer.strip().strip("*_`").strip().rstrip(".").strip()
+
+
+def _last_answer_phrase(response: str) -> str | None:
+    """The text after the last "answer is" / "Answer:", nested phrases included (Minerva's
+    "Final Answer: The final answer is $42$. I hope it is correct.")."""
+    found = _ANSWER_RE.findall(response)
+    if not found:
+        return None
+    tail = found[-1]
+    for _ in range(10):  # each step strictly shortens `tail`; a few suffice for any real response
+        inner = _ANSWER_RE.findall(tail)
+        if not inner:
+            break
+        tail = inner[-1]
+    return tail
 
 
 def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
@@ -76,14 +105,21 @@ def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
         return boxed
     if boxed_only or _BOX_RE.search(response):
         return None  # a box was opened but never closed: the response was cut off before its answer
-    for pattern in (_HASH_RE, _ANSWER_RE):
-        found = pattern.findall(response)
-        if found:
-            answer = _clean(found[-1])
-            if answer:
-                return answer
+    found = _HASH_RE.findall(response)
+    phrases = [found[-1]] if found else []
+    phrase = _last_answer_phrase(response)
+    if phrase is not None:
+        phrases.append(phrase)
+    for candidate in phrases:
+        answer = _clean(candidate)
+        if answer:
+            return answer
+    for bold in reversed(_BOLD_RE.findall(response)):  # "so the total is **42**."
+        bold = bold.strip().rstrip(".")
+        if _NUMBER_RE.fullmatch(bold):
+            return bold.replace(",", "").replace(_MINUS, "-")
     numbers = _NUMBER_RE.findall(response)
-    return numbers[-1].replace(",", "") if numbers else None
+    return numbers[-1].replace(",", "").replace(_MINUS, "-") if numbers else None
 
 
 def gold_from_solution(solution: str) -> str | None:
@@ -98,12 +134,24 @@ def gold_from_solution(solution: str) -> str | None:
 # ---- fast path -------------------------------------------------------------------------------------
 
 _DROP = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "$", "~", r"\displaystyle"]
-_UNIT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\{\s*[A-Za-z ]+\}(?:\^\{?\d\}?)?$")
+# A trailing unit in \text/\mbox/\mathrm after a number ("10\text{ cm}", "5\mathrm{m}^2"); but \mathrm{i}
+# and \mathrm{e} are the imaginary unit and Euler's number, never units (`4\mathrm{i}` is not 4).
+_UNIT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\{(?!\s*[ie]\s*\})\s*[A-Za-z ]+\}(?:\^\{?\d\}?)?$")
+# "1 4/5" typed with a space is the mixed number 1 4/5 = 9/5 (a careful grader's reading), not 14/5
+_CONSTANT_RE = re.compile(r"\\(?:text|mbox|mathrm|operatorname)\{\s*([ie])\s*\}")
+_MIXED_TYPED_RE = re.compile(r"(?<![\d.,/])(\d+)[ \t]+(\d+)[ \t]*/[ \t]*(\d+)(?![\d./])")
+_MIXED_RE = re.compile(r"(\d+)\\frac\{(\d+)\}\{(\d+)\}")
+_MAX_DIGITS = 4000  # below Python's int-from-string limit (4300): longer digit strings compare as text
 
 
 def normalize(answer: str) -> str:
-    """A canonical spelling for exact comparison (never used to decide that two answers differ)."""
-    s = answer.strip()
+    r"""A canonical spelling for exact comparison (never used to decide that two answers differ).
+
+    Rules for ambiguous spellings: `1 4/5` and `1\frac{4}{5}` (a whole number then a proper fraction)
+    are mixed numbers; `1 000 000` (groups of three) is one number; other digits separated by a space
+    are not a single number and are left to math-verify; `\mathrm{i}` / `\mathrm{e}` are constants.
+    """
+    s = answer.strip().replace(_MINUS, "-").replace("{,}", ",")
     for token in _DROP:
         s = s.replace(token, "")
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
@@ -111,7 +159,12 @@ def normalize(answer: str) -> str:
     s = _UNIT_RE.sub("", s)
     s = re.sub(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\s+", "", s).rstrip(".")
+    s = _MIXED_TYPED_RE.sub(r"\1\\frac{\2}{\3}", s)
+    s = re.sub(r"\s+", " ", s).strip()
+    if re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):  # SI thousands: "1 000 000"
+        s = s.replace(" ", "")
+    s = re.sub(r"(?<=\d) (?=\d)", "\u2009", s)  # keep "12 34" apart: it is not the number 1234
+    s = s.replace(" ", "").rstrip(".")
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):
         s = s.replace(",", "")
     if re.fullmatch(r"[A-Za-z]=[^=<>]+", s):  # "x=5" -> "5"
@@ -120,19 +173,39 @@ def normalize(answer: str) -> str:
 
 
 def _number(s: str) -> Fraction | None:
-    """Exact value of an integer, decimal, a/b or \\frac{a}{b} (normalized), else None."""
+    """Exact value of an integer, decimal, a/b, \\frac{a}{b} or mixed n\\frac{a}{b} (normalized), else None.
+
+    None for digit strings too long to convert (> _MAX_DIGITS): those only ever match as identical text.
+    """
+    if len(s) > _MAX_DIGITS:
+        return None
     sign = 1
     if s.startswith("-"):
         sign, s = -1, s[1:]
-    m = re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", s) or re.fullmatch(r"(\d+)/(\d+)", s)
     try:
+        mixed = _MIXED_RE.fullmatch(s)
+        if mixed:
+            whole, num, den = (int(g) for g in mixed.groups())
+            if num >= den:
+                return None  # "2\frac{5}{3}" is not a mixed number; let math-verify read it
+            return sign * (whole + Fraction(num, den))
+        m = re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", s) or re.fullmatch(r"(\d+)/(\d+)", s)
         if m:
             return sign * Fraction(int(m.group(1)), int(m.group(2)))
         if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", s):
             return sign * Fraction(s)
-    except ZeroDivisionError:
+    except (ZeroDivisionError, ValueError):
         return None
     return None
+
+
+def _integer_text(s: str) -> str | None:
+    """Canonical text of an integer of any length ("-007" -> "-7"), else None."""
+    m = re.fullmatch(r"(-?)0*(\d+)", s)
+    if m is None:
+        return None
+    digits = m.group(2)
+    return ("-" if m.group(1) and digits != "0" else "") + digits
 
 
 def fast_verdict(pred: str, gold: str) -> bool | None:
@@ -140,12 +213,17 @@ def fast_verdict(pred: str, gold: str) -> bool | None:
     p, g = normalize(pred), normalize(gold)
     if p == g:
         return True
+    pi, gi = _integer_text(p), _integer_text(g)
+    if pi is not None and gi is not None:  # two integers, however long: compare their digits
+        return pi == gi
     pn, gn = _number(p), _number(g)
     if pn is not None and gn is not None:
         if pn == gn:
             return True
         if pn.denominator == 1 and gn.denominator == 1 and "." not in p + g:
             return False  # two different integers: nothing symbolic can make them equal
+    if len(pred) > MAX_ANSWER_CHARS:
+        return False  # not the reference's spelling, and too long for math-verify to parse in time
     return None
 
 
@@ -235,6 +313,8 @@ def answers_match(pred: str, gold: str, verifier: MathVerifier | None = None) ->
     verdict = fast_verdict(pred, gold)
     if verdict is not None:
         return verdict
+    # math-verify drops `\mathrm{i}` like a unit (it finds `4\mathrm{i}` equal to 4): spell constants bare
+    pred, gold = _CONSTANT_RE.sub(r"\1", pred), _CONSTANT_RE.sub(r"\1", gold)
     return (verifier or default_verifier()).verify(pred, gold)
 
 
