@@ -174,29 +174,14 @@ def _lin(n, v, d, dtype, ref=False):
     return h, w
 
 
-def with_path(path: str, fn):
-    """Run fn with the linear ops on one path: "fused" (tl.dot tiles) or "cublas" (fp32 matmul chunks)."""
-    def run():
-        old = os.environ.get("OMNIOPD_LINEAR_PATH")
-        os.environ["OMNIOPD_LINEAR_PATH"] = path
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ["OMNIOPD_LINEAR_PATH"]
-            else:
-                os.environ["OMNIOPD_LINEAR_PATH"] = old
-    return run
-
-
 def check_linear(n, v, d, log) -> bool:
-    return all([with_path(p, lambda p=p: _check_linear(n, v, d, log, p))() for p in ("cublas", "fused")])
+    return all([_check_linear(n, v, d, log, backend) for backend in ("triton", "triton_tiles")])
 
 
-def _check_linear(n, v, d, log, path) -> bool:
+def _check_linear(n, v, d, log, backend) -> bool:
     ok = True
     _linear_tiles.BWD_CHUNK_BYTES = max(1, n * v * 2 // 3)  # force 3+ backward row chunks
-    log.append(f"-- linear path: {path}")
+    log.append(f"-- linear backend: {backend}")
     try:
         for dtype, margin, gmargin in ((torch.float32, 2e-5, 2e-5), (torch.bfloat16, 2e-5, 1e-2)):
             h, w = _lin(n, v, d, dtype)
@@ -207,7 +192,7 @@ def _check_linear(n, v, d, log, path) -> bool:
                 hh = (h if cast is None else h.to(cast)).clone().requires_grad_()
                 ww = (w if cast is None else w.to(cast)).clone().requires_grad_()
                 if key == "k":
-                    ent, lp, lse = K.linear_entropy_logprob(hh, ww, tok, temperature=1.1, backend="triton")
+                    ent, lp, lse = K.linear_entropy_logprob(hh, ww, tok, temperature=1.1, backend=backend)
                 else:
                     ent, lp, lse = linear_entropy_logprob_naive(hh, ww, tok, None, 1.1)
                 ((ent * ge.to(ent)).sum() + (lp * gl.to(lp)).sum()).backward()
@@ -227,7 +212,7 @@ def _check_linear(n, v, d, log, path) -> bool:
                 hh = (h if cast is None else h.to(cast)).clone().requires_grad_()
                 ww = (w if cast is None else w.to(cast)).clone().requires_grad_()
                 if key == "k":
-                    loss = K.linear_omniopd_loss(hh, ww, rh, rw, tok, wt, km, 0.25, backend="triton")
+                    loss = K.linear_omniopd_loss(hh, ww, rh, rw, tok, wt, km, 0.25, backend=backend)
                 else:
                     loss = linear_omniopd_loss_naive(hh, ww, rh.to(cast), rw.to(cast), tok, wt.to(cast), km, 0.25)
                 loss.backward()
@@ -370,7 +355,7 @@ def bench_linear(table, *, n, v, d, bw, rate, checks, deadline, small, comp, tok
     with torch.no_grad():
         measure(table, "linear_entropy_logprob fwd", {
             "ours (triton, cuBLAS fp32 chunks + row kernel)": lambda: K.linear_entropy_logprob(h, w, tok),
-            "ours (triton, fused tl.dot tiles)": with_path("fused", lambda: K.linear_entropy_logprob(h, w, tok)),
+            "ours (triton_tiles: tl.dot tiles)": lambda: K.linear_entropy_logprob(h, w, tok, backend="triton_tiles"),
             "eager": lambda: fp32_entropy_lp(h @ w.T, tok),
             f"torch.compile ({chunk}-token chunks)": chunked_compiled,
         }, mm_ms, checks["linear"], deadline)
@@ -381,8 +366,8 @@ def bench_linear(table, *, n, v, d, bw, rate, checks, deadline, small, comp, tok
     impls = {
         "ours (triton, -logprob of linear_entropy_logprob)": grads_of(
             lambda: -K.linear_entropy_logprob(hg, wg, tok)[1].sum(), hg, wg),
-        "ours (same, fused tl.dot path)": with_path("fused", grads_of(
-            lambda: -K.linear_entropy_logprob(hg, wg, tok)[1].sum(), hg, wg)),
+        "ours (same, triton_tiles)": grads_of(
+            lambda: -K.linear_entropy_logprob(hg, wg, tok, backend="triton_tiles")[1].sum(), hg, wg),
         "eager": grads_of(lambda: ce((hg @ wg.T).float(), tok, reduction="sum"), hg, wg),
     }
     liger_ce = flce(reduction="sum") if flce is not None else None

@@ -31,7 +31,7 @@ BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton
 
 
 def device_for(backend: str) -> str:
-    return triton_device() if backend == "triton" else "cpu"
+    return "cpu" if backend == "torch" else triton_device()
 
 
 def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
