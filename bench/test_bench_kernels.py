@@ -1,30 +1,23 @@
 """Kernel benchmarks: every op x {eager, torch.compile, Liger, chunked torch path, Triton}.
 
 `pytest bench/ --benchmark-only`. Each implementation is first checked against float64 at the bench
-shape; a failed check fails the test and no speed is reported. `benchmark.extra_info` carries the
-ratio to the floor (DESIGN.md §4: bytes over measured copy bandwidth, FLOPs over measured matmul
-rate), our ratio to every peer measured before it, and peak extra memory. On CPU the chunked torch
-path's peak memory is compared with eager at N=4096, V=49152 (target <= 10%).
+shape; a failed check fails the test and no speed is reported. The reported median is harness.time_ms
+(on CUDA `triton.testing.do_bench`, L2 flushed before every run), the same timer bench/gpu_check.py
+uses; pytest-benchmark's own columns time the same call with wall-clock rounds. `benchmark.extra_info`
+carries the ratio to the floor (docs/design.md §4), our ratio to every peer measured before it, and
+peak extra memory. On CPU the chunked torch path's peak memory is compared with eager at N=4096,
+V=49152 (target <= 10%).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, peak_extra_bytes, sync
-from kernel_cases import IMPLS, OPS, Skip, make_case, max_rel_err
+from conftest import peak_extra_bytes
+from harness import DEVICE, floor_ms, sync, time_ms
+from kernel_cases import IMPLS, OPS, OURS, Skip, bench_shape, make_case, max_rel_err
 
 GPU = DEVICE == "cuda"
-# Timing shapes: DESIGN.md §4 on a GPU; small on CPU so the whole file runs in a few minutes.
-SHAPES = {
-    "entropy_logprob": {"N": 16384, "V": 151936} if GPU else {"N": 1024, "V": 16384},
-    "linear_entropy_logprob": {"N": 16384, "V": 151936, "D": 2048} if GPU else {"N": 512, "V": 16384, "D": 256},
-    "linear_cross_entropy": {"N": 16384, "V": 151936, "D": 2048} if GPU else {"N": 256, "V": 8192, "D": 128},
-    "omniopd_loss": {"N": 16384, "V": 151936} if GPU else {"N": 512, "V": 16384},
-    "linear_omniopd_loss": {"N": 16384, "V": 151936, "D": 2048} if GPU else {"N": 256, "V": 8192, "D": 128},
-    "select_forks": {"B": 256, "T": 8192, "M": 8, "C": 32} if GPU else {"B": 64, "T": 2048, "M": 8, "C": 32},
-    "cosine_similarity": {"B": 512, "K": 8, "M": 16, "E": 384} if GPU else {"B": 64, "K": 8, "M": 16, "E": 384},
-}
 # float64 references at DESIGN shapes would take minutes; the GPU check uses a slice of the rows instead.
 MEDIANS: dict[tuple[str, str], float] = {}
 
@@ -40,7 +33,7 @@ def _check(op: str, impl: str, case) -> float:
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op", OPS)
 def test_speed(benchmark, floors, op, impl):
-    shape = SHAPES[op]
+    shape = bench_shape(op, DEVICE)
     try:
         case = make_case(op, impl, shape, DEVICE)
     except Skip as why:
@@ -55,15 +48,15 @@ def test_speed(benchmark, floors, op, impl):
         return out
 
     benchmark.pedantic(run, rounds=5 if GPU else 3, iterations=1, warmup_rounds=1)
-    med_ms = benchmark.stats.stats.median * 1e3
+    med_ms = time_ms(case.run) if GPU else benchmark.stats.stats.median * 1e3  # CPU: no cache flush to add
     MEDIANS[(op, impl)] = med_ms
-    floor_ms = max(case.floor_bytes / floors["copy_bytes_per_s"], case.floor_flops / floors["matmul_flops_per_s"]) * 1e3
+    floor = floor_ms(floors, case.floor_bytes, case.floor_flops)
     info = benchmark.extra_info
     info.update(device=DEVICE, shape=shape, max_rel_err_vs_fp64=err, median_ms=round(med_ms, 4),
-                floor_ms=round(floor_ms, 4), x_floor=round(med_ms / floor_ms, 3) if floor_ms else None,
+                floor_ms=round(floor, 4), x_floor=round(med_ms / floor, 3) if floor else None,
                 copy_GBps=round(floors["copy_bytes_per_s"] / 1e9, 1),
                 matmul_GFLOPs=round(floors["matmul_flops_per_s"] / 1e9, 1))
-    if impl in ("torch", "triton"):
+    if impl in OURS:
         for peer in ("eager", "compile", "liger", "torch"):
             if peer != impl and (op, peer) in MEDIANS:
                 info[f"ratio_to_{peer}"] = round(med_ms / MEDIANS[(op, peer)], 3)

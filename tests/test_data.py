@@ -47,8 +47,8 @@ def test_malformed_rows_name_file_and_row(tmp_path, content, needle):
         load_split(str(path), DataConfig(), "train")
 
 
-def test_real_benchmark_file_loads(shared_data):
-    problems = load_problems(shared_data / "math" / "gsm8k.jsonl", "question", "answer")
+def test_real_benchmark_file_loads(benchmark_data):
+    problems = load_problems(benchmark_data / "math" / "gsm8k.jsonl", "question", "answer")
     assert len(problems) == 1319 and problems[0].answer.replace(",", "").isdigit()
 
 

@@ -25,8 +25,8 @@ SHARED = {
 }
 
 
-def test_every_shared_math_file_loads(shared_data):
-    files = sorted((shared_data / "math").glob("*.jsonl"))
+def test_every_shared_math_file_loads(benchmark_data):
+    files = sorted((benchmark_data / "math").glob("*.jsonl"))
     assert {f.stem for f in files} >= set(SHARED)
     for f in files:
         problems = load_problems(f, "math")
@@ -38,13 +38,13 @@ def test_every_shared_math_file_loads(shared_data):
                 rows, first_id, first, last), f
 
 
-def test_reference_solutions_grade_as_correct(shared_data):
+def test_reference_solutions_grade_as_correct(benchmark_data):
     # A loader that picked the wrong field would fail this: each worked solution must reach its answer.
-    rows = [json.loads(line) for line in (shared_data / "math" / "math500.jsonl").read_text().splitlines()]
-    problems = load_problems(shared_data / "math" / "math500.jsonl", "math", limit=100)
+    rows = [json.loads(line) for line in (benchmark_data / "math" / "math500.jsonl").read_text().splitlines()]
+    problems = load_problems(benchmark_data / "math" / "math500.jsonl", "math", limit=100)
     assert all(grade_math(r["solution"], p.answer) for r, p in zip(rows, problems))
-    rows = [json.loads(line) for line in (shared_data / "math" / "gsm8k.jsonl").read_text().splitlines()][:100]
-    problems = load_problems(shared_data / "math" / "gsm8k.jsonl", "math", limit=100)
+    rows = [json.loads(line) for line in (benchmark_data / "math" / "gsm8k.jsonl").read_text().splitlines()][:100]
+    problems = load_problems(benchmark_data / "math" / "gsm8k.jsonl", "math", limit=100)
     assert all(grade_math(r["answer"], p.answer) for r, p in zip(rows, problems))
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import Backend, check_device, check_float, resolve_backend
-from . import torch_impl
+from .._common import Backend, check_device, check_float, impl_module, resolve_backend
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
@@ -21,8 +20,4 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor, *, backend: Backend = "a
     check_device("b", b, a.device)
     backend = resolve_backend(backend, a, b)
     with torch.no_grad():
-        if backend == "triton":
-            from . import triton_impl
-
-            return triton_impl.cosine_similarity(a.detach(), b.detach())
-        return torch_impl.cosine_similarity(a.detach(), b.detach())
+        return impl_module(__package__, backend).cosine_similarity(a.detach(), b.detach())

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from .._common import Backend, check_float, check_temperature, check_tokens, resolve_backend
-from . import torch_impl
-
-
-def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_impl  # lazy: CPU users of the torch path never import triton
-
-        return triton_impl
-    return torch_impl
+from .._common import Backend, check_float, check_temperature, check_tokens, impl_module, resolve_backend
 
 
 class EntropyLogprobFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, tokens, temperature, backend):
-        ent, lp, lse, stats = _impl(backend).forward(logits, tokens, temperature)
+        ent, lp, lse, stats = impl_module(__package__, backend).forward(
+            logits, tokens, temperature)
         ctx.save_for_backward(logits, tokens, ent, lse, stats)
         ctx.temperature, ctx.backend = temperature, backend
         ctx.set_materialize_grads(False)
@@ -30,7 +22,8 @@ class EntropyLogprobFunction(torch.autograd.Function):
         logits, tokens, ent, lse, stats = ctx.saved_tensors
         if tokens is None:
             g_lp = None
-        grad = _impl(ctx.backend).backward(logits, tokens, ctx.temperature, ent, lse, stats, g_ent, g_lp, g_lse)
+        grad = impl_module(__package__, ctx.backend).backward(
+            logits, tokens, ctx.temperature, ent, lse, stats, g_ent, g_lp, g_lse)
         return grad, None, None, None
 
 

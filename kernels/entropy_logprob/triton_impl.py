@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreting
+from .._common import interpreting, rowmajor
 
 
 @triton.jit
@@ -83,12 +83,8 @@ else:
 _INTERP_BLOCK = 256
 
 
-def _rowmajor(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def forward(logits: torch.Tensor, tokens: torch.Tensor | None, temperature: float):
-    logits = _rowmajor(logits)
+    logits = rowmajor(logits)
     n, v = logits.shape
     # NaN-filled so that any row a kernel fails to write shows up in the tests.
     ent = torch.full((n,), float("nan"), dtype=torch.float32, device=logits.device)
@@ -106,7 +102,7 @@ def forward(logits: torch.Tensor, tokens: torch.Tensor | None, temperature: floa
 
 def backward(logits, tokens, temperature, ent, lse, mx, g_ent, g_lp, g_lse, out=None) -> torch.Tensor:
     """d(loss)/d(logits) written into `out` (a new NaN-filled tensor if None); mx: [2, N] (max, log-sum)."""
-    logits = _rowmajor(logits)
+    logits = rowmajor(logits)
     n, v = logits.shape
     grad = torch.full_like(logits, float("nan")) if out is None else out
     mx = mx.contiguous()

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import torch
 
-from .._common import Backend, check_device, check_float, check_temperature, check_tokens, resolve_backend
-from . import torch_impl
-
-
-def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_impl
-
-        return triton_impl
-    return torch_impl
+from .._common import (
+    LINEAR_BACKENDS,
+    LinearBackend,
+    check_device,
+    check_float,
+    check_temperature,
+    check_tokens,
+    impl_module,
+    resolve_backend,
+)
 
 
 class LinearEntropyLogprobFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, temperature, backend):
-        ent, lp, lse, stats = _impl(backend).forward(hidden, weight, bias, tokens, temperature)
+        ent, lp, lse, stats = impl_module(__package__, backend).forward(
+            hidden, weight, bias, tokens, temperature)
         ctx.save_for_backward(hidden, weight, bias, tokens, ent, lse, stats)
         ctx.temperature, ctx.backend = temperature, backend
         ctx.set_materialize_grads(False)
@@ -30,8 +31,8 @@ class LinearEntropyLogprobFunction(torch.autograd.Function):
         hidden, weight, bias, tokens, ent, lse, stats = ctx.saved_tensors
         if tokens is None:
             g_lp = None
-        dh, dw, db = _impl(ctx.backend).backward(hidden, weight, bias, tokens, ctx.temperature, ent, lse, stats,
-                                                 g_ent, g_lp, g_lse)
+        dh, dw, db = impl_module(__package__, ctx.backend).backward(
+            hidden, weight, bias, tokens, ctx.temperature, ent, lse, stats, g_ent, g_lp, g_lse)
         return dh, dw, db, None, None, None
 
 
@@ -56,19 +57,21 @@ def linear_entropy_logprob(
     *,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
-    backend: Backend = "auto",
+    backend: LinearBackend = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """`entropy_logprob(hidden @ weight.T + bias, tokens)` without ever holding the [N, V] logits.
 
     hidden: [N, D]; weight: [V, D] (the LM head); bias: [V] or None; tokens: [N] int or None.
     Returns fp32 `(entropy[N], logprob[N] or None, lse[N])`. Differentiable w.r.t. hidden, weight
     and bias. The backward recomputes the logits per row chunk (Triton: <= 512 MiB scratch).
+    backend: `auto` (`triton` on CUDA, `torch` elsewhere), `triton` (fp32 matmul logits per row chunk
+    streamed through Triton row kernels), `triton_tiles` (tl.dot tiles, logits never written) or `torch`.
     """
     check_head("hidden", hidden, "weight", weight, bias)
     n, v = hidden.shape[0], weight.shape[0]
     if tokens is not None:
         check_tokens("tokens", tokens, n, v, hidden.device)
     temperature = check_temperature(temperature)
-    backend = resolve_backend(backend, hidden, weight)
+    backend = resolve_backend(backend, hidden, weight, allowed=LINEAR_BACKENDS)
     ent, lp, lse = LinearEntropyLogprobFunction.apply(hidden, weight, bias, tokens, temperature, backend)
     return ent, (lp if tokens is not None else None), lse

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import chunk_rows
+from .._common import chunk_rows, head_grads
 from ..entropy_logprob.torch_impl import entropy_logprob_grad, row_stats
 
 
@@ -32,22 +32,16 @@ def forward(hidden, weight, bias, tokens, temperature):
 
 
 def backward(hidden, weight, bias, tokens, temperature, ent, lse, stats, g_ent, g_lp, g_lse):
-    n, v = hidden.shape[0], weight.shape[0]
     wf = weight.float()
     bf = None if bias is None else bias.float()
-    dh = torch.empty_like(hidden)
-    dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-    db = None if bias is None else torch.zeros(v, dtype=torch.float32, device=weight.device)
-    step = chunk_rows(v, n)
-    sl = lambda g, s: None if g is None else g[s:s + step].float()
-    for s in range(0, n, step):
-        hf = hidden[s:s + step].float()
-        logp = torch.log_softmax(chunk_logits(hf, wf, bf, temperature), dim=-1)  # z - lse loses digits at |z|~1e4
-        tok = None if tokens is None else tokens[s:s + step].long()
-        dz = entropy_logprob_grad(logp, ent[s:s + step], tok, sl(g_ent, s), sl(g_lp, s), sl(g_lse, s))
-        dz.div_(temperature)
-        dh[s:s + step] = dz @ wf
-        dw.addmm_(dz.T, hf)
-        if db is not None:
-            db += dz.sum(0)
+    sl = lambda g, s, e: None if g is None else g[s:e].float()
+
+    def chunk_grad(s, e, _):
+        logp = torch.log_softmax(chunk_logits(hidden[s:e], wf, bf, temperature), dim=-1)  # z - lse loses digits
+        tok = None if tokens is None else tokens[s:e].long()
+        dz = entropy_logprob_grad(logp, ent[s:e], tok, sl(g_ent, s, e), sl(g_lp, s, e), sl(g_lse, s, e))
+        return dz.div_(temperature)
+
+    step = chunk_rows(weight.shape[0], hidden.shape[0])
+    dh, dw, db = head_grads(hidden, weight, step, chunk_grad, bias=bias, dtype=torch.float32, scratch=False)
     return dh, dw.to(weight.dtype), (None if db is None else db.to(bias.dtype))

@@ -6,18 +6,9 @@ from typing import Literal
 
 import torch
 
-from .._common import Backend, check_temperature, check_tokens, resolve_backend
+from .._common import LINEAR_BACKENDS, LinearBackend, check_temperature, check_tokens, impl_module, resolve_backend
 from ..linear_entropy_logprob.op import check_head
 from ..omniopd_loss.op import check_loss_vectors, check_reduction, combine
-from . import torch_impl
-
-
-def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_impl
-
-        return triton_impl
-    return torch_impl
 
 
 class LinearLogprobKLFunction(torch.autograd.Function):
@@ -25,7 +16,8 @@ class LinearLogprobKLFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, ref_hidden, ref_weight, tokens, temperature, backend):
-        lp, kl, stats = _impl(backend).forward(hidden, weight, ref_hidden, ref_weight, tokens, temperature)
+        impl = impl_module(__package__, backend)
+        lp, kl, stats = impl.forward(hidden, weight, ref_hidden, ref_weight, tokens, temperature)
         ctx.save_for_backward(hidden, weight, ref_hidden, ref_weight, tokens, stats)
         ctx.temperature, ctx.backend = temperature, backend
         ctx.set_materialize_grads(False)
@@ -34,9 +26,32 @@ class LinearLogprobKLFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_lp, g_kl):
         hidden, weight, ref_hidden, ref_weight, tokens, stats = ctx.saved_tensors
-        dh, dw = _impl(ctx.backend).backward(hidden, weight, ref_hidden, ref_weight, tokens, ctx.temperature,
-                                             stats, g_lp, g_kl)
+        dh, dw = impl_module(__package__, ctx.backend).backward(
+            hidden, weight, ref_hidden, ref_weight, tokens, ctx.temperature, stats, g_lp, g_kl)
         return dh, dw, None, None, None, None, None
+
+
+class LinearOmniOPDSumFunction(torch.autograd.Function):
+    """`linear_omniopd_loss(reduction="sum")` on the `triton` path: gradients made in the forward, scaled in the
+    backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, ref_hidden, ref_weight, tokens, weights, kl_mask, beta, temperature):
+        from . import triton_impl
+
+        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        loss, dh, dw = triton_impl.sum_with_grads(hidden, weight, ref_hidden, ref_weight, tokens, weights, kl_mask,
+                                                  beta, temperature, need)
+        ctx.save_for_backward(dh, dw)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        dh, dw = ctx.saved_tensors
+        d_hidden = None if dh is None or not ctx.needs_input_grad[0] else dh * g.to(dh.dtype)
+        d_weight = None if dw is None or not ctx.needs_input_grad[1] else (dw * g.to(dw.dtype)).to(ctx.weight_dtype)
+        return d_hidden, d_weight, None, None, None, None, None, None, None
 
 
 def _check_heads(hidden, weight, ref_hidden, ref_weight, tokens, temperature, backend) -> tuple[float, str]:
@@ -49,12 +64,13 @@ def _check_heads(hidden, weight, ref_hidden, ref_weight, tokens, temperature, ba
     if ref_hidden.device != hidden.device:
         raise ValueError(f"ref_hidden is on {ref_hidden.device}, hidden on {hidden.device}")
     check_tokens("tokens", tokens, n, v, hidden.device)
-    return check_temperature(temperature), resolve_backend(backend, hidden, weight, ref_hidden, ref_weight)
+    return check_temperature(temperature), resolve_backend(backend, hidden, weight, ref_hidden, ref_weight,
+                                                   allowed=LINEAR_BACKENDS)
 
 
 def linear_logprob_kl(
     hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor,
-    tokens: torch.Tensor, *, temperature: float = 1.0, backend: Backend = "auto",
+    tokens: torch.Tensor, *, temperature: float = 1.0, backend: LinearBackend = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token fp32 `(log π_θ(y), KL(π_ref ‖ π_θ))` from both heads, never holding [N, V].
 
@@ -69,26 +85,24 @@ def linear_logprob_kl(
 def linear_omniopd_loss(
     hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor,
     tokens: torch.Tensor, weights: torch.Tensor, kl_mask: torch.Tensor, beta: float, *,
-    temperature: float = 1.0, reduction: Literal["sum", "none"] = "sum", backend: Backend = "auto",
+    temperature: float = 1.0, reduction: Literal["sum", "none"] = "sum", backend: LinearBackend = "auto",
 ) -> torch.Tensor:
     """`omniopd_loss` fused with both LM heads (student: hidden·weightᵀ, reference: ref_hidden·ref_weightᵀ).
 
     Scalar sum (or per-token [N] with `reduction="none"`) of `-weights·log π(y) + beta·kl_mask·KL(π_ref ‖ π)`.
-    Gradient to hidden and weight only. Triton backend, `reduction="sum"`: gradients are computed in
-    the forward (fp32 cuBLAS logits per row chunk, <= ~1.3 GiB scratch) and scaled in the backward;
-    otherwise the per-token path (forward O(N) extra, backward recomputes logit tiles per row chunk).
+    Gradient to hidden and weight only. backend as in `linear_logprob_kl`. With `backend="triton"` (the
+    CUDA default) and `reduction="sum"` the gradients are computed in the forward (the loss is linear in
+    its upstream gradient; <= ~1.3 GiB scratch) and only scaled in the backward; every other
+    combination is `linear_logprob_kl` followed by the weighted sum, recomputing logits in the backward.
     """
     check_reduction(reduction)
     check_head("hidden", hidden, "weight", weight)
     n, v = hidden.shape[0], weight.shape[0]
     check_loss_vectors(tokens, weights, kl_mask, beta, n, v, hidden.device)
-    if reduction == "sum":
-        temperature, resolved = _check_heads(hidden, weight, ref_hidden, ref_weight, tokens, temperature, backend)
-        if resolved == "triton":
-            from .fused_sum import LinearOmniOPDSumFunction
-
-            return LinearOmniOPDSumFunction.apply(hidden, weight, ref_hidden.detach(), ref_weight.detach(), tokens,
-                                                  weights.detach(), kl_mask.detach(), float(beta), temperature)
-    lp, kl = linear_logprob_kl(hidden, weight, ref_hidden, ref_weight, tokens, temperature=temperature,
-                               backend=backend)
+    temperature, resolved = _check_heads(hidden, weight, ref_hidden, ref_weight, tokens, temperature, backend)
+    if reduction == "sum" and resolved == "triton":
+        return LinearOmniOPDSumFunction.apply(hidden, weight, ref_hidden.detach(), ref_weight.detach(), tokens,
+                                              weights.detach(), kl_mask.detach(), float(beta), temperature)
+    lp, kl = LinearLogprobKLFunction.apply(hidden, weight, ref_hidden.detach(), ref_weight.detach(), tokens,
+                                           temperature, resolved)
     return combine(lp, kl, weights, kl_mask, beta, reduction)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import chunk_rows
+from .._common import chunk_rows, head_grads
 from ..omniopd_loss.torch_impl import chunk_grad, chunk_terms
 
 
@@ -28,15 +28,11 @@ def backward(hidden, weight, ref_hidden, ref_weight, tokens, temperature, stats,
     zeros = torch.zeros(n, dtype=torch.float32, device=hidden.device)
     g_lp = zeros if g_lp is None else g_lp.float()
     g_kl = zeros if g_kl is None else g_kl.float()
-    dh = torch.empty_like(hidden)
-    dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-    step = chunk_rows(2 * v, n)
-    for s in range(0, n, step):
-        e = s + step
-        hf = hidden[s:e].float()
-        logp = torch.log_softmax((hf @ wf.T).div_(temperature), dim=-1)
+
+    def logits_grad(s, e, _):
+        logp = torch.log_softmax((hidden[s:e].float() @ wf.T).div_(temperature), dim=-1)
         logq = torch.log_softmax((ref_hidden[s:e].float() @ rwf.T).div_(temperature), dim=-1)
-        dz = chunk_grad(logp, logq, tokens[s:e].long(), g_lp[s:e], g_kl[s:e]).div_(temperature)
-        dh[s:e] = dz @ wf
-        dw.addmm_(dz.T, hf)
+        return chunk_grad(logp, logq, tokens[s:e].long(), g_lp[s:e], g_kl[s:e]).div_(temperature)
+
+    dh, dw, _ = head_grads(hidden, weight, chunk_rows(2 * v, n), logits_grad, dtype=torch.float32, scratch=False)
     return dh, dw.to(weight.dtype)

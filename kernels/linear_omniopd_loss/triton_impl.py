@@ -1,130 +1,23 @@
-"""Triton path: student and reference logit tiles (two tl.dot streams) folded into per-row online
-statistics in one pass; backward recomputes both tiles per row chunk (the reference tile only for
-row blocks that carry KL gradient), writes the logits gradient and leaves the reductions to cuBLAS."""
+"""`triton` path (the default on CUDA): per row chunk, matmuls (cuBLAS on CUDA) write fp32 logits of
+both heads, nothing rounded through bf16, and the streaming row kernels of `omniopd_loss` read them
+once; scratch <= `_linear_tiles.BWD_CHUNK_BYTES`.
+
+`sum_with_grads` serves `linear_omniopd_loss(reduction="sum")`: the summed loss is linear in its
+upstream gradient, so the forward can already produce d_hidden and d_weight for an upstream of 1 and
+the backward only scales them (the trick of Liger's fused linear cross-entropy): each chunk's logits
+are made once, 4 matmuls in all instead of 6 for recompute-in-backward.
+"""
 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from .._common import interpreting
-from .._linear_tiles import (
-    INTERP_TILES,
-    bwd_chunk_rows,
-    dot_flags,
-    fp32_logits,
-    fwd_configs,
-    grad_dtype,
-    logits_chunk_rows,
-    logits_tile,
-    use_cublas_chunks,
-    vocab_splits,
-)
+from .._common import head_grads
+from .._linear_tiles import fp32_logits, logits_chunk_rows
 from ..omniopd_loss import triton_impl as rows
 
 
-@triton.jit
-def _fwd_kernel(h_ptr, w_ptr, rh_ptr, rw_ptr, tok_ptr, part_ptr, N, V, D, DR, split_len,
-                stride_h, stride_w, stride_rh, stride_rw, inv_tau,
-                UPCAST: tl.constexpr, PREC: tl.constexpr, UPCAST_R: tl.constexpr, PREC_R: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    sp = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    tok = tl.load(tok_ptr + rows, mask=rmask, other=-1)
-    m_z = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    m_r = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    s_z = tl.zeros([BLOCK_N], tl.float32)
-    s_r = tl.zeros([BLOCK_N], tl.float32)
-    u = tl.zeros([BLOCK_N], tl.float32)
-    tz = tl.zeros([BLOCK_N], tl.float32)
-    v_lo = sp * split_len
-    v_hi = tl.minimum(V, v_lo + split_len)
-    for v0 in range(v_lo, v_hi, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        z = logits_tile(h_ptr, w_ptr, h_ptr, rows, cols, N, V, D, stride_h, stride_w, inv_tau,
-                        False, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
-        r = logits_tile(rh_ptr, rw_ptr, rh_ptr, rows, cols, N, V, DR, stride_rh, stride_rw, inv_tau,
-                        False, UPCAST_R, PREC_R, BLOCK_N, BLOCK_V, BLOCK_D)
-        mz_new = tl.maximum(m_z, tl.max(z, 1))
-        mr_new = tl.maximum(m_r, tl.max(r, 1))
-        a_z = tl.exp(m_z - mz_new)
-        a_r = tl.exp(m_r - mr_new)
-        dz = z - mz_new[:, None]
-        dr = r - mr_new[:, None]
-        e_z = tl.exp(dz)
-        e_r = tl.exp(dr)
-        # u = Σe^(r-m_r)((r-m_r) - (z-m_z)), re-centred on both new maxima (see omniopd_loss).
-        u = (tl.where(s_r > 0, a_r * (u + ((m_r - mr_new) + (mz_new - m_z)) * s_r), 0.0)
-             + tl.sum(tl.where(e_r > 0, e_r * (dr - dz), 0.0), 1))
-        s_z = s_z * a_z + tl.sum(e_z, 1)
-        s_r = s_r * a_r + tl.sum(e_r, 1)
-        m_z = mz_new
-        m_r = mr_new
-        tz += tl.sum(tl.where(cols[None, :] == tok[:, None], z, 0.0), 1)
-    nsp = tl.num_programs(1)
-    base = part_ptr + sp * N + rows
-    tl.store(base, m_z, mask=rmask)
-    tl.store(base + nsp * N, s_z, mask=rmask)
-    tl.store(base + 2 * nsp * N, m_r, mask=rmask)
-    tl.store(base + 3 * nsp * N, s_r, mask=rmask)
-    tl.store(base + 4 * nsp * N, u, mask=rmask)
-    tl.store(base + 5 * nsp * N, tz, mask=rmask)
-
-
-@triton.jit
-def _bwd_kernel(h_ptr, w_ptr, rh_ptr, rw_ptr, tok_ptr, st_ptr, N, glp_ptr, gkl_ptr, dz_ptr,
-                row0, n_hi, V, D, DR, stride_h, stride_w, stride_rh, stride_rw, stride_dz, inv_tau,
-                UPCAST: tl.constexpr, PREC: tl.constexpr, UPCAST_R: tl.constexpr, PREC_R: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = row0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    rmask = rows < n_hi
-    z = logits_tile(h_ptr, w_ptr, h_ptr, rows, cols, n_hi, V, D, stride_h, stride_w, inv_tau,
-                    False, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
-    # (z - max) - log-sum: exact shift, unlike z - lse at |z| ~ 1e4.
-    p = tl.exp((z - tl.load(st_ptr + rows, mask=rmask, other=0.0)[:, None])
-               - tl.load(st_ptr + N + rows, mask=rmask, other=0.0)[:, None])
-    g_lp = tl.load(glp_ptr + rows, mask=rmask, other=0.0)
-    g_kl = tl.load(gkl_ptr + rows, mask=rmask, other=0.0)
-    tok = tl.load(tok_ptr + rows, mask=rmask, other=-1)
-    dz = (g_kl - g_lp)[:, None] * p + tl.where(cols[None, :] == tok[:, None], g_lp[:, None], 0.0)
-    # Audited-only row blocks carry no KL gradient: skip the reference matmul there.
-    if tl.max(tl.abs(g_kl), 0) > 0:
-        r = logits_tile(rh_ptr, rw_ptr, rh_ptr, rows, cols, n_hi, V, DR, stride_rh, stride_rw, inv_tau,
-                        False, UPCAST_R, PREC_R, BLOCK_N, BLOCK_V, BLOCK_D)
-        q = tl.exp((r - tl.load(st_ptr + 2 * N + rows, mask=rmask, other=0.0)[:, None])
-                   - tl.load(st_ptr + 3 * N + rows, mask=rmask, other=0.0)[:, None])
-        dz -= g_kl[:, None] * q
-    out = dz_ptr + (rows - row0).to(tl.int64)[:, None] * stride_dz + cols[None, :]
-    tl.store(out, (dz * inv_tau).to(dz_ptr.dtype.element_ty), mask=rmask[:, None] & (cols[None, :] < V))
-
-
-if interpreting():
-    _fwd, _bwd = _fwd_kernel, _bwd_kernel
-else:
-    _fwd = triton.autotune(fwd_configs(), key=["V", "D", "DR"])(_fwd_kernel)
-    _bwd = triton.autotune(fwd_configs(), key=["V", "D", "DR"])(_bwd_kernel)
-
-
-def _rowmajor(x):
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def combine_kl(part: torch.Tensor):
-    """[6, S, N] partials -> (lse_z, kl, token logit, backward stats [4, N])."""
-    m_z, s_z, m_r, s_r, u, tz = part.unbind(0)
-    mz, mr = m_z.max(0).values, m_r.max(0).values
-    w_z, w_r = torch.exp(m_z - mz), torch.exp(m_r - mr)
-    sz, sr = (s_z * w_z).sum(0), (s_r * w_r).sum(0)
-    u_tot = torch.where(s_r > 0, w_r * (u + ((m_r - mr) + (mz - m_z)) * s_r), 0.0).sum(0)
-    log_sz, log_sr = sz.log(), sr.log()
-    return mz + log_sz, u_tot / sr - log_sr + log_sz, tz.sum(0), torch.stack([mz, log_sz, mr, log_sr])
-
-
-def forward_cublas(hidden, weight, ref_hidden, ref_weight, tokens, temperature):
-    """Row chunks of fp32 cuBLAS logits of both heads, streamed once through the KL row kernel."""
+def forward(hidden, weight, ref_hidden, ref_weight, tokens, temperature):
     n, v = hidden.shape[0], weight.shape[0]
     out = torch.full((2, n), float("nan"), dtype=torch.float32, device=hidden.device)
     stats = torch.full((4, n), float("nan"), dtype=torch.float32, device=hidden.device)
@@ -137,83 +30,38 @@ def forward_cublas(hidden, weight, ref_hidden, ref_weight, tokens, temperature):
     return out[0], out[1], stats
 
 
-def backward_cublas(hidden, weight, ref_hidden, ref_weight, tokens, temperature, stats, g_lp, g_kl):
-    n, v = hidden.shape[0], weight.shape[0]
+def backward(hidden, weight, ref_hidden, ref_weight, tokens, temperature, stats, g_lp, g_kl):
     z_of, r_of = fp32_logits(weight), fp32_logits(ref_weight)
-    gdt = grad_dtype(hidden, weight)
-    w_mm = weight if weight.dtype == gdt else weight.float()
-    dh = torch.full_like(hidden, float("nan"))
-    dw = torch.zeros(weight.shape, dtype=gdt, device=weight.device)
-    step = logits_chunk_rows(n, v, heads=2)
-    dz = torch.empty((min(step, n), v), dtype=gdt, device=hidden.device)
-    zeros = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+    zeros = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     g_lp = zeros if g_lp is None else g_lp
     g_kl = zeros if g_kl is None else g_kl
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        buf = rows.backward(z_of(hidden[s:e]), r_of(ref_hidden[s:e]), tokens[s:e], temperature,
-                            stats[:, s:e].contiguous(), g_lp[s:e], g_kl[s:e], out=dz[: e - s])
-        h_mm = hidden[s:e] if hidden.dtype == gdt else hidden[s:e].float()
-        dh[s:e] = buf @ w_mm
-        dw.addmm_(buf.T, h_mm)
+
+    def chunk_grad(s, e, buf):
+        return rows.backward(z_of(hidden[s:e]), r_of(ref_hidden[s:e]), tokens[s:e], temperature,
+                             stats[:, s:e].contiguous(), g_lp[s:e], g_kl[s:e], out=buf)
+
+    dh, dw, _ = head_grads(hidden, weight, logits_chunk_rows(hidden.shape[0], weight.shape[0], heads=2), chunk_grad)
     return dh, dw.to(weight.dtype)
 
 
-def forward(hidden, weight, ref_hidden, ref_weight, tokens, temperature):
-    hidden, weight, ref_hidden, ref_weight = map(_rowmajor, (hidden, weight, ref_hidden, ref_weight))
-    if use_cublas_chunks(hidden):
-        return forward_cublas(hidden, weight, ref_hidden, ref_weight, tokens, temperature)
-    n, d = hidden.shape
-    v, dr = weight.shape[0], ref_hidden.shape[1]
-    splits, split_len = vocab_splits(n, v, hidden.device)
-    part = torch.full((6, splits, n), float("nan"), dtype=torch.float32, device=hidden.device)
-    if n:
-        upcast, prec = dot_flags(hidden, weight)
-        upcast_r, prec_r = dot_flags(ref_hidden, ref_weight)
-        args = (hidden, weight, ref_hidden, ref_weight, tokens, part, n, v, d, dr, split_len, hidden.stride(0),
-                weight.stride(0), ref_hidden.stride(0), ref_weight.stride(0), 1.0 / temperature)
-        flags = dict(UPCAST=upcast, PREC=prec, UPCAST_R=upcast_r, PREC_R=prec_r)
-        if interpreting():
-            _fwd[(triton.cdiv(n, INTERP_TILES["BLOCK_N"]), splits)](*args, **flags, **INTERP_TILES)
-        else:
-            _fwd[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)](*args, **flags)
-    lse_z, kl, tz, stats = combine_kl(part)
-    return tz - lse_z, kl, stats
+def sum_with_grads(hidden, weight, ref_hidden, ref_weight, tokens, weights, kl_mask, beta, temperature, need_grad):
+    """(Σ -weights·log π(y) + beta·kl_mask·KL, d_hidden, d_weight) for an upstream gradient of 1.
 
+    The gradients (None without `need_grad`) keep the head matmuls' dtype (`_common.grad_dtype`)."""
+    g_lp = (-weights.float()).contiguous()
+    g_kl = (float(beta) * kl_mask.float()).contiguous()
+    if not need_grad:
+        lp, kl, _ = forward(hidden, weight, ref_hidden, ref_weight, tokens, temperature)
+        return (g_lp * lp).sum() + (g_kl * kl).sum(), None, None
+    z_of, r_of = fp32_logits(weight), fp32_logits(ref_weight)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
 
-def backward(hidden, weight, ref_hidden, ref_weight, tokens, temperature, stats, g_lp, g_kl):
-    hidden, weight, ref_hidden, ref_weight = map(_rowmajor, (hidden, weight, ref_hidden, ref_weight))
-    if use_cublas_chunks(hidden):
-        return backward_cublas(hidden, weight, ref_hidden, ref_weight, tokens, temperature, stats, g_lp, g_kl)
-    n, d = hidden.shape
-    v, dr = weight.shape[0], ref_hidden.shape[1]
-    zeros = torch.zeros(n, dtype=torch.float32, device=hidden.device)
-    g_lp = zeros if g_lp is None else g_lp.float().contiguous()
-    g_kl = zeros if g_kl is None else g_kl.float().contiguous()
-    stats = stats.contiguous()
-    upcast, prec = dot_flags(hidden, weight)
-    upcast_r, prec_r = dot_flags(ref_hidden, ref_weight)
-    flags = dict(UPCAST=upcast, PREC=prec, UPCAST_R=upcast_r, PREC_R=prec_r)
-    gdt = grad_dtype(hidden, weight)
-    w_mm = weight if weight.dtype == gdt else weight.float()
-    dh = torch.full_like(hidden, float("nan"))
-    dw = torch.zeros(weight.shape, dtype=gdt, device=weight.device)
-    step = bwd_chunk_rows(n, v, torch.finfo(gdt).bits // 8)
-    dz = torch.empty((min(step, n), v), dtype=gdt, device=hidden.device)
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        buf = dz[: e - s]
-        buf.fill_(float("nan"))
-        args = (hidden, weight, ref_hidden, ref_weight, tokens, stats, n, g_lp, g_kl, buf, s, e, v, d, dr,
-                hidden.stride(0), weight.stride(0), ref_hidden.stride(0), ref_weight.stride(0), buf.stride(0),
-                1.0 / temperature)
-        if interpreting():
-            grid = (triton.cdiv(e - s, INTERP_TILES["BLOCK_N"]), triton.cdiv(v, INTERP_TILES["BLOCK_V"]))
-            _bwd[grid](*args, **flags, **INTERP_TILES)
-        else:
-            _bwd[lambda meta, r=e - s: (triton.cdiv(r, meta["BLOCK_N"]), triton.cdiv(v, meta["BLOCK_V"]))](
-                *args, **flags)
-        h_mm = hidden[s:e] if hidden.dtype == gdt else hidden[s:e].float()
-        dh[s:e] = buf @ w_mm
-        dw.addmm_(buf.T, h_mm)
-    return dh, dw.to(weight.dtype)
+    def chunk_grad(s, e, buf):
+        nonlocal loss
+        z, r, tok = z_of(hidden[s:e]), r_of(ref_hidden[s:e]), tokens[s:e]
+        lp, kl, stats = rows.forward(z, r, tok, temperature)
+        loss += (g_lp[s:e] * lp).sum() + (g_kl[s:e] * kl).sum()
+        return rows.backward(z, r, tok, temperature, stats, g_lp[s:e], g_kl[s:e], out=buf)
+
+    dh, dw, _ = head_grads(hidden, weight, logits_chunk_rows(hidden.shape[0], weight.shape[0], heads=2), chunk_grad)
+    return loss, dh, dw

@@ -12,17 +12,9 @@ from .._common import (
     check_temperature,
     check_tokens,
     check_vector,
+    impl_module,
     resolve_backend,
 )
-from . import torch_impl
-
-
-def _impl(backend: str):
-    if backend == "triton":
-        from . import triton_impl
-
-        return triton_impl
-    return torch_impl
 
 
 class LogprobKLFunction(torch.autograd.Function):
@@ -30,7 +22,8 @@ class LogprobKLFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, ref_logits, tokens, temperature, backend):
-        lp, kl, stats = _impl(backend).forward(logits, ref_logits, tokens, temperature)
+        lp, kl, stats = impl_module(__package__, backend).forward(
+            logits, ref_logits, tokens, temperature)
         ctx.save_for_backward(logits, ref_logits, tokens, stats)
         ctx.temperature, ctx.backend = temperature, backend
         ctx.set_materialize_grads(False)
@@ -39,7 +32,8 @@ class LogprobKLFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_lp, g_kl):
         logits, ref_logits, tokens, stats = ctx.saved_tensors
-        grad = _impl(ctx.backend).backward(logits, ref_logits, tokens, ctx.temperature, stats, g_lp, g_kl)
+        grad = impl_module(__package__, ctx.backend).backward(
+            logits, ref_logits, tokens, ctx.temperature, stats, g_lp, g_kl)
         return grad, None, None, None, None
 
 

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreting
+from .._common import interpreting, rowmajor
 
 
 @triton.jit
@@ -90,12 +90,8 @@ else:
 _INTERP_BLOCK = 256
 
 
-def _rowmajor(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def forward(logits, ref_logits, tokens, temperature):
-    logits, ref_logits = _rowmajor(logits), _rowmajor(ref_logits)
+    logits, ref_logits = rowmajor(logits), rowmajor(ref_logits)
     n, v = logits.shape
     out = torch.full((2, n), float("nan"), dtype=torch.float32, device=logits.device)
     lp, kl = out.unbind(0)
@@ -109,7 +105,7 @@ def forward(logits, ref_logits, tokens, temperature):
 
 def backward(logits, ref_logits, tokens, temperature, stats, g_lp, g_kl, out=None) -> torch.Tensor:
     """d(Σ g_lp·logprob + g_kl·kl)/d(logits), written into `out` (a new NaN-filled tensor if None)."""
-    logits, ref_logits = _rowmajor(logits), _rowmajor(ref_logits)
+    logits, ref_logits = rowmajor(logits), rowmajor(ref_logits)
     n, v = logits.shape
     grad = torch.full_like(logits, float("nan")) if out is None else out
     if n == 0:

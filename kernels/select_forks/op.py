@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import Backend, check_device, resolve_backend
-from . import torch_impl
+from .._common import Backend, check_device, impl_module, resolve_backend
 
 
 def select_forks(
@@ -37,8 +36,5 @@ def select_forks(
     valid = valid.bool()
     backend = resolve_backend(backend, entropy, valid)
     with torch.no_grad():
-        if backend == "triton":
-            from . import triton_impl
-
-            return triton_impl.select_forks(entropy.detach(), valid, num_chunks, chunk_len, min_entropy)
-        return torch_impl.select_forks(entropy.detach(), valid, num_chunks, chunk_len, min_entropy)
+        return impl_module(__package__, backend).select_forks(entropy.detach(), valid, num_chunks, chunk_len,
+                                                              min_entropy)

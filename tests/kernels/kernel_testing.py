@@ -1,8 +1,9 @@
 """Helpers for the kernel tests: backend/device matrix and the tolerance rule.
 
-Tolerance rule (Cut Cross-Entropy's): a kernel's error against the float64 reference must not exceed
-the plain-PyTorch error at the same input dtype plus a per-dtype margin. "Plain PyTorch" here is the
-naive reference run on the same inputs upcast to fp32, i.e. what careful eager code computes.
+Tolerance rule (Cut Cross-Entropy's, defined once in `omniopd_kernels.testing`): a kernel's error
+against the float64 reference must not exceed the plain-PyTorch error at the same input dtype plus a
+per-dtype margin. "Plain PyTorch" here is the naive reference run on the same inputs upcast to fp32,
+i.e. what careful eager code computes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 
 import pytest
 import torch
+
+from omniopd_kernels.testing import assert_close_rule  # noqa: F401  (the kernel tests import it from here)
 
 # Per-dtype margin, relative to max(1, |reference|): bf16 inputs are upcast inside the kernels, so the
 # margin only covers fp32 accumulation order; bf16 gradients are additionally rounded on output.
@@ -31,19 +34,4 @@ BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton
 
 
 def device_for(backend: str) -> str:
-    return triton_device() if backend == "triton" else "cpu"
-
-
-def max_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((x.double().cpu() - ref.double().cpu()).abs().max()) if x.numel() else 0.0
-
-
-def assert_close_rule(name: str, kernel: torch.Tensor, ref64: torch.Tensor, plain: torch.Tensor,
-                      margin: float) -> None:
-    """kernel error vs float64 <= plain-PyTorch error + margin * max(1, max|ref|); no NaN anywhere."""
-    kernel, ref64, plain = kernel.detach(), ref64.detach(), plain.detach()
-    assert kernel.shape == ref64.shape, f"{name}: shape {tuple(kernel.shape)} vs {tuple(ref64.shape)}"
-    assert not torch.isnan(kernel).any(), f"{name}: NaN in output (unwritten element?)"
-    scale = max(1.0, float(ref64.abs().max())) if ref64.numel() else 1.0
-    err, base = max_err(kernel, ref64), max_err(plain, ref64)
-    assert err <= base + margin * scale, f"{name}: kernel err {err:.3g} > plain err {base:.3g} + margin"
+    return "cpu" if backend == "torch" else triton_device()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from kernel_testing import GRAD_MARGIN, MARGIN, assert_close_rule, device_for
 
-from omniopd_kernels import linear_entropy_logprob, linear_logprob_kl, linear_omniopd_loss
+from omniopd_kernels import entropy_logprob, linear_entropy_logprob, linear_logprob_kl, linear_omniopd_loss
 from omniopd_kernels.linear_entropy_logprob import linear_entropy_logprob_naive
 from omniopd_kernels.linear_omniopd_loss import linear_logprob_kl_naive, linear_omniopd_loss_naive
 
@@ -12,25 +12,16 @@ from omniopd_kernels.linear_omniopd_loss import linear_logprob_kl_naive, linear_
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 N, V, D = 37, 1009, 67
-# The Triton backend has two linear paths (see _linear_tiles.use_cublas_chunks): tl.dot tiles ("fused",
-# the CPU default) and fp32 matmul chunks streamed through the row kernels ("cublas", the CUDA default).
-PATHS = [pytest.param("torch", id="torch"), pytest.param("triton:fused", id="triton-fused"),
-         pytest.param("triton:cublas", id="triton-cublas")]
-
-
-@pytest.fixture
-def backend(request, monkeypatch):
-    name, _, path = request.param.partition(":")
-    if path:
-        monkeypatch.setenv("OMNIOPD_LINEAR_PATH", path)
-    return name
+# The fused-linear ops have two Triton backends: `triton` (fp32 matmul logits per row chunk streamed through
+# the row kernels, the CUDA default) and `triton_tiles` (tl.dot tiles, logits never written).
+PATHS = ["torch", "triton_tiles", "triton"]
 
 
 def _leaf(t, dev, dtype):
     return t.to(dtype).to(dev).clone().requires_grad_()
 
 
-@pytest.mark.parametrize("backend", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS)
 @pytest.mark.parametrize(("dtype", "tau", "use_bias", "use_tok"), [
     (torch.float32, 1.0, False, True),
     (torch.bfloat16, 0.7, True, True),
@@ -74,7 +65,7 @@ def test_linear_entropy_logprob(backend, dtype, tau, use_bias, use_tok):
         assert_close_rule("d_bias", bk.grad, b64.grad, bp.grad.to(dtype), GRAD_MARGIN[dtype])
 
 
-@pytest.mark.parametrize("backend", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS)
 @pytest.mark.parametrize(("dtype", "tau"), [(torch.float32, 1.0), (torch.bfloat16, 0.8)])
 def test_linear_omniopd_loss(backend, dtype, tau):
     g = torch.Generator().manual_seed(5)
@@ -112,7 +103,7 @@ def test_linear_omniopd_loss(backend, dtype, tau):
     assert_close_rule("kl", kl, rkl, pkl, MARGIN[dtype])
 
 
-@pytest.mark.parametrize("backend", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS)
 def test_gradcheck_tiny(backend):
     dev = device_for(backend)
     f64 = dict(dtype=torch.float64, device=dev)
@@ -128,6 +119,14 @@ def test_gradcheck_tiny(backend):
         lambda h, w: linear_logprob_kl(h, w, rh, rw, tok, backend=backend), (h, w), **kw)
 
 
+def test_backend_is_an_explicit_checked_argument():
+    h, w, tok = torch.randn(4, 6), torch.randn(10, 6), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="backend must be one of .*'triton_tiles'.*got 'fused'"):
+        linear_entropy_logprob(h, w, tok, backend="fused")
+    with pytest.raises(ValueError, match="backend must be one of .*got 'triton_tiles'"):  # linear ops only
+        entropy_logprob(torch.randn(4, 10), tok, backend="triton_tiles")
+
+
 def test_bad_inputs_name_the_argument():
     h, w = torch.randn(4, 6), torch.randn(10, 6)
     with pytest.raises(ValueError, match="weight"):
@@ -139,7 +138,7 @@ def test_bad_inputs_name_the_argument():
                             torch.ones(4), 0.1)
 
 
-@pytest.mark.parametrize("backend", PATHS, indirect=True)
+@pytest.mark.parametrize("backend", PATHS)
 def test_backward_row_chunks(backend, monkeypatch):
     """A tiny scratch budget forces several backward row chunks (and several fused-loss chunks)."""
     from omniopd_kernels import _linear_tiles
