@@ -1,8 +1,8 @@
 """`python -m omniopd.eval`: pass@k of a model on math or code benchmarks, or grading of saved samples.
 
-    python -m omniopd.eval --model smollm2-135m --suite math --data ../shared/data/math/math500.jsonl \\
+    python -m omniopd.eval --model smollm2-135m --suite math --data data/benchmarks/math/math500.jsonl \\
         --limit 50 --k 4 --max-new-tokens 512 --out runs/eval/smollm2
-    python -m omniopd.eval --grade samples.jsonl --suite math --data ../shared/data/math/math500.jsonl
+    python -m omniopd.eval --grade samples.jsonl --suite math --data data/benchmarks/math/math500.jsonl
 
 Writes <out>/samples.jsonl (every sample with its verdict) and <out>/summary.json, prints a table.
 """
