@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import os
 import sys
 import tomllib
 import typing
@@ -152,7 +153,8 @@ class DataConfig:
 class ParallelConfig:
     backend: Literal["auto", "nccl", "gloo"] = doc("Process-group backend ('auto': NCCL on GPU, gloo on CPU).",
                                                   "auto")
-    fsdp: bool = doc("Shard student and reference with FSDP2 when more than one rank runs.", True)
+    fsdp: bool = doc("Shard student and reference with FSDP2 when more than one rank runs (false is refused with "
+                     "more than one rank: there is no unsharded gradient sync).", True)
 
 
 @dataclass
@@ -290,6 +292,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{dotted}={v!r}: must be in (0, 1]")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas={cfg.optim.betas!r}: two numbers in [0, 1)")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # set by torchrun before the config loads
+    if world > 1 and not cfg.parallel.fsdp:
+        # Unsharded ranks would never synchronise gradients: each would silently train its own copy.
+        raise ConfigError(f"parallel.fsdp=false with {world} ranks (WORLD_SIZE): ranks would train "
+                          "unsynchronised copies; keep parallel.fsdp=true under torchrun")
     return cfg
 
 

@@ -78,6 +78,29 @@ def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return out.logits[:, :t].float()
 
 
+def fork_requests(forks: list, problems: list[Problem], cfg: Config, step: int, rank: int) -> list[TeacherRequest]:
+    """One teacher request per fork: N continuations of the response text before the chunk."""
+    # The step is in the seed (and so in the cache key): a prefix seen again, e.g. every anchor-0 fork's
+    # prompt-only prefix, gets fresh votes each step; still deterministic, so a resume reproduces it.
+    return [TeacherRequest(
+        messages=teacher_messages(problems[f.seq], cfg.data.system_prompt, cfg.teacher.hint),
+        prefix=f.prefix_text, n=cfg.audit.num_continuations, max_tokens=2 * cfg.audit.chunk_len,
+        temperature=cfg.teacher.temperature, seed=stable_seed(cfg.train.seed, step, problems[f.seq].id, f.prefix_text),
+        key=f"step {step} rank {rank} seq {f.seq} anchor {f.anchor}") for f in forks]
+
+
+def teacher_sample(prompt_ids: list[int], text: str, tokenizer: Any, max_new_tokens: int) -> Sample:
+    """sft: a teacher-written response as a training row. EOS is appended only when the teacher stopped on its
+    own (fewer than `max_new_tokens` tokens); a cut-off text stays cut off, so the student is never taught to
+    stop mid-sentence."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < max_new_tokens:
+        ids, finish = ids + [tokenizer.eos_token_id], "stop"
+    else:
+        ids, finish = ids[:max_new_tokens], "length"
+    return Sample(list(prompt_ids), ids, text, finish, [0.0] * len(ids))
+
+
 def repetition_rate(token_ids: list[int], n: int = 4) -> float:
     """Share of a response's token n-grams that repeat an earlier one (0: none; near 1: a loop)."""
     grams = [tuple(token_ids[i:i + n]) for i in range(len(token_ids) - n + 1)]
@@ -271,12 +294,7 @@ class Trainer:
         anchors = select_anchors(entropy, batch.response_mask, m, cfg.audit.chunk_len, cfg.audit.min_entropy)
         forks = build_forks(batch.responses, anchors.cpu(), self.tokenizer, cfg.audit.chunk_len)
         # 4. Speculative verification: N teacher continuations of the prefix before each chunk.
-        requests = [TeacherRequest(
-            messages=teacher_messages(batch.problems[f.seq], cfg.data.system_prompt, cfg.teacher.hint),
-            prefix=f.prefix_text, n=cfg.audit.num_continuations, max_tokens=2 * cfg.audit.chunk_len,
-            temperature=cfg.teacher.temperature,
-            seed=stable_seed(cfg.train.seed, batch.problems[f.seq].id, f.prefix_text),
-            key=f"step {self.step} rank {self.dist.rank} seq {f.seq} anchor {f.anchor}") for f in forks]
+        requests = fork_requests(forks, batch.problems, cfg, self.step, self.dist.rank)
         with timer("teacher"):
             results = self.teacher.generate(requests)
         # 5. Similarity and the Dirichlet-Multinomial target; chunks with < N texts are dropped, counted.
@@ -300,12 +318,10 @@ class Trainer:
                                    temperature=cfg.teacher.temperature, seed=stable_seed(cfg.train.seed, p.id, "sft"),
                                    key=f"sft {p.id}") for p in problems]
         rows = []
-        eos = self.tokenizer.eos_token_id
         for p, result in zip(problems, self.teacher.generate(requests)):
             prompt_ids = self.generator.prompt_ids(student_messages(p, cfg.data.system_prompt))
             for text in result.texts or []:  # a failed request contributes nothing (counted by the teacher)
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:cfg.generation.max_new_tokens - 1]
-                rows.append((p, Sample(prompt_ids, ids + [eos], text, "stop", [0.0] * (len(ids) + 1))))
+                rows.append((p, teacher_sample(prompt_ids, text, self.tokenizer, cfg.generation.max_new_tokens)))
         if not rows:
             raise RuntimeError(f"step {self.step}: the teacher returned no response for sft")
         return rows
