@@ -83,7 +83,11 @@ def all_gather_object(obj: object) -> list[object]:
 
 
 def shard(model: nn.Module, *, mixed_precision: bool, reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2: `fully_shard` every transformer block, then the root (embeddings, norm, head)."""
+    """FSDP2: `fully_shard` every transformer block, then the root (embeddings, norm, head).
+
+    `mixed_precision`: fp32 parameters (the master weights the optimizer updates) gathered as bf16 for
+    compute, gradients reduced in fp32.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     kwargs = {}
@@ -91,7 +95,9 @@ def shard(model: nn.Module, *, mixed_precision: bool, reshard_after_forward: boo
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in transformer_blocks(model):
         fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
-    fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)
+    # The root keeps its parameters gathered after forward (FSDP2's default for it): the fused loss reads the
+    # LM head's weight outside the forward, as a plain tensor whose gradient FSDP reduces with the rest.
+    fully_shard(model, **kwargs)
     return model
 
 

@@ -11,6 +11,7 @@ beside this file; this file only decides what happens in which order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,10 +29,10 @@ from omniopd.audit import build_forks, get_similarity, num_chunks_at, score_fork
 from omniopd.config import Config
 from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
 from omniopd.eval.mathgrade import grade_math
+from omniopd.heads import head_weight, last_hidden_states
 from omniopd.rollout.student import Sample, build_generator
 from omniopd.rollout.teachers import TeacherRequest, build_teacher, resolve_cache_path
 from omniopd.runlog import RunLog, plot_metrics
-from omniopd_kernels import entropy_logprob
 
 
 @dataclass
@@ -68,14 +69,23 @@ def pack(problems: list[Problem], samples: list[Sample], pad_id: int, device: to
                  problems, samples)
 
 
-def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """`[B, T, V]` fp32 logits of the distributions that produced each response token."""
+def response_hidden(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """`[B, T, D]` last hidden states at the positions that produce each response token (columns P - 1 ..
+    P + T - 2): the fused-head kernels turn them into log-probs without `[B, T, V]` logits."""
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    t = batch.tokens.shape[1]
-    # The head runs only on the last T + 1 positions (columns P - 1 .. P + T - 1), not over the prompt.
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-                use_cache=False, logits_to_keep=t + 1)
-    return out.logits[:, :t].float()
+    hidden = last_hidden_states(model, batch.input_ids, batch.attention_mask, position_ids)
+    return hidden[:, batch.prompt_width - 1:batch.prompt_width - 1 + batch.tokens.shape[1]]
+
+
+def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """`[B, T, V]` fp32 logits of the same rows (the logits form: references and tests, not the step)."""
+    return (response_hidden(model, batch) @ head_weight(model).T).float()
+
+
+def model_head(model: torch.nn.Module, batch: Batch, dtype: torch.dtype) -> losses.Head:
+    """The model's response rows as a fused `Head` in the compute dtype (the fp32 master head is cast, with
+    its gradient flowing back to it)."""
+    return losses.Head(response_hidden(model, batch).to(dtype), head_weight(model).to(dtype))
 
 
 def fork_requests(forks: list, problems: list[Problem], cfg: Config, step: int, rank: int) -> list[TeacherRequest]:
@@ -126,22 +136,24 @@ class Trainer:
         self.dist = parallel.init(cfg.parallel)
         self.out = Path(cfg.log.dir)
         torch.manual_seed(cfg.train.seed)
-        dtype = getattr(torch, cfg.model.dtype)
         device = self.dist.device
 
-        # Models: the trainable student, the frozen reference (the KL anchor), both sharded alike.
+        # Models. The student holds fp32 master weights (AdamW state follows them) and computes in
+        # `model.dtype`: FSDP2's mixed-precision policy when sharded, autocast on one rank.
+        # The frozen reference (the KL anchor) is held in the compute dtype.
+        self.compute_dtype = getattr(torch, cfg.model.dtype)
         self.student_path = assets.student_path(cfg.model.student)
-        self.model, self.tokenizer = assets.load_student(self.student_path, cfg.model.dtype, str(device))
+        self.model, self.tokenizer = assets.load_student(self.student_path, "float32", str(device))
         self.ref_model, _ = assets.load_student(cfg.model.reference or self.student_path, cfg.model.dtype,
                                                 str(device))
         self.ref_model.requires_grad_(False).eval()
-        if cfg.model.activation_checkpointing:
+        checkpointing = cfg.model.activation_checkpointing
+        if checkpointing if checkpointing is not None else device.type == "cuda":
             self.model.gradient_checkpointing_enable()
         self.sharded = self.dist.world_size > 1 and cfg.parallel.fsdp
         if self.sharded:
-            mixed = device.type == "cuda" and dtype == torch.float32
-            parallel.shard(self.model, mixed_precision=mixed)
-            parallel.shard(self.ref_model, mixed_precision=mixed)
+            parallel.shard(self.model, mixed_precision=self.compute_dtype != torch.float32)
+            parallel.shard(self.ref_model, mixed_precision=False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
@@ -230,28 +242,29 @@ class Trainer:
         normalizer = float(parallel.all_reduce_sum([losses.loss_normalizer(cfg.objective.normalizer,
                                                                            batch.response_mask).item()])[0])
 
-        # 2. Trainer forward: exact full-vocabulary entropy and log-prob of every response token.
+        # 2. Trainer forward, stopped at the last hidden state: exact full-vocabulary entropy and log-prob of
+        #    every response token through the fused head (no [B, T, V] anywhere in the step).
         with timer("forward"):
-            logits = response_logits(self.model, batch)
-            b, t, v = logits.shape
+            with self._compute():
+                head = model_head(self.model, batch, self.compute_dtype)
             with torch.no_grad():
-                entropy, logprob, _ = entropy_logprob(logits.detach().reshape(b * t, v), batch.tokens.reshape(-1))
-                entropy, logprob = entropy.reshape(b, t), logprob.reshape(b, t)
-                ref_logits = response_logits(self.ref_model, batch) if cfg.objective.name != "opd" else None
+                entropy, logprob = losses.entropy_logprob(head.detach(), batch.tokens, batch.response_mask)
+                ref = model_head(self.ref_model, batch, self.compute_dtype) \
+                    if cfg.objective.name in ("omniopd", "rl") else None
         metrics = self._rollout_metrics(batch, rewards, logprob, entropy)
 
         # 3-6. The objective (forks, teacher, similarity and targets for omniopd).
         if cfg.objective.name == "omniopd":
-            loss, obj = self._omniopd_loss(batch, logits, ref_logits, entropy, logprob, normalizer, timer)
+            loss, obj = self._omniopd_loss(batch, head, ref, entropy, logprob, normalizer, timer)
         elif cfg.objective.name == "opd":
             with timer("teacher"):
-                teacher_logits = self._teacher_logits(batch)
-            loss, obj = losses.opd(logits, batch.tokens, batch.response_mask, normalizer=normalizer,
-                                   teacher_logits=teacher_logits, exact=cfg.objective.opd_exact_kl)
+                teacher_logprobs = self._teacher_logprobs(batch)
+            loss, obj = losses.opd(head, batch.tokens, batch.response_mask, normalizer=normalizer,
+                                   teacher_logprobs=teacher_logprobs)
         elif cfg.objective.name == "sft":
-            loss, obj = losses.sft(logits, batch.tokens, batch.response_mask, normalizer=normalizer)
+            loss, obj = losses.sft(head, batch.tokens, batch.response_mask, normalizer=normalizer)
         else:  # rl
-            loss, obj = losses.rl(logits, ref_logits, batch.tokens, batch.response_mask, rewards.to(logits.device),
+            loss, obj = losses.rl(head, ref, batch.tokens, batch.response_mask, rewards.to(batch.tokens.device),
                                   group_size=cfg.generation.n, beta=cfg.objective.beta, normalizer=normalizer)
         metrics.update(obj)
 
@@ -286,7 +299,7 @@ class Trainer:
         metrics.update(timer.metrics(tokens=int(batch.response_mask.sum())))
         return self._reduce(metrics)
 
-    def _omniopd_loss(self, batch: Batch, logits: torch.Tensor, ref_logits: torch.Tensor, entropy: torch.Tensor,
+    def _omniopd_loss(self, batch: Batch, head: losses.Head, ref: losses.Head, entropy: torch.Tensor,
                       logprob: torch.Tensor, normalizer: float, timer: _Timer) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         # 3. Forks: up to M non-overlapping peak-entropy chunks per response.
@@ -303,7 +316,7 @@ class Trainer:
                                 n=cfg.audit.num_continuations, alpha=cfg.audit.alpha, chunk_len=cfg.audit.chunk_len,
                                 entropy=entropy, response_mask=batch.response_mask)
         # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.
-        loss, metrics = losses.omniopd(logits, ref_logits, batch.tokens, batch.response_mask, audit,
+        loss, metrics = losses.omniopd(head, ref, batch.tokens, batch.response_mask, audit,
                                        beta=cfg.objective.beta, normalizer=normalizer)
         metrics["audit/num_chunks_m"] = float(m)
         metrics["teacher/failed_requests"] = float(sum(not r.ok for r in results))
@@ -326,8 +339,9 @@ class Trainer:
             raise RuntimeError(f"step {self.step}: the teacher returned no response for sft")
         return rows
 
-    def _teacher_logits(self, batch: Batch) -> torch.Tensor:
-        """opd: the white-box teacher's log-probs of the student's tokens, in the teacher's own context."""
+    def _teacher_logprobs(self, batch: Batch) -> torch.Tensor:
+        """opd: the white-box teacher's log-probs `[B, T]` of the student's tokens, in the teacher's own context
+        (from its hidden states through the fused head, in its dtype)."""
         if not hasattr(self.teacher, "token_logprobs"):
             raise RuntimeError("objective.name=opd needs teacher.kind=local (a teacher that exposes log-probs)")
         cfg = self.cfg
@@ -336,9 +350,16 @@ class Trainer:
         teacher_batch = pack(batch.problems, [Sample(p, s.token_ids, s.text, s.finish_reason, s.logprobs)
                                               for p, s in zip(prompts, batch.samples)],
                              self.tokenizer.pad_token_id, self.dist.device)
-        logp = self.teacher.token_logprobs(teacher_batch.input_ids, teacher_batch.attention_mask)
-        p, t = teacher_batch.prompt_width, teacher_batch.tokens.shape[1]
-        return logp[:, p - 1:p - 1 + t].to(self.dist.device)
+        logp = self.teacher.token_logprobs(teacher_batch.input_ids, teacher_batch.attention_mask,
+                                           start=teacher_batch.prompt_width)
+        return logp.to(self.dist.device)
+
+    def _compute(self) -> contextlib.AbstractContextManager:
+        """The student's forward in the compute dtype: FSDP2 casts sharded weights itself; unsharded fp32
+        master weights go through autocast (a no-op when the compute dtype is float32)."""
+        if self.sharded or self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.compute_dtype)
 
     def _clip(self) -> float:
         if self.cfg.optim.grad_clip > 0:

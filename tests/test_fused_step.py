@@ -1,0 +1,182 @@
+"""The fused training step (issue 11): no `[tokens, V]` tensor anywhere, the same numbers as the logits form,
+and fp32 master weights that keep the updates pure bf16 rounds away."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+from omniopd import assets
+from omniopd.audit import AuditResult, Fork
+from omniopd.config import load_config
+from omniopd.data import Problem
+from omniopd.rollout.student import Sample
+from omniopd.trainer import Trainer, pack, response_logits
+
+
+class LargestOutput(TorchDispatchMode):
+    """Records the largest storage any op's output holds (forward and backward) while active: allocations,
+    not views (an `expand` of a small tensor allocates nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel, self.op, self.shape = 0, None, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                numel = t.untyped_storage().nbytes() // t.element_size()
+                if numel > self.numel:
+                    self.numel, self.op, self.shape = numel, str(func), tuple(t.shape)
+        return out
+
+
+def _unwatched(fn, *args, **kwargs):
+    with _disable_current_modes():
+        return fn(*args, **kwargs)
+
+
+def tiny_random_student(folder: Path, vocab: int | None = None) -> Path:
+    """A 2-layer, 32-wide random Llama with the bundled tokenizer: [V, D] is far below [tokens, V]."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(assets.student_path())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab or len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+STEP = ["--train.batch_size=2", "--generation.n=2", "--generation.max_new_tokens=24", "--audit.chunk_len=4",
+        "--audit.num_continuations=2", "--generation.backend=hf", "--log.tensorboard=false",
+        "--audit.similarity=ned", "--train.eval_before=false", "--train.eval_after=false",
+        "--checkpoint.export=false", "--log.plots=false", "--teacher.cache=off"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_random_student(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.parametrize("objective", ["omniopd", "opd", "sft", "rl"])
+def test_no_tokens_by_vocab_tensor_in_a_real_step(tiny, tmp_path, objective):
+    """One real step (HF rollouts, the local teacher, backward, AdamW): no op output reaches [tokens, V]."""
+    cfg = load_config([f"--model.student={tiny}", f"--teacher.model={tiny}", f"--log.dir={tmp_path}",
+                       f"--objective.name={objective}", *STEP])
+    with Trainer(cfg) as trainer:
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        # HF `generate` keeps its per-step scores ([steps, rows, V]) to report sampled log-probs: that is the
+        # rollout engine's, outside this check (vLLM does not); the rest of the step is checked.
+        generate = trainer.generator.generate
+        trainer.generator.generate = lambda *a, **k: _unwatched(generate, *a, **k)
+        with LargestOutput() as seen:
+            metrics = trainer.train_step()
+        vocab = trainer.model.config.vocab_size
+        tokens = round(metrics["rollout/response_len_mean"] * 4)  # 4 rows: this step's response tokens
+        assert tokens >= 8
+        assert seen.numel < tokens * vocab, f"{seen.op} made {seen.shape} ({tokens} tokens, V={vocab})"
+        if not (objective == "rl" and metrics["rl/advantage_std"] == 0):  # rl: no signal when all rewards tie
+            assert any((a != p).any() for a, p in zip(before, trainer.model.parameters()))  # it trained
+        # The check can fail: the logits form of the same rows trips it.
+        batch = pack([Problem("p", "q", "1")] * 2, [Sample([1, 2, 3], [5] * tokens, "", "stop", [0.0] * tokens)] * 2,
+                     0, torch.device("cpu"))
+        with LargestOutput() as old, torch.no_grad():
+            response_logits(trainer.model, batch)
+        assert old.numel >= tokens * vocab
+
+
+@pytest.fixture(scope="module")
+def student_and_reference():
+    """The bundled student, and a reference that differs from it (so the KL terms are not zero)."""
+    import copy
+
+    model, tok = assets.load_student()
+    ref = copy.deepcopy(model).requires_grad_(False).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 2e-3 * p.abs().mean())
+    return model, ref, tok
+
+
+def _real_batch(tok):
+    texts = [("What is 27 + 86?", " 27 + 86 = 113. The answer is \\boxed{113}."),
+             ("Gus has 5 cards.", " He has 5 cards."),
+             ("Add 48 and 39.", " 48 + 39 = 87, so \\boxed{87}")]
+    samples = []
+    for prompt, response in texts:
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        r = tok(response, add_special_tokens=False)["input_ids"]
+        samples.append(Sample(p, r, response, "stop", [0.0] * len(r)))
+    return pack([Problem(str(i), q, "1") for i, (q, _) in enumerate(texts)], samples, tok.pad_token_id,
+                torch.device("cpu"))
+
+
+def _old_logits(model, batch):
+    """The step's former logits form: the full HF head on the response rows, `[B, T, V]` fp32."""
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    t = batch.tokens.shape[1]
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos, use_cache=False,
+                logits_to_keep=t + 1)
+    return out.logits[:, :t].float()
+
+
+def _objective(name, student, ref, batch, teacher_logprobs):
+    from omniopd import losses
+
+    mask, tokens = batch.response_mask, batch.tokens
+    if name == "omniopd":
+        audit = AuditResult(forks=[Fork(0, 2, "", ""), Fork(2, 1, "", "")], chunk_len=3,
+                            phi=torch.zeros(2, 2), k_sem=torch.tensor([1.5, 0.2]), pi_bar=torch.tensor([0.3, 0.1]),
+                            pi_hat=torch.tensor([0.6, 0.1], dtype=torch.float64))
+        return losses.omniopd(student, ref, tokens, mask, audit, beta=0.05, normalizer=3.0)
+    if name == "opd":
+        return losses.opd(student, tokens, mask, normalizer=3.0, teacher_logprobs=teacher_logprobs)
+    if name == "sft":
+        return losses.sft(student, tokens, mask, normalizer=3.0)
+    return losses.rl(student, ref, tokens, mask, torch.tensor([1.0, 0.0, 1.0]), group_size=3, beta=0.05,
+                     normalizer=3.0)
+
+
+@pytest.mark.parametrize("objective", ["omniopd", "opd", "sft", "rl"])
+def test_fused_step_equals_logits_form_on_the_bundled_student(student_and_reference, objective):
+    """Loss, every parameter's gradient and every metric: hidden states + fused head == HF logits + kernels."""
+    from omniopd.trainer import model_head
+
+    model, ref_model, tok = student_and_reference
+    batch = _real_batch(tok)
+    with torch.no_grad():  # the teacher's log-probs of the student's tokens (the reference model plays it)
+        teacher = torch.log_softmax(_old_logits(ref_model, batch).double(), -1)
+        teacher_logprobs = teacher.gather(-1, batch.tokens[..., None]).squeeze(-1).float()
+    results = []
+    for fused in (True, False):
+        model.zero_grad(set_to_none=True)
+        if fused:
+            student = model_head(model, batch, torch.float32)
+            with torch.no_grad():
+                ref = model_head(ref_model, batch, torch.float32)
+            assert student.hidden.shape[-1] == model.config.hidden_size  # no [B, T, V] in this form
+        else:
+            student = _old_logits(model, batch)
+            with torch.no_grad():
+                ref = _old_logits(ref_model, batch)
+        loss, metrics = _objective(objective, student, ref, batch, teacher_logprobs)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results.append((loss.item(), grads, metrics))
+    (loss_f, grad_f, m_f), (loss_l, grad_l, m_l) = results
+    assert loss_l != 0 and grad_l.norm() > 0
+    # fp32 round-off of the two matmul orders: ~1e-6 per log-prob; opd's loss is a small difference of sums
+    assert loss_f == pytest.approx(loss_l, rel=1e-5, abs=1e-5)
+    assert ((grad_f - grad_l).norm() / grad_l.norm()).item() < 1e-4  # opd: 4.2e-5 measured
+    assert m_f.keys() == m_l.keys()
+    for key in m_l:
+        assert m_f[key] == pytest.approx(m_l[key], rel=1e-5, abs=1e-5, nan_ok=True), key
