@@ -180,3 +180,26 @@ def test_fused_step_equals_logits_form_on_the_bundled_student(student_and_refere
     assert m_f.keys() == m_l.keys()
     for key in m_l:
         assert m_f[key] == pytest.approx(m_l[key], rel=1e-5, abs=1e-5, nan_ok=True), key
+
+
+def test_fp32_master_weights_keep_updates_that_pure_bf16_loses(tiny, tmp_path):
+    """model.dtype=bfloat16 computes in bf16 but AdamW updates fp32 master weights: an update of ~1e-6 per
+    element (lr 1e-6, Adam's first step is ±lr) moves every weight; applied to bf16 weights it rounds away."""
+    cfg = load_config([f"--model.student={tiny}", f"--teacher.model={tiny}", f"--log.dir={tmp_path}",
+                       "--objective.name=sft", "--model.dtype=bfloat16", "--optim.lr=1e-6", "--optim.grad_clip=0",
+                       *STEP])
+    with Trainer(cfg) as trainer:
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights
+        assert all(p.dtype == torch.bfloat16 for p in trainer.ref_model.parameters())  # compute dtype
+        start = [p.detach().clone() for p in trainer.model.parameters()]
+        metrics = trainer.train_step()
+        assert metrics["train/grad_norm"] > 0
+        moved = [(p != s).float().mean().item() for p, s in zip(trainer.model.parameters(), start)]
+    assert min(moved) > 0.5, moved  # every tensor moved (elements with a zero gradient stay)
+    # The same kind of update on bf16 weights: AdamW's first step is ±lr per element, |w| ~ 0.02 >> lr / 2^-8.
+    pure = [s.to(torch.bfloat16).requires_grad_() for s in start]
+    for p in pure:
+        p.grad = torch.ones_like(p)
+    torch.optim.AdamW(pure, lr=1e-6, weight_decay=0.0).step()
+    lost = [(p.detach() == s.to(torch.bfloat16)).float().mean().item() for p, s in zip(pure, start)]
+    assert sum(lost) / len(lost) > 0.9, lost  # most bf16 weights did not move at all
