@@ -53,15 +53,26 @@ def init(cfg: ParallelConfig) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+_failed = False
+
+
+def mark_failed() -> None:
+    """This rank hit an error: from now on barrier() and shutdown() issue no collective. A collective on a
+    broken device (after an OOM, say) hangs or fails with its own error, hiding the one the user needs."""
+    global _failed
+    _failed = True
+
+
 def barrier() -> None:
-    if dist.is_initialized():
+    if dist.is_initialized() and not _failed:
         dist.barrier()
 
 
 def shutdown() -> None:
     """Leave the process group (if something, e.g. a vLLM engine's shutdown, has not already)."""
     if dist.is_initialized():
-        dist.barrier()  # without it gloo may abort while a peer is still sending
+        if not _failed:
+            dist.barrier()  # without it gloo may abort while a peer is still sending
         dist.destroy_process_group()
 
 

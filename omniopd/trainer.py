@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -478,8 +479,19 @@ class Trainer:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        # A failure inside the run (an OOM, say) must stay the last error the user sees: clean up without
+        # collectives, and report a clean-up failure instead of raising it over the original.
+        if not isinstance(exc, KeyboardInterrupt):  # an interrupt leaves the device usable: clean up normally
+            parallel.mark_failed()
+        try:
+            self.close()
+        except Exception as cleanup:  # noqa: BLE001 - the original error is re-raised by `with`
+            print(f"omniopd: clean-up after the error below also failed: {type(cleanup).__name__}: {cleanup}",
+                  file=sys.stderr, flush=True)
 
 
 class _Timer:

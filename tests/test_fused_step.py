@@ -203,3 +203,25 @@ def test_fp32_master_weights_keep_updates_that_pure_bf16_loses(tiny, tmp_path):
     torch.optim.AdamW(pure, lr=1e-6, weight_decay=0.0).step()
     lost = [(p.detach() == s.to(torch.bfloat16)).float().mean().item() for p, s in zip(pure, start)]
     assert sum(lost) / len(lost) > 0.9, lost  # most bf16 weights did not move at all
+
+
+def test_a_failure_inside_a_step_is_the_error_the_user_sees(tiny, tmp_path, monkeypatch):
+    """An OOM in the trainer forward, then a process group that would fail (a broken device): the clean-up
+    issues no collective and the OOM is what propagates, not an NCCL-style error from the barrier."""
+    import torch.distributed as dist
+
+    cfg = load_config([f"--model.student={tiny}", f"--teacher.model={tiny}", f"--log.dir={tmp_path}", *STEP])
+    barriers = []
+
+    def broken_barrier(*args, **kwargs):
+        barriers.append(1)
+        raise RuntimeError("NCCL error: unhandled cuda error (the device is gone)")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 37.10 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"), Trainer(cfg) as trainer:
+        trainer.model.get_decoder().register_forward_pre_hook(out_of_memory)
+        monkeypatch.setattr(dist, "barrier", broken_barrier)
+        trainer.fit()
+    assert barriers == [] and not dist.is_initialized()  # no collective, and the group is gone
