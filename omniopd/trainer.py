@@ -70,12 +70,55 @@ def pack(problems: list[Problem], samples: list[Sample], pad_id: int, device: to
                  problems, samples)
 
 
+@dataclass
+class Packed:
+    """A batch's real tokens packed without padding: each row holds whole sequences back to back, position
+    ids restarting at 0 for each (transformers then masks attention per sequence: SDPA, FlashAttention-2)."""
+
+    input_ids: torch.Tensor  # [R, S], S = the longest sequence
+    position_ids: torch.Tensor  # [R, S]
+    index: torch.Tensor  # [B, T] flat index into [R * S] of the position producing response token t (0: none)
+    padding_frac: float  # share of [R, S] that is still padding
+
+
+def pack_sequences(batch: Batch, pad_id: int) -> Packed:
+    """First-fit-decreasing bins of the longest sequence's length (bounds per-row attention like padding)."""
+    mask = batch.attention_mask.bool().cpu()
+    lengths = mask.sum(1).tolist()
+    width = max(lengths)
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        j = next((j for j, free in enumerate(room) if free >= lengths[i]), len(bins))
+        if j == len(bins):
+            bins.append([])
+            room.append(width)
+        bins[j].append(i)
+        room[j] -= lengths[i]
+    ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+    pos = torch.zeros_like(ids)
+    index = torch.zeros(batch.tokens.shape, dtype=torch.long)
+    responses = batch.response_mask.sum(1).tolist()
+    for r, members in enumerate(bins):
+        offset = 0
+        for i in members:
+            n, t = lengths[i], responses[i]
+            ids[r, offset:offset + n] = batch.input_ids[i].cpu()[mask[i]]
+            pos[r, offset:offset + n] = torch.arange(n)
+            index[i, :t] = r * width + offset + (n - t) - 1 + torch.arange(t)
+            offset += n
+        pos[r, offset:] = torch.arange(width - offset)  # trailing padding: a sequence of its own, never read
+    device = batch.input_ids.device
+    return Packed(ids.to(device), pos.to(device), index.to(device), 1.0 - sum(lengths) / ids.numel())
+
+
 def response_hidden(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """`[B, T, D]` last hidden states at the positions that produce each response token (columns P - 1 ..
-    P + T - 2): the fused-head kernels turn them into log-probs without `[B, T, V]` logits."""
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = last_hidden_states(model, batch.input_ids, batch.attention_mask, position_ids)
-    return hidden[:, batch.prompt_width - 1:batch.prompt_width - 1 + batch.tokens.shape[1]]
+    """`[B, T, D]` last hidden states at the positions that produce each response token (padded response
+    positions hold an arbitrary row): the fused-head kernels turn them into log-probs without `[B, T, V]`.
+    The forward runs on the packed sequences (no attention mask: positions delimit them)."""
+    packed = pack_sequences(batch, pad_id=0)
+    hidden = last_hidden_states(model, packed.input_ids, None, packed.position_ids)
+    return hidden.reshape(-1, hidden.shape[-1])[packed.index]
 
 
 def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -253,6 +296,11 @@ class Trainer:
                 ref = model_head(self.ref_model, batch, self.compute_dtype) \
                     if cfg.objective.name in ("omniopd", "rl") else None
         metrics = self._rollout_metrics(batch, rewards, logprob, entropy)
+        real = int(batch.attention_mask.sum())  # prompt + response tokens the forward actually needed
+        metrics.update({"train/forward_tokens": float(real),
+                        # what padding to the longest prompt and response would have cost, and what packing left
+                        "train/padding_frac": 1.0 - real / batch.attention_mask.numel(),
+                        "train/packed_padding_frac": pack_sequences(batch, pad_id=0).padding_frac})
 
         # 3-6. The objective (forks, teacher, similarity and targets for omniopd).
         if cfg.objective.name == "omniopd":

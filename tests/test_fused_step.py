@@ -225,3 +225,23 @@ def test_a_failure_inside_a_step_is_the_error_the_user_sees(tiny, tmp_path, monk
         monkeypatch.setattr(dist, "barrier", broken_barrier)
         trainer.fit()
     assert barriers == [] and not dist.is_initialized()  # no collective, and the group is gone
+
+
+def test_packed_forward_equals_each_sequence_alone(student_and_reference):
+    """Sequences packed back to back with restarting position ids (transformers' SDPA masks them apart):
+    every response row's hidden state equals the sequence run alone, unpadded."""
+    from omniopd.trainer import pack_sequences, response_hidden
+
+    model, _, tok = student_and_reference
+    rows = [([1, 2, 3], [4, 5]), (list(range(10, 20)), list(range(30, 38))), ([7, 8, 9, 10], [11, 12, 13]),
+            ([5, 6], [7])]
+    samples = [Sample(p, r, "", "stop", [0.0] * len(r)) for p, r in rows]
+    batch = pack([Problem(str(i), "q", "1") for i in range(4)], samples, tok.pad_token_id, torch.device("cpu"))
+    packed = pack_sequences(batch, pad_id=0)
+    assert packed.input_ids.shape == (2, 18)  # the 18-token sequence alone, the other three share a row
+    assert packed.padding_frac == pytest.approx(1 - 33 / 36)  # padded to [4, 10 + 8] it would be 1 - 33 / 72
+    with torch.no_grad():
+        got = response_hidden(model, batch)
+        for i, (prompt, response) in enumerate(rows):
+            alone = model.model(torch.tensor([prompt + response]), use_cache=False).last_hidden_state[0]
+            torch.testing.assert_close(got[i, :len(response)], alone[len(prompt) - 1:-1], atol=1e-4, rtol=1e-4)
