@@ -32,7 +32,7 @@ def one_step(path: str, rows: int, tokens: int, vocab: int) -> dict[str, float]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from omniopd import losses
-    from omniopd.audit import AuditResult, Fork
+    from omniopd.audit import AuditResult
     from omniopd.data import Problem
     from omniopd.rollout.student import Sample
     from omniopd.trainer import model_head, pack
@@ -47,9 +47,7 @@ def one_step(path: str, rows: int, tokens: int, vocab: int) -> dict[str, float]:
                       torch.randint(vocab, (tokens,), generator=gen).tolist(), "", "length", [0.0] * tokens)
                for _ in range(rows)]
     batch = pack([Problem(str(i), "q", "1") for i in range(rows)], samples, 0, torch.device("cpu"))
-    forks = [Fork(seq=i, anchor=a, prefix_text="", chunk_text="") for i in range(rows) for a in (0, tokens // 2)]
-    audit = AuditResult(forks=forks, chunk_len=8, phi=torch.zeros(len(forks), 4), k_sem=torch.ones(len(forks)),
-                        pi_bar=torch.full((len(forks),), 0.1), pi_hat=torch.full((len(forks),), 0.3))
+    audit = AuditResult.given([(i, a, 0.3) for i in range(rows) for a in (0, tokens // 2)], rows, chunk_len=8)
 
     def step() -> float:
         if path == "fused":

@@ -111,26 +111,28 @@ def loss_normalizer(kind: str, response_mask: torch.Tensor) -> torch.Tensor:
 
 
 def audit_weights(audit: AuditResult, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token `(weights[B, T], kl_mask[B, T])`: π̂ on the tokens of each kept chunk, 0 elsewhere;
-    the KL mask is every response token outside a kept chunk (dropped chunks' tokens get the KL anchor)."""
+    """Per-token `(weights[B, T], kl_mask[B, T])` from the audit's `[B, M]` tensors, on the mask's device:
+    π̂ on the tokens of each kept chunk, 0 elsewhere; the KL mask is every response token outside a kept
+    chunk (dropped chunks' tokens get the KL anchor). The one place the chunk layout becomes per-token."""
     device = response_mask.device
-    weights = torch.zeros(response_mask.shape, dtype=torch.float32, device=device)
-    if not audit.forks:
-        return weights, response_mask.bool().clone()
-    rows = torch.tensor([f.seq for f in audit.forks], device=device)[:, None].expand(-1, audit.chunk_len)
-    cols = torch.tensor([f.anchor for f in audit.forks], device=device)[:, None] + \
-        torch.arange(audit.chunk_len, device=device)
     b, t = response_mask.shape
-    r, c = rows.clamp(0, b - 1), cols.clamp(0, t - 1)  # safe indices; out-of-range chunks fail `inside`
-    inside = (rows >= 0) & (rows < b) & (cols >= 0) & (cols < t) & response_mask[r, c].bool()
+    if audit.anchors.dim() != 2 or audit.anchors.shape[0] != b:
+        raise ValueError(f"audit anchors {tuple(audit.anchors.shape)} do not match the response of shape {(b, t)}")
+    kept = audit.kept.to(device)
+    c = audit.chunk_len
+    rows = torch.arange(b, device=device)[:, None, None].expand(-1, kept.shape[1], c)[kept]  # [K, C]
+    cols = (audit.anchors.to(device)[..., None] + torch.arange(c, device=device))[kept]  # [K, C]
+    r, col = rows.clamp(0, b - 1), cols.clamp(0, t - 1)  # safe indices; out-of-range chunks fail `inside`
+    inside = (cols >= 0) & (cols < t) & response_mask[r, col].bool()
     counts = torch.zeros(response_mask.shape, dtype=torch.int64, device=device)
-    counts.index_put_((r, c), torch.ones_like(cols), accumulate=True)
-    bad = ~inside.all(dim=1) | (counts[r, c] > 1).any(dim=1)
+    counts.index_put_((r, col), torch.ones_like(cols), accumulate=True)
+    bad = ~inside.all(dim=1) | (counts[r, col] > 1).any(dim=1)
     if bad.any():
-        f = audit.forks[int(bad.nonzero()[0])]
-        raise ValueError(f"chunk (sequence {f.seq}, anchor {f.anchor}, C={audit.chunk_len}) is not inside the "
-                         f"response of shape {tuple(response_mask.shape)} or overlaps another audited chunk")
-    weights[rows, cols] = audit.pi_hat.to(device=device, dtype=torch.float32)[:, None].expand_as(cols)
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"chunk (sequence {int(rows[i, 0])}, anchor {int(cols[i, 0])}, C={c}) is not inside the "
+                         f"response of shape {(b, t)} or overlaps another audited chunk")
+    weights = torch.zeros(response_mask.shape, dtype=torch.float32, device=device)
+    weights[r, col] = audit.pi_hat.to(device=device, dtype=torch.float32)[kept][:, None].expand_as(cols)
     return weights, response_mask.bool() & (counts == 0)
 
 
@@ -175,7 +177,7 @@ def _omniopd_out(per_token: torch.Tensor, response_mask: torch.Tensor, weights: 
     metrics = {"loss/total": loss.item(), "loss/pg": pg / norm, "loss/kl": kl / norm,
                # per_token = β·KL on unaudited tokens, so the KL itself is only recoverable when β > 0
                "kl/unaudited_mean": kl / beta / n_kl if beta > 0 and n_kl else math.nan,
-               "loss/audited_tokens": float(len(audit.forks) * audit.chunk_len), "loss/kl_tokens": float(n_kl)}
+               "loss/audited_tokens": float(audit.kept.sum()) * audit.chunk_len, "loss/kl_tokens": float(n_kl)}
     metrics.update(audit.metrics)
     return loss, metrics
 

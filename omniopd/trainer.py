@@ -361,7 +361,7 @@ class Trainer:
             results = self.teacher.generate(requests)
         # 5. Similarity and the Dirichlet-Multinomial target; chunks with < N texts are dropped, counted.
         with timer("score"):
-            audit = score_forks(forks, [r.texts for r in results], logprob, self.similarity,
+            audit = score_forks(anchors, forks, [r.texts for r in results], logprob, self.similarity,
                                 n=cfg.audit.num_continuations, alpha=cfg.audit.alpha, chunk_len=cfg.audit.chunk_len,
                                 entropy=entropy, response_mask=batch.response_mask)
         # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.

@@ -10,7 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from omniopd import assets
-from omniopd.audit import AuditResult, Fork
+from omniopd.audit import AuditResult
 from omniopd.config import load_config
 from omniopd.data import Problem
 from omniopd.rollout.student import Sample
@@ -134,9 +134,7 @@ def _objective(name, student, ref, batch, teacher_logprobs):
 
     mask, tokens = batch.response_mask, batch.tokens
     if name == "omniopd":
-        audit = AuditResult(forks=[Fork(0, 2, "", ""), Fork(2, 1, "", "")], chunk_len=3,
-                            phi=torch.zeros(2, 2), k_sem=torch.tensor([1.5, 0.2]), pi_bar=torch.tensor([0.3, 0.1]),
-                            pi_hat=torch.tensor([0.6, 0.1], dtype=torch.float64))
+        audit = AuditResult.given([(0, 2, 0.6), (2, 1, 0.1)], batch_size=3, chunk_len=3)
         return losses.omniopd(student, ref, tokens, mask, audit, beta=0.05, normalizer=3.0)
     if name == "opd":
         return losses.opd(student, tokens, mask, normalizer=3.0, teacher_logprobs=teacher_logprobs)
