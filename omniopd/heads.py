@@ -38,7 +38,8 @@ def last_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask
 
 
 def head_weight(model: nn.Module) -> torch.Tensor:
-    """The `[V, D]` LM-head weight (the input embedding when tied), differentiable; a DTensor is gathered.
+    """The `[V, D]` LM-head weight (the input embedding when tied), differentiable; a frozen sharded one is
+    gathered.
 
     Raises for heads the fused kernels cannot express (a bias, soft-capped or scaled logits).
     """
@@ -53,4 +54,11 @@ def head_weight(model: nn.Module) -> torch.Tensor:
             raise ValueError(f"{type(model).__name__}: config.{name}={value} transforms the logits; the fused "
                              "step computes plain hidden @ head.T")
     weight = head.weight
-    return weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+    if not hasattr(weight, "full_tensor"):
+        return weight
+    if weight.requires_grad:
+        # Gathering here would hand each rank's gradient of its own data to its shard unreduced; the root is
+        # left gathered after forward instead (parallel.shard), so FSDP reduces the head's gradient.
+        raise RuntimeError(f"{type(model).__name__}: the LM head is still sharded after the forward; shard the "
+                           "root without reshard_after_forward (omniopd.parallel.shard does)")
+    return weight.full_tensor()  # a frozen model (reference, teacher): no gradient to reduce

@@ -4,9 +4,12 @@
     -> Dirichlet targets -> loss -> backward -> clip -> optimizer step -> weight hot-swap
 
 Everything is response-aligned: a batch row is `[left-padded prompt | right-padded response]` with the
-prompt `P` wide, so the logits at column `P - 1 + t` are the distribution that produced response
-token `t`. Parallelism (`parallel.py`), checkpoints (`checkpoint.py`) and logging (`runlog.py`) live
-beside this file; this file only decides what happens in which order.
+prompt `P` wide, so the model's position `P - 1 + t` produced response token `t`. The forward itself runs
+on the sequences packed without padding (`pack_sequences`) and stops at the last hidden state: log-probs,
+entropies and every loss come from the fused-head kernels, so no `[tokens, V]` logits exist in a step.
+The student keeps fp32 master weights and computes in `model.dtype`. Parallelism (`parallel.py`),
+checkpoints (`checkpoint.py`) and logging (`runlog.py`) live beside this file; this file only decides
+what happens in which order.
 """
 
 from __future__ import annotations
