@@ -243,3 +243,23 @@ def test_packed_forward_equals_each_sequence_alone(student_and_reference):
         for i, (prompt, response) in enumerate(rows):
             alone = model.model(torch.tensor([prompt + response]), use_cache=False).last_hidden_state[0]
             torch.testing.assert_close(got[i, :len(response)], alone[len(prompt) - 1:-1], atol=1e-4, rtol=1e-4)
+
+
+def test_two_ranks_fsdp_bf16_policy_trains(tiny, tmp_path):
+    """torchrun, 2 gloo ranks: FSDP2 with MixedPrecisionPolicy(bf16 params, fp32 reduce), the packed fused step."""
+    import math
+    import os
+    import subprocess
+    import sys
+
+    from omniopd.runlog import read_metrics
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "omniopd.train",
+           f"--model.student={tiny}", f"--teacher.model={tiny}", f"--log.dir={tmp_path}", "--model.dtype=bfloat16",
+           "--train.steps=1", *STEP]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    step = next(r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"] == 1)
+    assert math.isfinite(step["loss/total"]) and step["train/grad_norm"] > 0
+    assert "train/skipped_nonfinite" not in step
