@@ -186,7 +186,7 @@ class Trainer:
         device = self.dist.device
 
         # Models. The student holds fp32 master weights (AdamW state follows them) and computes in
-        # `model.dtype`: FSDP2's mixed-precision policy when sharded, autocast on one rank.
+        # `model.dtype`: FSDP2's mixed-precision policy, or autocast with parallel.fsdp=false on one rank.
         # The frozen reference (the KL anchor) is held in the compute dtype.
         self.compute_dtype = getattr(torch, cfg.model.dtype)
         self.student_path = assets.student_path(cfg.model.student)
@@ -197,7 +197,9 @@ class Trainer:
         checkpointing = cfg.model.activation_checkpointing
         if checkpointing if checkpointing is not None else device.type == "cuda":
             self.model.gradient_checkpointing_enable()
-        self.sharded = self.dist.world_size > 1 and cfg.parallel.fsdp
+        # FSDP2 with several ranks, and with one when computing below fp32: its mixed-precision policy keeps
+        # the whole forward (residual stream included) in the compute dtype, which autocast does not.
+        self.sharded = cfg.parallel.fsdp and (self.dist.world_size > 1 or self.compute_dtype != torch.float32)
         if self.sharded:
             parallel.shard(self.model, mixed_precision=self.compute_dtype != torch.float32)
             parallel.shard(self.ref_model, mixed_precision=False)

@@ -180,13 +180,15 @@ def test_fused_step_equals_logits_form_on_the_bundled_student(student_and_refere
         assert m_f[key] == pytest.approx(m_l[key], rel=1e-5, abs=1e-5, nan_ok=True), key
 
 
-def test_fp32_master_weights_keep_updates_that_pure_bf16_loses(tiny, tmp_path):
+@pytest.mark.parametrize("fsdp", [True, False])  # one rank: FSDP2's bf16 policy, or autocast
+def test_fp32_master_weights_keep_updates_that_pure_bf16_loses(tiny, tmp_path, fsdp):
     """model.dtype=bfloat16 computes in bf16 but AdamW updates fp32 master weights: an update of ~1e-6 per
     element (lr 1e-6, Adam's first step is ±lr) moves every weight; applied to bf16 weights it rounds away."""
     cfg = load_config([f"--model.student={tiny}", f"--teacher.model={tiny}", f"--log.dir={tmp_path}",
                        "--objective.name=sft", "--model.dtype=bfloat16", "--optim.lr=1e-6", "--optim.grad_clip=0",
-                       *STEP])
+                       f"--parallel.fsdp={fsdp}", *STEP])
     with Trainer(cfg) as trainer:
+        assert trainer.sharded == fsdp
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights
         assert all(p.dtype == torch.bfloat16 for p in trainer.ref_model.parameters())  # compute dtype
         start = [p.detach().clone() for p in trainer.model.parameters()]
