@@ -11,9 +11,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+# An in-process Trainer earlier in the session leaves its 1-rank process-group variables in os.environ; a
+# child inheriting them would join that (long gone) group's port instead of making its own.
+_GROUP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _run(*args: str, timeout: int = 600) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in _GROUP_VARS}
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+                          env=dict(env, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
 

@@ -17,6 +17,15 @@ from omniopd.rollout.student import Sample
 from omniopd.trainer import Trainer, pack, response_logits
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_process_group_env(monkeypatch):
+    """An in-process Trainer writes its 1-rank process-group variables into os.environ; later tests' child
+    processes must not inherit them (they would join a long-gone group's port)."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "unset")  # records the original (usually absent) value for teardown
+        monkeypatch.delenv(name)
+
+
 class LargestOutput(TorchDispatchMode):
     """Records the largest storage any op's output holds (forward and backward) while active: allocations,
     not views (an `expand` of a small tensor allocates nothing)."""
