@@ -134,15 +134,24 @@ def load_embedder(name: str = "minilm", device: str = "cpu"):
         raise AssetError(f"embedder '{name}' ({path}) failed to load: {e}") from e
 
 
+def attention_implementation(device: str) -> str:
+    """FlashAttention-2 on CUDA when `flash-attn` is installed, else PyTorch SDPA. Both honour packed
+    sequences (position ids restarting at 0, no attention mask), which the trainer's forward relies on."""
+    if str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_student(name: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) for a student/teacher/reference name, via `student_path`."""
+    """(model, tokenizer) for a student/teacher/reference name, via `student_path`; `dtype` is the weights'."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = student_path(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                     attn_implementation=attention_implementation(device)).to(device)
     except Exception as e:  # noqa: BLE001 - re-raised with the path that failed
         raise AssetError(f"model '{name}' ({path}) failed to load: {e}") from e
     if tokenizer.pad_token is None:

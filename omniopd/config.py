@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import os
 import sys
 import tomllib
 import typing
@@ -35,8 +36,11 @@ class ModelConfig:
                        "smollm2-135m")
     reference: str = doc("Frozen KL-anchor model; empty = the student's starting weights.", "")
     dtype: Literal["float32", "bfloat16", "float16"] = doc(
-        "Trainer parameter dtype (CPU default float32; on GPU use bfloat16).", "float32")
-    activation_checkpointing: bool = doc("Recompute transformer blocks in backward to save memory.", False)
+        "Compute dtype of the student's forward/backward, the frozen reference and the rollouts. The student's "
+        "master weights and AdamW state stay float32 whatever this is (so small updates are not rounded away). "
+        "CPU default float32; on GPU use bfloat16.", "float32")
+    activation_checkpointing: bool | None = doc(
+        "Recompute transformer blocks in backward to save memory (none = on with CUDA, off on CPU).", None)
 
 
 @dataclass
@@ -125,8 +129,9 @@ class ObjectiveConfig:
     normalizer: Literal["sequences", "tokens"] = doc(
         "Loss denominator: global sequence count (default) or global response-token count. Never the "
         "number of audited chunks.", "sequences")
-    opd_exact_kl: bool = doc("opd: exact full-vocabulary reverse KL (local teacher logits) instead of "
-                             "the sampled-token estimator.", False)
+    opd_exact_kl: bool = doc("opd: exact full-vocabulary reverse KL instead of the sampled-token estimator. Not "
+                             "available in the trainer (it needs [B, T, V] teacher logits, which the fused step "
+                             "never builds); `omniopd.losses.opd(exact=True)` takes logits directly.", False)
 
 
 @dataclass
@@ -165,7 +170,8 @@ class DataConfig:
 class ParallelConfig:
     backend: Literal["auto", "nccl", "gloo"] = doc("Process-group backend ('auto': NCCL on GPU, gloo on CPU).",
                                                   "auto")
-    fsdp: bool = doc("Shard student and reference with FSDP2 when more than one rank runs.", True)
+    fsdp: bool = doc("Shard student and reference with FSDP2 when more than one rank runs (false is refused with "
+                     "more than one rank: there is no unsharded gradient sync).", True)
 
 
 @dataclass
@@ -304,6 +310,14 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{dotted}={v!r}: must be in (0, 1]")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas={cfg.optim.betas!r}: two numbers in [0, 1)")
+    if cfg.objective.opd_exact_kl:
+        raise ConfigError("objective.opd_exact_kl=true: the exact reverse KL needs [B, T, V] teacher logits, which "
+                          "the fused training step never builds; use the sampled-token estimator (the default)")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # set by torchrun before the config loads
+    if world > 1 and not cfg.parallel.fsdp:
+        # Unsharded ranks would never synchronise gradients: each would silently train its own copy.
+        raise ConfigError(f"parallel.fsdp=false with {world} ranks (WORLD_SIZE): ranks would train "
+                          "unsynchronised copies; keep parallel.fsdp=true under torchrun")
     return cfg
 
 

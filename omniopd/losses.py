@@ -1,9 +1,11 @@
 """Training objectives on top of the kernels: `omniopd` and the `opd`, `sft`, `rl` baselines (DESIGN §1).
 
-Every tensor is *response-aligned* (`[B, T]` / `[B, T, V]`): row `t` is the distribution that produced
+Every tensor is *response-aligned* (`[B, T]` / `[B, T, ·]`): row `t` is the distribution that produced
 response token `y_t`, and `response_mask[B, T]` marks real response tokens (no prompt, padding or
-post-EOS). Every objective returns `(loss, metrics)`: a scalar fp32 loss with gradient to the student's
-logits (or hidden states and head), and a dict of floats.
+post-EOS). A model's distributions come as a `Head`: hidden states `[B, T, D]` and the LM-head weight
+`[V, D]` (what the trainer passes: the fused kernels never hold `[B·T, V]`), or, for callers that already
+have them, logits `[B, T, V]` (a plain tensor is read as logits). Every objective returns `(loss, metrics)`:
+a scalar fp32 loss with gradient to the student's hidden states and head (or logits), and a dict of floats.
 
 Normalizer: each loss is a *sum* over tokens divided by `normalizer`, a number the trainer passes after
 its one all-reduce per step. Default (`objective.normalizer = "sequences"`): the global number of
@@ -15,10 +17,88 @@ remaining chunks more (see `loss_normalizer`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from omniopd.audit.target import AuditResult
+from omniopd_kernels import entropy_logprob as kernel_entropy_logprob
+from omniopd_kernels import (
+    linear_entropy_logprob,
+    linear_logprob_kl,
+    linear_omniopd_loss,
+    logprob_kl,
+    omniopd_loss,
+)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A model's next-token distributions on the response rows: `hidden[B, T, D]` with `weight[V, D]`
+    (fused: logits exist one row tile at a time inside the kernels), or `logits[B, T, V]`."""
+
+    hidden: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    @staticmethod
+    def of(x: Head | torch.Tensor, name: str, b: int, t: int) -> Head:
+        """`x` as a Head (a tensor is logits), checked against `[b, t]`; errors name the argument."""
+        head = x if isinstance(x, Head) else Head(logits=x)
+        if head.fused:
+            h, w = head.hidden, head.weight
+            if not isinstance(h, torch.Tensor) or h.dim() != 3 or tuple(h.shape[:2]) != (b, t):
+                raise ValueError(f"{name}.hidden must have shape [{b}, {t}, D], got {getattr(h, 'shape', type(h))}")
+            if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.shape[1] != h.shape[2]:
+                raise ValueError(f"{name}.weight must have shape [V, {h.shape[2]}], got "
+                                 f"{getattr(w, 'shape', type(w))}")
+        else:
+            _check_logits(name, head.logits, b, t)
+        return head
+
+    @property
+    def fused(self) -> bool:
+        return self.logits is None
+
+    @property
+    def vocab(self) -> int:
+        return self.weight.shape[0] if self.fused else self.logits.shape[-1]
+
+    def rows(self) -> torch.Tensor:
+        """Flattened `[B·T, D]` hidden states or `[B·T, V]` logits."""
+        x = self.hidden if self.fused else self.logits
+        return x.reshape(-1, x.shape[-1])
+
+    def detach(self) -> Head:
+        return Head(*(None if x is None else x.detach() for x in (self.hidden, self.weight, self.logits)))
+
+
+def entropy_logprob(head: Head | torch.Tensor, tokens: torch.Tensor,
+                    response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact full-vocabulary `(entropy[B, T], log π(y_t)[B, T])`, fp32; differentiable through the log-prob."""
+    b, t = _check_bt(tokens, response_mask)
+    head = Head.of(head, "head", b, t)
+    safe = _safe_tokens(tokens, response_mask)
+    if head.fused:
+        ent, logp, _ = linear_entropy_logprob(head.rows(), head.weight, safe)
+    else:
+        ent, logp, _ = kernel_entropy_logprob(head.rows(), safe)
+    return ent.reshape(b, t), logp.reshape(b, t)
+
+
+def _logprob_kl(head: Head, ref: Head, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token `(log π_θ(y), KL(π_ref ‖ π_θ))` over `[B·T]`, both heads of one form."""
+    _same_form(head, ref)
+    if head.fused:
+        return linear_logprob_kl(head.rows(), head.weight, ref.rows(), ref.weight, tokens)
+    return logprob_kl(head.rows(), ref.rows(), tokens)
+
+
+def _same_form(head: Head, ref: Head) -> None:
+    if head.fused != ref.fused:
+        raise ValueError("student and reference must both be hidden states + head or both logits")
+    if head.vocab != ref.vocab:
+        raise ValueError(f"reference vocabulary {ref.vocab} != student's {head.vocab}")
 
 
 def loss_normalizer(kind: str, response_mask: torch.Tensor) -> torch.Tensor:
@@ -31,64 +111,56 @@ def loss_normalizer(kind: str, response_mask: torch.Tensor) -> torch.Tensor:
 
 
 def audit_weights(audit: AuditResult, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token `(weights[B, T], kl_mask[B, T])`: π̂ on the tokens of each kept chunk, 0 elsewhere;
-    the KL mask is every response token outside a kept chunk (dropped chunks' tokens get the KL anchor)."""
+    """Per-token `(weights[B, T], kl_mask[B, T])` from the audit's `[B, M]` tensors, on the mask's device:
+    π̂ on the tokens of each kept chunk, 0 elsewhere; the KL mask is every response token outside a kept
+    chunk (dropped chunks' tokens get the KL anchor). The one place the chunk layout becomes per-token."""
     device = response_mask.device
-    weights = torch.zeros(response_mask.shape, dtype=torch.float32, device=device)
-    if not audit.forks:
-        return weights, response_mask.bool().clone()
-    rows = torch.tensor([f.seq for f in audit.forks], device=device)[:, None].expand(-1, audit.chunk_len)
-    cols = torch.tensor([f.anchor for f in audit.forks], device=device)[:, None] + \
-        torch.arange(audit.chunk_len, device=device)
     b, t = response_mask.shape
-    r, c = rows.clamp(0, b - 1), cols.clamp(0, t - 1)  # safe indices; out-of-range chunks fail `inside`
-    inside = (rows >= 0) & (rows < b) & (cols >= 0) & (cols < t) & response_mask[r, c].bool()
+    if audit.anchors.dim() != 2 or audit.anchors.shape[0] != b:
+        raise ValueError(f"audit anchors {tuple(audit.anchors.shape)} do not match the response of shape {(b, t)}")
+    kept = audit.kept.to(device)
+    c = audit.chunk_len
+    rows = torch.arange(b, device=device)[:, None, None].expand(-1, kept.shape[1], c)[kept]  # [K, C]
+    cols = (audit.anchors.to(device)[..., None] + torch.arange(c, device=device))[kept]  # [K, C]
+    r, col = rows.clamp(0, b - 1), cols.clamp(0, t - 1)  # safe indices; out-of-range chunks fail `inside`
+    inside = (cols >= 0) & (cols < t) & response_mask[r, col].bool()
     counts = torch.zeros(response_mask.shape, dtype=torch.int64, device=device)
-    counts.index_put_((r, c), torch.ones_like(cols), accumulate=True)
-    bad = ~inside.all(dim=1) | (counts[r, c] > 1).any(dim=1)
+    counts.index_put_((r, col), torch.ones_like(cols), accumulate=True)
+    bad = ~inside.all(dim=1) | (counts[r, col] > 1).any(dim=1)
     if bad.any():
-        f = audit.forks[int(bad.nonzero()[0])]
-        raise ValueError(f"chunk (sequence {f.seq}, anchor {f.anchor}, C={audit.chunk_len}) is not inside the "
-                         f"response of shape {tuple(response_mask.shape)} or overlaps another audited chunk")
-    weights[rows, cols] = audit.pi_hat.to(device=device, dtype=torch.float32)[:, None].expand_as(cols)
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"chunk (sequence {int(rows[i, 0])}, anchor {int(cols[i, 0])}, C={c}) is not inside the "
+                         f"response of shape {(b, t)} or overlaps another audited chunk")
+    weights = torch.zeros(response_mask.shape, dtype=torch.float32, device=device)
+    weights[r, col] = audit.pi_hat.to(device=device, dtype=torch.float32)[kept][:, None].expand_as(cols)
     return weights, response_mask.bool() & (counts == 0)
 
 
-def omniopd(logits: torch.Tensor, ref_logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
+def omniopd(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
             audit: AuditResult, *, beta: float, normalizer: float | torch.Tensor) -> tuple[torch.Tensor, dict]:
     """OmniOPD: `(Σ_audited −π̂·log π_θ(y_t) + β·Σ_unaudited KL(π_ref ‖ π_θ)_t) / normalizer`.
 
-    logits, ref_logits: `[B, T, V]`; tokens, response_mask: `[B, T]`. Through `omniopd_kernels.omniopd_loss`.
+    head, ref: student and reference `Head`s (or logits `[B, T, V]`); tokens, response_mask: `[B, T]`.
+    Through `omniopd_kernels.linear_omniopd_loss` (fused) or `omniopd_loss` (logits).
     """
-    from omniopd_kernels import omniopd_loss
-
     b, t = _check_bt(tokens, response_mask)
-    _check_logits("logits", logits, b, t)
-    _check_logits("ref_logits", ref_logits, b, t)
+    head, ref = Head.of(head, "head", b, t), Head.of(ref, "ref", b, t)
+    _same_form(head, ref)
     weights, kl_mask = audit_weights(audit, response_mask)
-    v = logits.shape[-1]
-    per_token = omniopd_loss(logits.reshape(b * t, v), ref_logits.reshape(b * t, v),
-                             _safe_tokens(tokens, response_mask), weights.reshape(-1), kl_mask.reshape(-1),
-                             float(beta), reduction="none")
+    args = (_safe_tokens(tokens, response_mask), weights.reshape(-1), kl_mask.reshape(-1), float(beta))
+    if head.fused:
+        per_token = linear_omniopd_loss(head.rows(), head.weight, ref.rows(), ref.weight, *args, reduction="none")
+    else:
+        per_token = omniopd_loss(head.rows(), ref.rows(), *args, reduction="none")
     return _omniopd_out(per_token.reshape(b, t), response_mask, weights, kl_mask, beta, normalizer, audit)
 
 
 def omniopd_linear(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor,
                    tokens: torch.Tensor, response_mask: torch.Tensor, audit: AuditResult, *, beta: float,
                    normalizer: float | torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """`omniopd` from hidden states `[B, T, D]` and LM heads `[V, D]` of student and reference, through
-    `omniopd_kernels.linear_omniopd_loss` (never materialises `[B·T, V]` logits)."""
-    from omniopd_kernels import linear_omniopd_loss
-
-    b, t = _check_bt(tokens, response_mask)
-    for name, h in (("hidden", hidden), ("ref_hidden", ref_hidden)):
-        if not isinstance(h, torch.Tensor) or h.dim() != 3 or tuple(h.shape[:2]) != (b, t):
-            raise ValueError(f"{name} must have shape [{b}, {t}, D], got {getattr(h, 'shape', type(h))}")
-    weights, kl_mask = audit_weights(audit, response_mask)
-    per_token = linear_omniopd_loss(hidden.reshape(b * t, -1), weight, ref_hidden.reshape(b * t, -1), ref_weight,
-                                    _safe_tokens(tokens, response_mask), weights.reshape(-1), kl_mask.reshape(-1),
-                                    float(beta), reduction="none")
-    return _omniopd_out(per_token.reshape(b, t), response_mask, weights, kl_mask, beta, normalizer, audit)
+    """`omniopd` from hidden states `[B, T, D]` and LM heads `[V, D]` (kept for callers of the old name)."""
+    return omniopd(Head(hidden, weight), Head(ref_hidden, ref_weight), tokens, response_mask, audit, beta=beta,
+                   normalizer=normalizer)
 
 
 def _omniopd_out(per_token: torch.Tensor, response_mask: torch.Tensor, weights: torch.Tensor,
@@ -105,38 +177,35 @@ def _omniopd_out(per_token: torch.Tensor, response_mask: torch.Tensor, weights: 
     metrics = {"loss/total": loss.item(), "loss/pg": pg / norm, "loss/kl": kl / norm,
                # per_token = β·KL on unaudited tokens, so the KL itself is only recoverable when β > 0
                "kl/unaudited_mean": kl / beta / n_kl if beta > 0 and n_kl else math.nan,
-               "loss/audited_tokens": float(len(audit.forks) * audit.chunk_len), "loss/kl_tokens": float(n_kl)}
+               "loss/audited_tokens": float(audit.kept.sum()) * audit.chunk_len, "loss/kl_tokens": float(n_kl)}
     metrics.update(audit.metrics)
     return loss, metrics
 
 
-def opd(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor, *,
+def opd(head: Head | torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor, *,
         normalizer: float | torch.Tensor, teacher_logprobs: torch.Tensor | None = None,
         teacher_logits: torch.Tensor | None = None, exact: bool = False) -> tuple[torch.Tensor, dict]:
     """White-box on-policy distillation: per-token reverse KL(π_θ ‖ π_T) to a same-tokenizer teacher.
 
     Sampled-token form (default): advantage `a_t = log π_T(y_t) − log π_θ(y_t)` (detached) in a policy
     gradient, loss `−Σ_t a_t · log π_θ(y_t) / normalizer` (its gradient is that of the reverse KL in
-    expectation over y ~ π_θ). Needs `teacher_logprobs[B, T]` or `teacher_logits[B, T, V]`.
-    `exact=True` (needs teacher_logits): `Σ_t Σ_v π_θ(v)(log π_θ(v) − log π_T(v)) / normalizer`, in
-    plain PyTorch (it holds a few fp32 `[B, T, V]` temporaries: meant for local teachers at small scale).
+    expectation over y ~ π_θ). Needs `teacher_logprobs[B, T]` (what the trainer passes) or
+    `teacher_logits[B, T, V]`. `exact=True` (logits only: student and teacher logits `[B, T, V]`):
+    `Σ_t Σ_v π_θ(v)(log π_θ(v) − log π_T(v)) / normalizer` in plain PyTorch, for small local setups.
     """
-    from omniopd_kernels import entropy_logprob
-
     b, t = _check_bt(tokens, response_mask)
-    _check_logits("logits", logits, b, t)
+    head = Head.of(head, "head", b, t)
     norm = _check_normalizer(normalizer)
     mask = response_mask.bool()
-    v = logits.shape[-1]
     if teacher_logits is not None:
         _check_logits("teacher_logits", teacher_logits, b, t)
-        if teacher_logits.shape[-1] != v:
-            raise ValueError(f"teacher_logits vocabulary {teacher_logits.shape[-1]} != student's {v}: opd needs "
-                             "the same tokenizer")
+        if teacher_logits.shape[-1] != head.vocab:
+            raise ValueError(f"teacher_logits vocabulary {teacher_logits.shape[-1]} != student's {head.vocab}: opd "
+                             "needs the same tokenizer")
     if exact:
-        if teacher_logits is None:
-            raise ValueError("opd with exact=True needs teacher_logits")
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        if teacher_logits is None or head.fused:
+            raise ValueError("opd with exact=True needs student logits and teacher_logits [B, T, V]")
+        logp = torch.log_softmax(head.logits.float(), dim=-1)
         logq = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
         rkl = torch.where(mask, (logp.exp() * (logp - logq)).sum(-1), 0.0)  # [B, T]
         loss = rkl.sum() / norm
@@ -145,35 +214,30 @@ def opd(logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
         if teacher_logits is None:
             raise ValueError("opd needs teacher_logprobs [B, T] or teacher_logits [B, T, V]")
         with torch.no_grad():
-            _, teacher_logprobs, _ = entropy_logprob(teacher_logits.reshape(b * t, v), _safe_tokens(tokens, mask))
-        teacher_logprobs = teacher_logprobs.reshape(b, t)
+            _, teacher_logprobs = entropy_logprob(teacher_logits, tokens, response_mask)
     elif teacher_logprobs.shape != (b, t):
         raise ValueError(f"teacher_logprobs must have shape [{b}, {t}], got {tuple(teacher_logprobs.shape)}")
-    _, logp, _ = entropy_logprob(logits.reshape(b * t, v), _safe_tokens(tokens, mask))
-    logp = logp.reshape(b, t)
+    _, logp = entropy_logprob(head, tokens, response_mask)
     advantage = torch.where(mask, teacher_logprobs.detach().float() - logp.detach(), 0.0)
     loss = -torch.where(mask, advantage * logp, 0.0).sum() / norm
     return loss, {"loss/total": loss.item(), "opd/advantage_mean": _masked_mean(advantage, mask),
                   "opd/reverse_kl_estimate": -_masked_mean(advantage, mask)}
 
 
-def sft(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
+def sft(head: Head | torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
         normalizer: float | torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Token cross-entropy on teacher-written responses: `Σ_masked −log π_θ(target) / normalizer`.
 
-    logits `[B, T, V]` aligned with `targets[B, T]`; `normalizer=None` means the number of masked
+    head (or logits `[B, T, V]`) aligned with `targets[B, T]`; `normalizer=None` means the number of masked
     tokens (then it equals `F.cross_entropy` over those tokens).
     """
-    from omniopd_kernels import entropy_logprob
-
     b, t = _check_bt(targets, mask)
-    _check_logits("logits", logits, b, t)
     mask = mask.bool()
     norm = _check_normalizer(mask.sum() if normalizer is None else normalizer)
-    _, logp, _ = entropy_logprob(logits.reshape(b * t, -1), _safe_tokens(targets, mask))
-    nll = -torch.where(mask.reshape(-1), logp, 0.0)
+    _, logp = entropy_logprob(head, targets, mask)
+    nll = -torch.where(mask, logp, 0.0)
     loss = nll.sum() / norm
-    return loss, {"loss/total": loss.item(), "sft/nll_mean": _masked_mean(nll.detach(), mask.reshape(-1))}
+    return loss, {"loss/total": loss.item(), "sft/nll_mean": _masked_mean(nll.detach(), mask)}
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_std: bool = True,
@@ -196,25 +260,21 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_std: bool 
     return adv.reshape(-1).float()
 
 
-def rl(logits: torch.Tensor, ref_logits: torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
+def rl(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
        rewards: torch.Tensor, *, group_size: int, beta: float, normalizer: float | torch.Tensor,
        scale_std: bool = True) -> tuple[torch.Tensor, dict]:
     """Self-exploratory RL: `(−Σ_t A_b·log π_θ(y_t) + β·Σ_t KL(π_ref ‖ π_θ)_t) / normalizer` over all
     response tokens, `A = group_advantages(rewards)`. One update per rollout batch, so the importance
     ratio is 1 and PPO-style clipping would be inert: this is the plain on-policy estimator."""
-    from omniopd_kernels import logprob_kl
-
     b, t = _check_bt(tokens, response_mask)
-    _check_logits("logits", logits, b, t)
-    _check_logits("ref_logits", ref_logits, b, t)
+    head, ref = Head.of(head, "head", b, t), Head.of(ref, "ref", b, t)
     if not isinstance(rewards, torch.Tensor) or rewards.shape != (b,):
         raise ValueError(f"rewards must have shape [{b}], got {getattr(rewards, 'shape', type(rewards))}")
     norm = _check_normalizer(normalizer)
     adv = group_advantages(rewards, group_size, scale_std=scale_std).to(response_mask.device)
     mask = response_mask.bool()
-    v = logits.shape[-1]
     # Both parts cover every response token, so take them separately (one kernel pass) for the metrics.
-    logp, kl = logprob_kl(logits.reshape(b * t, v), ref_logits.reshape(b * t, v), _safe_tokens(tokens, mask))
+    logp, kl = _logprob_kl(head, ref, _safe_tokens(tokens, mask))
     pg = -torch.where(mask, adv[:, None] * logp.reshape(b, t), 0.0).sum()
     kl = torch.where(mask, kl.reshape(b, t), 0.0).sum()
     loss = (pg + float(beta) * kl) / norm

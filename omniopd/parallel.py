@@ -53,15 +53,26 @@ def init(cfg: ParallelConfig) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+_failed = False
+
+
+def mark_failed() -> None:
+    """This rank hit an error: from now on barrier() and shutdown() issue no collective. A collective on a
+    broken device (after an OOM, say) hangs or fails with its own error, hiding the one the user needs."""
+    global _failed
+    _failed = True
+
+
 def barrier() -> None:
-    if dist.is_initialized():
+    if dist.is_initialized() and not _failed:
         dist.barrier()
 
 
 def shutdown() -> None:
     """Leave the process group (if something, e.g. a vLLM engine's shutdown, has not already)."""
     if dist.is_initialized():
-        dist.barrier()  # without it gloo may abort while a peer is still sending
+        if not _failed:
+            dist.barrier()  # without it gloo may abort while a peer is still sending
         dist.destroy_process_group()
 
 
@@ -83,7 +94,11 @@ def all_gather_object(obj: object) -> list[object]:
 
 
 def shard(model: nn.Module, *, mixed_precision: bool, reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2: `fully_shard` every transformer block, then the root (embeddings, norm, head)."""
+    """FSDP2: `fully_shard` every transformer block, then the root (embeddings, norm, head).
+
+    `mixed_precision`: fp32 parameters (the master weights the optimizer updates) gathered as bf16 for
+    compute, gradients reduced in fp32.
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     kwargs = {}
@@ -91,7 +106,9 @@ def shard(model: nn.Module, *, mixed_precision: bool, reshard_after_forward: boo
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in transformer_blocks(model):
         fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
-    fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)
+    # The root keeps its parameters gathered after forward (FSDP2's default for it): the fused loss reads the
+    # LM head's weight outside the forward, as a plain tensor whose gradient FSDP reduces with the rest.
+    fully_shard(model, **kwargs)
     return model
 
 

@@ -4,18 +4,23 @@
     -> Dirichlet targets -> loss -> backward -> clip -> optimizer step -> weight hot-swap
 
 Everything is response-aligned: a batch row is `[left-padded prompt | right-padded response]` with the
-prompt `P` wide, so the logits at column `P - 1 + t` are the distribution that produced response
-token `t`. Parallelism (`parallel.py`), checkpoints (`checkpoint.py`) and logging (`runlog.py`) live
-beside this file; this file only decides what happens in which order.
+prompt `P` wide, so the model's position `P - 1 + t` produced response token `t`. The forward itself runs
+on the sequences packed without padding (`pack_sequences`) and stops at the last hidden state: log-probs,
+entropies and every loss come from the fused-head kernels, so no `[tokens, V]` logits exist in a step.
+The student keeps fp32 master weights and computes in `model.dtype`. Parallelism (`parallel.py`),
+checkpoints (`checkpoint.py`) and logging (`runlog.py`) live beside this file; this file only decides
+what happens in which order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +33,10 @@ from omniopd.audit import build_forks, get_similarity, num_chunks_at, score_fork
 from omniopd.config import Config
 from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
 from omniopd.eval.mathgrade import grade_math
+from omniopd.heads import head_weight, last_hidden_states
 from omniopd.rollout.student import Sample, build_generator
 from omniopd.rollout.teachers import TeacherRequest, TeacherResult, build_teacher, resolve_cache_path
 from omniopd.runlog import RunLog, plot_metrics
-from omniopd_kernels import entropy_logprob
 
 
 @dataclass
@@ -68,14 +73,89 @@ def pack(problems: list[Problem], samples: list[Sample], pad_id: int, device: to
                  problems, samples)
 
 
+@dataclass
+class Packed:
+    """A batch's real tokens packed without padding: each row holds whole sequences back to back, position
+    ids restarting at 0 for each (transformers then masks attention per sequence: SDPA, FlashAttention-2)."""
+
+    input_ids: torch.Tensor  # [R, S], S = the longest sequence
+    position_ids: torch.Tensor  # [R, S]
+    index: torch.Tensor  # [B, T] flat index into [R * S] of the position producing response token t (0: none)
+    padding_frac: float  # share of [R, S] that is still padding
+
+
+def pack_sequences(batch: Batch, pad_id: int) -> Packed:
+    """First-fit-decreasing bins of the longest sequence's length (bounds per-row attention like padding)."""
+    mask = batch.attention_mask.bool().cpu()
+    lengths = mask.sum(1).tolist()
+    width = max(lengths)
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        j = next((j for j, free in enumerate(room) if free >= lengths[i]), len(bins))
+        if j == len(bins):
+            bins.append([])
+            room.append(width)
+        bins[j].append(i)
+        room[j] -= lengths[i]
+    ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+    pos = torch.zeros_like(ids)
+    index = torch.zeros(batch.tokens.shape, dtype=torch.long)
+    responses = batch.response_mask.sum(1).tolist()
+    for r, members in enumerate(bins):
+        offset = 0
+        for i in members:
+            n, t = lengths[i], responses[i]
+            ids[r, offset:offset + n] = batch.input_ids[i].cpu()[mask[i]]
+            pos[r, offset:offset + n] = torch.arange(n)
+            index[i, :t] = r * width + offset + (n - t) - 1 + torch.arange(t)
+            offset += n
+        pos[r, offset:] = torch.arange(width - offset)  # trailing padding: a sequence of its own, never read
+    device = batch.input_ids.device
+    return Packed(ids.to(device), pos.to(device), index.to(device), 1.0 - sum(lengths) / ids.numel())
+
+
+def response_hidden(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """`[B, T, D]` last hidden states at the positions that produce each response token (padded response
+    positions hold an arbitrary row): the fused-head kernels turn them into log-probs without `[B, T, V]`.
+    The forward runs on the packed sequences (no attention mask: positions delimit them)."""
+    packed = pack_sequences(batch, pad_id=0)
+    hidden = last_hidden_states(model, packed.input_ids, None, packed.position_ids)
+    return hidden.reshape(-1, hidden.shape[-1])[packed.index]
+
+
 def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """`[B, T, V]` fp32 logits of the distributions that produced each response token."""
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    t = batch.tokens.shape[1]
-    # The head runs only on the last T + 1 positions (columns P - 1 .. P + T - 1), not over the prompt.
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-                use_cache=False, logits_to_keep=t + 1)
-    return out.logits[:, :t].float()
+    """`[B, T, V]` fp32 logits of the same rows (the logits form: references and tests, not the step)."""
+    return (response_hidden(model, batch) @ head_weight(model).T).float()
+
+
+def model_head(model: torch.nn.Module, batch: Batch, dtype: torch.dtype) -> losses.Head:
+    """The model's response rows as a fused `Head` in the compute dtype (the fp32 master head is cast, with
+    its gradient flowing back to it)."""
+    return losses.Head(response_hidden(model, batch).to(dtype), head_weight(model).to(dtype))
+
+
+def fork_requests(forks: list, problems: list[Problem], cfg: Config, step: int, rank: int) -> list[TeacherRequest]:
+    """One teacher request per fork: N continuations of the response text before the chunk."""
+    # The step is in the seed (and so in the cache key): a prefix seen again, e.g. every anchor-0 fork's
+    # prompt-only prefix, gets fresh votes each step; still deterministic, so a resume reproduces it.
+    return [TeacherRequest(
+        messages=teacher_messages(problems[f.seq], cfg.data.system_prompt, cfg.teacher.hint),
+        prefix=f.prefix_text, n=cfg.audit.num_continuations, max_tokens=2 * cfg.audit.chunk_len,
+        temperature=cfg.teacher.temperature, seed=stable_seed(cfg.train.seed, step, problems[f.seq].id, f.prefix_text),
+        key=f"step {step} rank {rank} seq {f.seq} anchor {f.anchor}") for f in forks]
+
+
+def teacher_sample(prompt_ids: list[int], text: str, tokenizer: Any, max_new_tokens: int) -> Sample:
+    """sft: a teacher-written response as a training row. EOS is appended only when the teacher stopped on its
+    own (fewer than `max_new_tokens` tokens); a cut-off text stays cut off, so the student is never taught to
+    stop mid-sentence."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < max_new_tokens:
+        ids, finish = ids + [tokenizer.eos_token_id], "stop"
+    else:
+        ids, finish = ids[:max_new_tokens], "length"
+    return Sample(list(prompt_ids), ids, text, finish, [0.0] * len(ids))
 
 
 def repetition_rate(token_ids: list[int], n: int = 4) -> float:
@@ -107,22 +187,26 @@ class Trainer:
         self.dist = parallel.init(cfg.parallel)
         self.out = Path(cfg.log.dir)
         torch.manual_seed(cfg.train.seed)
-        dtype = getattr(torch, cfg.model.dtype)
         device = self.dist.device
 
-        # Models: the trainable student, the frozen reference (the KL anchor), both sharded alike.
+        # Models. The student holds fp32 master weights (AdamW state follows them) and computes in
+        # `model.dtype`: FSDP2's mixed-precision policy, or autocast with parallel.fsdp=false on one rank.
+        # The frozen reference (the KL anchor) is held in the compute dtype.
+        self.compute_dtype = getattr(torch, cfg.model.dtype)
         self.student_path = assets.student_path(cfg.model.student)
-        self.model, self.tokenizer = assets.load_student(self.student_path, cfg.model.dtype, str(device))
+        self.model, self.tokenizer = assets.load_student(self.student_path, "float32", str(device))
         self.ref_model, _ = assets.load_student(cfg.model.reference or self.student_path, cfg.model.dtype,
                                                 str(device))
         self.ref_model.requires_grad_(False).eval()
-        if cfg.model.activation_checkpointing:
+        checkpointing = cfg.model.activation_checkpointing
+        if checkpointing if checkpointing is not None else device.type == "cuda":
             self.model.gradient_checkpointing_enable()
-        self.sharded = self.dist.world_size > 1 and cfg.parallel.fsdp
+        # FSDP2 with several ranks, and with one when computing below fp32: its mixed-precision policy keeps
+        # the whole forward (residual stream included) in the compute dtype, which autocast does not.
+        self.sharded = cfg.parallel.fsdp and (self.dist.world_size > 1 or self.compute_dtype != torch.float32)
         if self.sharded:
-            mixed = device.type == "cuda" and dtype == torch.float32
-            parallel.shard(self.model, mixed_precision=mixed)
-            parallel.shard(self.ref_model, mixed_precision=mixed)
+            parallel.shard(self.model, mixed_precision=self.compute_dtype != torch.float32)
+            parallel.shard(self.ref_model, mixed_precision=False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
@@ -212,28 +296,34 @@ class Trainer:
         normalizer = float(parallel.all_reduce_sum([losses.loss_normalizer(cfg.objective.normalizer,
                                                                            batch.response_mask).item()])[0])
 
-        # 2. Trainer forward: exact full-vocabulary entropy and log-prob of every response token.
+        # 2. Trainer forward, stopped at the last hidden state: exact full-vocabulary entropy and log-prob of
+        #    every response token through the fused head (no [B, T, V] anywhere in the step).
         with timer("forward"):
-            logits = response_logits(self.model, batch)
-            b, t, v = logits.shape
+            with self._compute():
+                head = model_head(self.model, batch, self.compute_dtype)
             with torch.no_grad():
-                entropy, logprob, _ = entropy_logprob(logits.detach().reshape(b * t, v), batch.tokens.reshape(-1))
-                entropy, logprob = entropy.reshape(b, t), logprob.reshape(b, t)
-                ref_logits = response_logits(self.ref_model, batch) if cfg.objective.name != "opd" else None
+                entropy, logprob = losses.entropy_logprob(head.detach(), batch.tokens, batch.response_mask)
+                ref = model_head(self.ref_model, batch, self.compute_dtype) \
+                    if cfg.objective.name in ("omniopd", "rl") else None
         metrics = self._rollout_metrics(batch, rewards, logprob, entropy)
+        real = int(batch.attention_mask.sum())  # prompt + response tokens the forward actually needed
+        metrics.update({"train/forward_tokens": float(real),
+                        # what padding to the longest prompt and response would have cost, and what packing left
+                        "train/padding_frac": 1.0 - real / batch.attention_mask.numel(),
+                        "train/packed_padding_frac": pack_sequences(batch, pad_id=0).padding_frac})
 
         # 3-6. The objective (forks, teacher, similarity and targets for omniopd).
         if cfg.objective.name == "omniopd":
-            loss, obj = self._omniopd_loss(batch, logits, ref_logits, entropy, logprob, normalizer, timer)
+            loss, obj = self._omniopd_loss(batch, head, ref, entropy, logprob, normalizer, timer)
         elif cfg.objective.name == "opd":
             with timer("teacher"):
-                teacher_logits = self._teacher_logits(batch)
-            loss, obj = losses.opd(logits, batch.tokens, batch.response_mask, normalizer=normalizer,
-                                   teacher_logits=teacher_logits, exact=cfg.objective.opd_exact_kl)
+                teacher_logprobs = self._teacher_logprobs(batch)
+            loss, obj = losses.opd(head, batch.tokens, batch.response_mask, normalizer=normalizer,
+                                   teacher_logprobs=teacher_logprobs)
         elif cfg.objective.name == "sft":
-            loss, obj = losses.sft(logits, batch.tokens, batch.response_mask, normalizer=normalizer)
+            loss, obj = losses.sft(head, batch.tokens, batch.response_mask, normalizer=normalizer)
         else:  # rl
-            loss, obj = losses.rl(logits, ref_logits, batch.tokens, batch.response_mask, rewards.to(logits.device),
+            loss, obj = losses.rl(head, ref, batch.tokens, batch.response_mask, rewards.to(batch.tokens.device),
                                   group_size=cfg.generation.n, beta=cfg.objective.beta, normalizer=normalizer)
         metrics.update(obj)
 
@@ -268,7 +358,7 @@ class Trainer:
         metrics.update(timer.metrics(tokens=int(batch.response_mask.sum())))
         return self._reduce(metrics)
 
-    def _omniopd_loss(self, batch: Batch, logits: torch.Tensor, ref_logits: torch.Tensor, entropy: torch.Tensor,
+    def _omniopd_loss(self, batch: Batch, head: losses.Head, ref: losses.Head, entropy: torch.Tensor,
                       logprob: torch.Tensor, normalizer: float, timer: _Timer) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         # 3. Forks: up to M non-overlapping peak-entropy chunks per response.
@@ -276,22 +366,17 @@ class Trainer:
         anchors = select_anchors(entropy, batch.response_mask, m, cfg.audit.chunk_len, cfg.audit.min_entropy)
         forks = build_forks(batch.responses, anchors.cpu(), self.tokenizer, cfg.audit.chunk_len)
         # 4. Speculative verification: N teacher continuations of the prefix before each chunk.
-        requests = [TeacherRequest(
-            messages=teacher_messages(batch.problems[f.seq], cfg.data.system_prompt, cfg.teacher.hint),
-            prefix=f.prefix_text, n=cfg.audit.num_continuations, max_tokens=2 * cfg.audit.chunk_len,
-            temperature=cfg.teacher.temperature,
-            seed=stable_seed(cfg.train.seed, batch.problems[f.seq].id, f.prefix_text),
-            key=f"step {self.step} rank {self.dist.rank} seq {f.seq} anchor {f.anchor}") for f in forks]
+        requests = fork_requests(forks, batch.problems, cfg, self.step, self.dist.rank)
         with timer("teacher"):
             results = self.teacher.generate(requests)
         self._check_teacher(results)
         # 5. Similarity and the Dirichlet-Multinomial target; chunks with < N texts are dropped, counted.
         with timer("score"):
-            audit = score_forks(forks, [r.texts for r in results], logprob, self.similarity,
+            audit = score_forks(anchors, forks, [r.texts for r in results], logprob, self.similarity,
                                 n=cfg.audit.num_continuations, alpha=cfg.audit.alpha, chunk_len=cfg.audit.chunk_len,
                                 entropy=entropy, response_mask=batch.response_mask)
         # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.
-        loss, metrics = losses.omniopd(logits, ref_logits, batch.tokens, batch.response_mask, audit,
+        loss, metrics = losses.omniopd(head, ref, batch.tokens, batch.response_mask, audit,
                                        beta=cfg.objective.beta, normalizer=normalizer)
         metrics["audit/num_chunks_m"] = float(m)
         metrics["teacher/failed_requests"] = float(sum(not r.ok for r in results))
@@ -324,18 +409,17 @@ class Trainer:
                                    temperature=cfg.teacher.temperature, seed=stable_seed(cfg.train.seed, p.id, "sft"),
                                    key=f"sft {p.id}") for p in problems]
         rows = []
-        eos = self.tokenizer.eos_token_id
         for p, result in zip(problems, self.teacher.generate(requests)):
             prompt_ids = self.generator.prompt_ids(student_messages(p, cfg.data.system_prompt))
             for text in result.texts or []:  # a failed request contributes nothing (counted by the teacher)
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:cfg.generation.max_new_tokens - 1]
-                rows.append((p, Sample(prompt_ids, ids + [eos], text, "stop", [0.0] * (len(ids) + 1))))
+                rows.append((p, teacher_sample(prompt_ids, text, self.tokenizer, cfg.generation.max_new_tokens)))
         if not rows:
             raise RuntimeError(f"step {self.step}: the teacher returned no response for sft")
         return rows
 
-    def _teacher_logits(self, batch: Batch) -> torch.Tensor:
-        """opd: the white-box teacher's log-probs of the student's tokens, in the teacher's own context."""
+    def _teacher_logprobs(self, batch: Batch) -> torch.Tensor:
+        """opd: the white-box teacher's log-probs `[B, T]` of the student's tokens, in the teacher's own context
+        (from its hidden states through the fused head, in its dtype)."""
         if not hasattr(self.teacher, "token_logprobs"):
             raise RuntimeError("objective.name=opd needs teacher.kind=local (a teacher that exposes log-probs)")
         cfg = self.cfg
@@ -344,9 +428,16 @@ class Trainer:
         teacher_batch = pack(batch.problems, [Sample(p, s.token_ids, s.text, s.finish_reason, s.logprobs)
                                               for p, s in zip(prompts, batch.samples)],
                              self.tokenizer.pad_token_id, self.dist.device)
-        logp = self.teacher.token_logprobs(teacher_batch.input_ids, teacher_batch.attention_mask)
-        p, t = teacher_batch.prompt_width, teacher_batch.tokens.shape[1]
-        return logp[:, p - 1:p - 1 + t].to(self.dist.device)
+        logp = self.teacher.token_logprobs(teacher_batch.input_ids, teacher_batch.attention_mask,
+                                           start=teacher_batch.prompt_width)
+        return logp.to(self.dist.device)
+
+    def _compute(self) -> contextlib.AbstractContextManager:
+        """The student's forward in the compute dtype: FSDP2 casts sharded weights itself; unsharded fp32
+        master weights go through autocast (a no-op when the compute dtype is float32)."""
+        if self.sharded or self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.compute_dtype)
 
     def _clip(self) -> float:
         if self.cfg.optim.grad_clip > 0:
@@ -468,8 +559,19 @@ class Trainer:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        # A failure inside the run (an OOM, say) must stay the last error the user sees: clean up without
+        # collectives, and report a clean-up failure instead of raising it over the original.
+        if not isinstance(exc, KeyboardInterrupt):  # an interrupt leaves the device usable: clean up normally
+            parallel.mark_failed()
+        try:
+            self.close()
+        except Exception as cleanup:  # noqa: BLE001 - the original error is re-raised by `with`
+            print(f"omniopd: clean-up after the error below also failed: {type(cleanup).__name__}: {cleanup}",
+                  file=sys.stderr, flush=True)
 
 
 class _Timer:

@@ -92,15 +92,16 @@ def test_hand_computed_two_sequence_step(tokenizer):
     old_lp[0, 7], old_lp[0, 8] = math.log(0.2), math.log(0.8)            # pi_bar sqrt(0.16) = 0.4
     old_lp[1, 3], old_lp[1, 4] = math.log(0.9), math.log(0.4)            # pi_bar sqrt(0.36) = 0.6
     old_lp[1, 1:3] = -50.0  # the dropped chunk: would drag every statistic if it were scored
-    audit = score_forks(forks, teacher, old_lp, get_similarity("ned"), n=2, alpha=2.0, chunk_len=2,
+    audit = score_forks(anchors, forks, teacher, old_lp, get_similarity("ned"), n=2, alpha=2.0, chunk_len=2,
                         entropy=entropy, response_mask=mask)
-    assert [(f.seq, f.anchor) for f in audit.forks] == [(0, 2), (0, 7), (1, 3)]
-    assert [(f.seq, f.anchor) for f in audit.dropped] == [(1, 1)]
+    # [B, M] tensors, slot by slot: (0, 2) (0, 7) | (1, 1) dropped, (1, 3)
+    assert audit.kept.tolist() == [[True, True], [False, True]] and audit.anchors.tolist() == [[2, 7], [1, 3]]
+    assert audit.kept_chunks() == [(0, 2), (0, 7), (1, 3)]
     torch.testing.assert_close(audit.phi, torch.tensor([[1, 0.5], [1, 0], [0, 1]], dtype=torch.float64))
-    torch.testing.assert_close(audit.pi_bar, torch.tensor([0.5, 0.4, 0.6], dtype=torch.float64))
+    torch.testing.assert_close(audit.pi_bar[audit.kept], torch.tensor([0.5, 0.4, 0.6], dtype=torch.float64))
     expected_pi_hat = [(1.5 + 2 * 0.5) / 4, (1 + 2 * 0.4) / 4, (1 + 2 * 0.6) / 4]  # 0.625, 0.45, 0.55
-    torch.testing.assert_close(audit.pi_hat, torch.tensor(expected_pi_hat, dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(audit.pi_hat, torch.tensor([expected_pi_hat[:2], [0, expected_pi_hat[2]]],
+                                                          dtype=torch.float64), rtol=0, atol=1e-12)
     m = audit.metrics
     assert m["audit/chunks_audited"] == 3 and m["audit/chunks_dropped"] == 1
     assert m["audit/k_sem_mean"] == pytest.approx((1.5 + 1 + 1) / 3)
@@ -140,14 +141,18 @@ def test_failed_requests_are_dropped_not_scored():
     forks = [Fork(0, 0, "", "ab"), Fork(0, 2, "ab", "cd"), Fork(1, 0, "", "ef")]
     old_lp = torch.full((2, 4), math.log(0.5))
     teacher = [None, ["cd", None, "cd"], ["ef", "ef", "ef"]]  # failed request; one failed sample
-    audit = score_forks(forks, teacher, old_lp, get_similarity("ned"), n=3, alpha=1.0, chunk_len=2)
-    assert [(f.seq, f.anchor) for f in audit.forks] == [(1, 0)]
+    anchors = torch.tensor([[0, 2], [0, -1]])
+    audit = score_forks(anchors, forks, teacher, old_lp, get_similarity("ned"), n=3, alpha=1.0, chunk_len=2)
+    assert audit.kept_chunks() == [(1, 0)]
     assert audit.metrics["audit/chunks_dropped"] == 2
-    assert audit.pi_hat.tolist() == pytest.approx([(3 + 0.5) / 4])
+    assert audit.pi_hat[audit.kept].tolist() == pytest.approx([(3 + 0.5) / 4])
     with pytest.raises(ValueError, match="more than N=3"):
-        score_forks(forks[:1], [["a"] * 4], old_lp, get_similarity("ned"), n=3, alpha=1.0, chunk_len=2)
-    nothing = score_forks(forks, [None] * 3, old_lp, get_similarity("ned"), n=3, alpha=1.0, chunk_len=2)
-    assert nothing.pi_hat.shape == (0,) and nothing.metrics["audit/chunks_dropped"] == 3
+        score_forks(anchors[:1, :1], forks[:1], [["a"] * 4], old_lp[:1], get_similarity("ned"), n=3, alpha=1.0,
+                    chunk_len=2)
+    with pytest.raises(ValueError, match="do not match the anchors"):
+        score_forks(anchors, forks[:2], [None] * 2, old_lp, get_similarity("ned"), n=3, alpha=1.0, chunk_len=2)
+    nothing = score_forks(anchors, forks, [None] * 3, old_lp, get_similarity("ned"), n=3, alpha=1.0, chunk_len=2)
+    assert not nothing.kept.any() and nothing.metrics["audit/chunks_dropped"] == 3
 
 
 def test_build_forks_decodes_whole_prefixes(tokenizer):
@@ -204,4 +209,5 @@ def test_nan_log_probs_name_the_fork():
     old_lp[0, 3] = float("nan")
     forks = [Fork(0, 0, "", "ab"), Fork(0, 2, "ab", "cd")]
     with pytest.raises(ValueError, match="fork \\(sequence 0, anchor 2\\): pi_bar must lie in"):
-        score_forks(forks, [["ab"], ["cd"]], old_lp, get_similarity("ned"), n=1, alpha=1.0, chunk_len=2)
+        score_forks(torch.tensor([[0, 2]]), forks, [["ab"], ["cd"]], old_lp, get_similarity("ned"), n=1, alpha=1.0,
+                    chunk_len=2)

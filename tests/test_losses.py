@@ -24,9 +24,7 @@ def _inputs(seed=0):
 
 
 def _audit(pi_hat, forks):
-    k = len(forks)
-    return AuditResult(forks=forks, chunk_len=C, phi=torch.zeros(k, 1), k_sem=torch.zeros(k),
-                       pi_bar=torch.zeros(k), pi_hat=torch.tensor(pi_hat, dtype=torch.float64))
+    return AuditResult.given([(f.seq, f.anchor, p) for f, p in zip(forks, pi_hat)], batch_size=B, chunk_len=C)
 
 
 def design_omniopd(z, zr, y, mask, chunks, beta, norm):
@@ -67,13 +65,14 @@ def test_pi_hat_carries_no_gradient():
     # old log-probs taken straight from the graph: if π̂ kept a gradient it would flow back through them
     old_lp = torch.log_softmax(z, -1).gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
     forks = [Fork(0, 0, "", "ab"), Fork(1, 2, "", "cd")]
-    audit = score_forks(forks, [["ab", "xb"], ["cd", "cd"]], old_lp, get_similarity("ned"), n=2, alpha=1.0,
+    audit = score_forks(torch.tensor([[0], [2]]), forks, [["ab", "xb"], ["cd", "cd"]], old_lp, get_similarity("ned"),
+                        n=2, alpha=1.0,
                         chunk_len=C)
     assert not audit.pi_hat.requires_grad and not audit.pi_bar.requires_grad
     loss, _ = omniopd(z, ref_logits, tokens, mask, audit, beta=0.1, normalizer=2)
     loss.backward()
     z64 = logits.double().requires_grad_(True)
-    chunks = [((0, 0), audit.pi_hat[0].item()), ((1, 2), audit.pi_hat[1].item())]
+    chunks = [((0, 0), audit.pi_hat[0, 0].item()), ((1, 2), audit.pi_hat[1, 0].item())]
     design_omniopd(z64, ref_logits.double(), tokens, mask, chunks, 0.1, 2).backward()
     torch.testing.assert_close(z.grad.double(), z64.grad, rtol=1e-5, atol=1e-6)
 

@@ -24,6 +24,15 @@ def test_ned_hand_values():
     torch.testing.assert_close(phi, expected)
 
 
+@pytest.mark.parametrize("trim", ["chars", "words"])
+@pytest.mark.parametrize("chunk", ["", "  \n\n ", "\n"])
+def test_blank_chunk_agrees_only_with_a_teacher_that_stops(chunk, trim):
+    """An EOS-only or whitespace chunk used to score 1 against any text: the teacher text was trimmed to the
+    chunk's zero length before the empty rule ran. Emptiness is now judged on the untrimmed text."""
+    phi = get_similarity("ned", trim=trim)([chunk], [["The answer is 5.", "  ", "\n6 + 7 = 13"]])
+    torch.testing.assert_close(phi, torch.tensor([[0.0, 1.0, 0.0]]))
+
+
 def test_trim_modes():
     assert trim_to("89 and more", "89", "chars") == "89"
     assert trim_to("1234 apples", "12", "chars") == "1234"  # never cut inside a word / number

@@ -60,7 +60,8 @@ def test_prefix_whitespace_reaches_the_model_exactly(teacher):
     assert render_prompt(tok, CHAT, "") == tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
 
 
-def test_token_logprobs_full_vocabulary_and_padding(teacher):
+def test_token_logprobs_exact_and_padding(teacher):
+    """Fused-head log-probs of each next token equal the full-vocabulary log-softmax of the logits."""
     tok, model = teacher.tokenizer, teacher.model
     a = tok("12 + 7 = 19", add_special_tokens=False)["input_ids"]
     b = tok("A prime above fifty is fifty-three", add_special_tokens=False)["input_ids"]
@@ -69,14 +70,19 @@ def test_token_logprobs_full_vocabulary_and_padding(teacher):
     ids = torch.tensor([[pad] * (width - len(a)) + a, b if len(b) == width else [pad] * (width - len(b)) + b])
     mask = (torch.arange(width) >= torch.tensor([[width - len(a)], [width - len(b)]])).long()
     logprobs = teacher.token_logprobs(ids, mask)
-    assert logprobs.shape == (2, width, model.config.vocab_size) and logprobs.dtype == torch.float32
-    assert torch.allclose(logprobs.exp().sum(-1), torch.ones(2, width), atol=1e-4)
-    # The left-padded row equals the same sequence run alone.
+    assert logprobs.shape == (2, width - 1) and logprobs.dtype == torch.float32
+    # The left-padded row equals the same sequence run alone, in the logits form, in float64.
     with torch.no_grad():
-        alone = torch.log_softmax(model(torch.tensor([a])).logits.float(), -1)[0]
-    assert torch.allclose(logprobs[0, width - len(a):], alone, atol=1e-3)
+        alone = torch.log_softmax(model(torch.tensor([a])).logits.double(), -1)[0, :-1]
+    expected = alone.gather(1, torch.tensor(a[1:])[:, None]).squeeze(1)
+    torch.testing.assert_close(logprobs[0, width - len(a):].double(), expected, atol=1e-3, rtol=0)
+    assert (logprobs <= 0).all()
+    tail = teacher.token_logprobs(ids, mask, start=width - 2)  # only the last two tokens
+    torch.testing.assert_close(tail, logprobs[:, -2:], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="token ids must be in"):
-        teacher.token_logprobs(torch.tensor([[model.config.vocab_size + 5]]))
+        teacher.token_logprobs(torch.tensor([[1, model.config.vocab_size + 5]]))
+    with pytest.raises(ValueError, match="start must be"):
+        teacher.token_logprobs(ids, mask, start=0)
 
 
 def test_bad_requests_name_the_culprit(teacher):

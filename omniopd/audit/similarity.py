@@ -8,7 +8,8 @@ continuation), then each teacher text is trimmed to its student chunk's length (
   (so "84" is never scored as "8");
 - `words`: as many whitespace-separated words as s has (original spacing kept);
 - `none`: unchanged.
-Empty texts (after stripping): two empty texts score 1, exactly one empty scores 0, for every phi.
+Empty texts (after stripping, before trimming): two empty texts score 1, exactly one empty scores 0, for
+every phi (a blank or EOS-only student chunk agrees only with a teacher that also stops).
 
 - `cosine`: sentence-embedding cosine (default embedder: the bundled all-MiniLM-L6-v2), clamped at 0;
   every text of the step goes through one batched `encode` call.
@@ -59,7 +60,8 @@ def get_similarity(name: str = "cosine", *, trim: Trim = "chars", embedder: Any 
             return torch.zeros(0, n)
         chunks = [s.strip() for s in student_chunks]
         flat_s = [s for s in chunks for _ in range(n)]
-        flat_r = [trim_to(r.strip(), s, trim) for s, texts in zip(chunks, teacher_texts) for r in texts]
+        whole_r = [r.strip() for texts in teacher_texts for r in texts]
+        flat_r = [trim_to(r, s, trim) for s, r in zip(flat_s, whole_r)]
         if name == "ned":
             phi = _ned(flat_s, flat_r, workers)
         else:
@@ -67,7 +69,9 @@ def get_similarity(name: str = "cosine", *, trim: Trim = "chars", embedder: Any 
             phi = _cosine(model, chunks, flat_r, n, batch_size).reshape(-1)
             if name == "hybrid":
                 phi = phi * torch.tensor([exact_agreement(s, r) for s, r in zip(flat_s, flat_r)])
-        phi = _empty_rule(phi, flat_s, flat_r)
+        # Emptiness is judged before trimming: trimming to an empty chunk's length would empty every teacher
+        # text, and an EOS-only or blank chunk would then "agree" with any continuation.
+        phi = _empty_rule(phi, flat_s, whole_r)
         return phi.reshape(len(student_chunks), n).clamp_(0.0, 1.0)
 
     score.__name__ = f"phi_{name}"

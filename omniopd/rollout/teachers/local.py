@@ -1,7 +1,7 @@
 """A teacher running in this process: a transformers model, sampled in batches with per-request seeds.
 
-It is also the white-box teacher of the `opd` baseline: `token_logprobs` gives its full-vocabulary
-log-probabilities on any token sequence (with the student's tokenizer when both are the same model).
+It is also the white-box teacher of the `opd` baseline: `token_logprobs` gives its exact log-probability of
+each token of any sequence (with the student's tokenizer when both are the same model).
 """
 
 from __future__ import annotations
@@ -75,13 +75,19 @@ class LocalTeacher(Teacher):
             on_result(j, results[j])
 
     @torch.no_grad()
-    def token_logprobs(self, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full-vocabulary log-probabilities, float32 [B, T, V]: row t is log p(· | input_ids[:, :t+1]).
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                       start: int = 1) -> torch.Tensor:
+        """Log-probabilities of the given tokens, float32 `[B, S - start]`: column j is
+        log p(input_ids[:, start + j] | input_ids[:, :start + j]).
 
-        Left or right padding both work (positions follow `attention_mask`); rows at padded
-        positions are meaningless. Token ids must come from this model's tokenizer.
+        Computed from the teacher's last hidden states through the fused head kernel in the teacher's own
+        dtype (never `[B, S, V]` logits). Left or right padding both work (positions follow
+        `attention_mask`); columns at padded positions are meaningless. Token ids must come from this
+        model's tokenizer.
         """
+        from omniopd.heads import head_weight, last_hidden_states
+        from omniopd_kernels import linear_entropy_logprob
+
         if input_ids.dim() != 2:
             raise ValueError("token_logprobs: input_ids must be [batch, time], got shape "
                              f"{tuple(input_ids.shape)}")
@@ -90,11 +96,16 @@ class LocalTeacher(Teacher):
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"token_logprobs: attention_mask shape {tuple(attention_mask.shape)} != "
                              f"input_ids shape {tuple(input_ids.shape)}")
+        if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= input_ids.shape[1]:
+            raise ValueError(f"token_logprobs: start must be an int in [1, {input_ids.shape[1]}], got {start!r}")
         vocab = self.model.get_input_embeddings().num_embeddings
         if input_ids.numel() and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
             raise ValueError(f"token_logprobs: token ids must be in [0, {vocab}) for teacher "
                              f"{self.cfg.model!r}")
         device = next(self.model.parameters()).device
         ids, mask = input_ids.to(device), attention_mask.to(device)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-        return torch.log_softmax(logits.float(), dim=-1)
+        hidden = last_hidden_states(self.model, ids, mask, position_ids(mask))[:, start - 1:-1]
+        b, t, d = hidden.shape
+        _, logp, _ = linear_entropy_logprob(hidden.reshape(b * t, d), head_weight(self.model),
+                                            ids[:, start:].reshape(-1))
+        return logp.reshape(b, t)
