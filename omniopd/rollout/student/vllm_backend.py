@@ -197,7 +197,7 @@ class VLLMGenerator(StudentGenerator):
         if llm is None:
             return
         try:
-            stop_engine(llm, keep_default_group=self.spmd)
+            stop_engine(llm)
         finally:
             del llm
             gc.collect()

@@ -70,6 +70,6 @@ class VLLMSampler:
         if llm is None:
             return
         try:
-            stop_engine(llm, keep_default_group=self.spmd)
+            stop_engine(llm)
         finally:
             del llm
