@@ -65,9 +65,17 @@ def _set_up_mounts(cfg: dict) -> str:
     needed = [p for p in needed if any(_under(p, h) for h in hidden)]
     needed = [p for i, p in enumerate(needed) if not any(_under(p, q) for q in needed[:i])]  # outermost only
     keep = {p: os.open(p, os.O_PATH | os.O_CLOEXEC) for p in needed}  # reachable after their parent is covered
+    uid = cfg["uid"] if "user" in cfg["layers"] else os.getuid()
+    gid = NOGROUP if "user" in cfg["layers"] else os.getgid()
+    inodes = max(64, cfg["disk_bytes"] // 4096)
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing below propagates back to the host
     for d in sorted(hidden, key=len):
-        _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=0755")
+        if d != SANDBOX_DIR:
+            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=0755")
+    # The program's folder covers its hidden dir before anything is bound back, so an interpreter that lives
+    # below it (a clone under /tmp, say) is bound into the program's folder, read-only, not hidden by it.
+    _mount("tmpfs", SANDBOX_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={cfg['disk_bytes']},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}")
     for path, fd in keep.items():
         os.makedirs(path, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC, None)
@@ -75,11 +83,6 @@ def _set_up_mounts(cfg: dict) -> str:
         with contextlib.suppress(OSError):
             _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
         os.close(fd)
-    uid = cfg["uid"] if "user" in cfg["layers"] else os.getuid()
-    gid = NOGROUP if "user" in cfg["layers"] else os.getgid()
-    inodes = max(64, cfg["disk_bytes"] // 4096)
-    _mount("tmpfs", SANDBOX_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={cfg['disk_bytes']},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}")
     return SANDBOX_DIR
 
 
