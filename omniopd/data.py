@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from omniopd.config import DataConfig
 from omniopd.eval.data import DataError, Problem, load_problems, math_answer
+from omniopd.eval.harness import build_prompt
 
 __all__ = ["DataError", "Problem", "PromptStream", "builtin_task", "load_problems", "load_split",
            "student_messages", "teacher_messages"]
@@ -88,9 +89,8 @@ def load_split(spec: str, cfg: DataConfig, split: str) -> list[Problem]:
 
 
 def student_messages(problem: Problem, system_prompt: str) -> list[dict[str, str]]:
-    """The chat the student sees."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": problem.question}]
+    """The chat the student sees: the eval harness's math prompt, so training and evaluation prompts match."""
+    return build_prompt(problem, "math", system_prompt)
 
 
 def teacher_messages(problem: Problem, system_prompt: str, hint: str) -> list[dict[str, str]]:

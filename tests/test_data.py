@@ -76,3 +76,23 @@ def test_stream_resumes_exactly():
     assert [p.id for p in c.next_batch(100)] == first[100:]
     with pytest.raises(DataError, match="prompt set changed"):
         PromptStream(problems[:5], seed=3).load_state_dict(b.state_dict())
+
+
+def test_student_chat_is_the_eval_harness_math_prompt():
+    """Training and evaluation send the same chat; an empty system prompt means no system message."""
+    from omniopd.data import student_messages
+    from omniopd.eval.harness import build_prompt
+
+    p = builtin_task("eval")[0]
+    assert student_messages(p, "sys") == build_prompt(p, "math", "sys") == [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": p.question}]
+    assert student_messages(p, "") == [{"role": "user", "content": p.question}]
+    assert build_prompt(p, "math")[0]["content"] == DataConfig().system_prompt  # None: the default
+
+
+def test_repetition_rate_by_hand():
+    from omniopd.eval.harness import repetition_rate
+
+    assert repetition_rate([1, 2, 3, 4, 5]) == 0.0  # two distinct 4-grams
+    assert repetition_rate([7] * 6) == pytest.approx(2 / 3)  # three 4-grams, one distinct
+    assert repetition_rate([1, 2, 3]) == 0.0  # shorter than a 4-gram
