@@ -174,7 +174,7 @@ class TeacherDeadError(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg = cfg.validate()  # a config changed in place after construction is checked here too
         self.dist = parallel.init(cfg.parallel)
         self.out = Path(cfg.log.dir)
         torch.manual_seed(cfg.train.seed)
@@ -220,10 +220,7 @@ class Trainer:
         if self.dist.world_size > 1 and gen_cfg.backend != "hf":
             # An in-process vLLM engine per torchrun rank issues collectives on the default process group
             # that the other ranks do not mirror (seen here: a hang after the first swap); until the
-            # engine runs in its own group, multi-rank runs generate with HF.
-            if gen_cfg.backend == "vllm":
-                raise ValueError("generation.backend=vllm is not supported with more than one rank yet: "
-                                 "use generation.backend=auto or hf under torchrun")
+            # engine runs in its own group, multi-rank runs generate with HF (backend=vllm: a config error).
             self.log_early(f"{self.dist.world_size} ranks: generating with HF (vLLM is single-rank for now)")
             gen_cfg = dataclasses.replace(gen_cfg, backend="hf")
         self.generator = build_generator(gen_cfg, self.student_path, tokenizer=self.tokenizer,
