@@ -277,6 +277,10 @@ class LogConfig(Section):
     tensorboard: bool = doc("Write TensorBoard event files.", True)
     wandb: str = doc("Weights & Biases project (empty = off).", "")
     plots: bool = doc("Write PNG plots of the main curves at the end.", True)
+    verbosity: Literal["error", "warning", "info", "debug"] = doc(
+        "Level of the libraries' own console logs (vLLM, transformers, torch); below 'info' their progress "
+        "bars are off too. OmniOPD's progress bar and its own lines always show. Variables already set in the "
+        "environment (VLLM_LOGGING_LEVEL, TRANSFORMERS_VERBOSITY, ...) win.", "error")
 
 
 @dataclass

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +75,26 @@ def combine_ranks(per_rank: Sequence[Mapping[str, float | None]]) -> dict[str, f
     return out
 
 
+def quiet_libraries(verbosity: str) -> None:
+    """The libraries' console output at `log.verbosity`: their loggers at that level and, below 'info', no
+    progress bars of theirs (vLLM, transformers and tqdm read these variables when they are imported, so
+    this runs before them; the run's own bar opts back in). A variable the user already set is kept."""
+    level = verbosity.upper()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", level)
+    # vLLM logs a few lines while importing, before it configures its loggers from VLLM_LOGGING_LEVEL.
+    vllm_level = os.environ["VLLM_LOGGING_LEVEL"].upper()
+    if vllm_level in logging.getLevelNamesMapping():  # a user's odd value is vLLM's to reject
+        logging.getLogger("vllm").setLevel(vllm_level)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", verbosity)
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "INFO" if level == "DEBUG" else level)  # c10 warnings (NUMA, ...)
+    if verbosity in ("error", "warning"):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
+        os.environ.setdefault("TQDM_DISABLE", "1")  # every other library's bar (vLLM's checkpoint loading)
+    if verbosity == "error":  # libraries' deprecation notices are for their developers, not a run's user
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(vllm|transformers|torch)\b")
+
+
 class RunLog:
     """Writes nothing on ranks other than 0, so callers need no `if rank == 0`."""
 
@@ -93,7 +116,8 @@ class RunLog:
             self._wandb = wandb.init(project=cfg.log.wandb, config=cfg.to_dict(), dir=str(out_dir), resume="allow")
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total_steps, initial=start_step, desc="omniopd", unit="step", dynamic_ncols=True)
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="omniopd", unit="step", dynamic_ncols=True,
+                         disable=False)  # shown even where quiet_libraries turned the libraries' bars off
 
     def print(self, *args: Any) -> None:
         if self.active:

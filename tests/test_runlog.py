@@ -45,6 +45,22 @@ def test_metric_is_a_float_that_keeps_its_reduction_across_ranks():
     assert isinstance(m + 1, float) and not isinstance(m + 1, Metric)
 
 
+def test_library_logs_follow_verbosity(tmp_path):
+    """transformers' weight-loading bar and logs are off at the default level and back at 'info'."""
+    script = ("import sys; from omniopd.runlog import quiet_libraries; quiet_libraries(sys.argv[1]); "
+              "from omniopd.assets import student_path; from transformers import AutoModelForCausalLM; "
+              "AutoModelForCausalLM.from_pretrained(student_path())")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "HF_HUB_DISABLE", "TRANSFORMERS_V"))}
+    outputs = {}
+    for level in ("error", "info"):
+        proc = subprocess.run([sys.executable, "-c", script, level], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[level] = proc.stdout + proc.stderr
+    assert outputs["error"] == ""
+    assert "Loading weights" in outputs["info"]
+
+
 def test_losses_declare_their_sums():
     """The loss terms are divided by the global normalizer on each rank: ranks must add them."""
     torch.manual_seed(0)
@@ -55,15 +71,22 @@ def test_losses_declare_their_sums():
 
 
 def test_every_plotted_key_is_emitted_by_a_real_run(tmp_path):
-    """One real omniopd step plus the held-out eval (bundled student and teacher, HF generation): every curve
-    the run plots has a value in metrics.jsonl, so no panel is silently missing."""
+    """One real omniopd step plus the held-out eval (bundled student and teacher, vLLM generation with a weight
+    swap): every curve the run plots has a value in metrics.jsonl, so no panel is silently missing; and the
+    console shows the run's own lines, not vLLM's or transformers' logs (the default log.verbosity)."""
     cmd = [sys.executable, "-m", "omniopd.train", f"--log.dir={tmp_path}", "--train.steps=1", "--train.batch_size=2",
            "--generation.n=2", "--generation.max_new_tokens=16", "--audit.chunk_len=4", "--audit.num_continuations=2",
-           "--audit.similarity=ned", "--train.eval_size=2", "--train.eval_before=false", "--generation.backend=hf",
-           "--log.tensorboard=false", "--checkpoint.export=false", "--checkpoint.every=0"]
+           "--audit.similarity=ned", "--train.eval_size=2", "--train.eval_before=false", "--generation.backend=vllm",
+           "--generation.kv_cache_gib=0.25", "--generation.max_model_len=1024", "--log.tensorboard=false",
+           "--checkpoint.export=false", "--checkpoint.every=0"]
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    console = proc.stdout + proc.stderr
+    assert "held-out accuracy after training" in console and "omniopd: 100%" in console
+    for noise in (" INFO ", " WARNING ", "Loading weights", "FutureWarning"):
+        assert noise not in console, f"{noise!r} on the console:\n{console[-3000:]}"
+    assert len(console.splitlines()) <= 20, console[-3000:]
     rows = read_metrics(tmp_path / "metrics.jsonl")
     missing = [k for k in PLOTTED if not any(r.get(k) is not None for r in rows)]
     assert not missing, f"plotted but never emitted: {missing}"
