@@ -35,6 +35,7 @@ from omniopd.data import Problem, PromptStream, load_split, student_messages, te
 from omniopd.eval import harness
 from omniopd.eval.mathgrade import grade_math
 from omniopd.heads import head_weight, last_hidden_states
+from omniopd.rollout.padding import pad_rows
 from omniopd.rollout.student import Sample, build_generator
 from omniopd.rollout.student.weights import full_tensors
 from omniopd.rollout.teachers import TeacherRequest, TeacherResult, build_teacher, resolve_cache_path
@@ -60,19 +61,12 @@ class Batch:
 
 def pack(problems: list[Problem], samples: list[Sample], pad_id: int, device: torch.device) -> Batch:
     """Left-pad prompts and right-pad responses so response column t sits at P + t in every row."""
-    width_p = max(len(s.prompt_ids) for s in samples)
-    width_t = max(1, max(len(s.token_ids) for s in samples))
-    b = len(samples)
-    ids = torch.full((b, width_p + width_t), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(samples):
-        p, t = len(s.prompt_ids), len(s.token_ids)
-        ids[i, width_p - p:width_p] = torch.tensor(s.prompt_ids)
-        ids[i, width_p:width_p + t] = torch.tensor(s.token_ids, dtype=torch.long)
-        mask[i, width_p - p:width_p + t] = 1
-    tokens = torch.where(mask[:, width_p:].bool(), ids[:, width_p:], 0)
-    return Batch(ids.to(device), mask.to(device), tokens.to(device), mask[:, width_p:].bool().to(device), width_p,
-                 problems, samples)
+    prompts, prompt_mask = pad_rows([s.prompt_ids for s in samples], pad_id, side="left")
+    responses, response_mask = pad_rows([s.token_ids for s in samples], pad_id, side="right",
+                                        width=max(1, max(len(s.token_ids) for s in samples)))
+    tokens = torch.where(response_mask.bool(), responses, 0)
+    return Batch(torch.cat([prompts, responses], 1).to(device), torch.cat([prompt_mask, response_mask], 1).to(device),
+                 tokens.to(device), response_mask.bool().to(device), prompts.shape[1], problems, samples)
 
 
 @dataclass
