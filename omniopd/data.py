@@ -1,30 +1,22 @@
 """Prompt sets: local JSONL/Parquet, HF `datasets` when online, and the built-in offline task.
 
-A `Problem` is what one training or evaluation prompt needs: the question, its checkable final
-answer, and (optionally) a reference solution that a teacher may be shown. A malformed row is an
-error naming the file and the row; nothing is skipped silently.
+A `Problem` (`omniopd.eval.data`, the one type the trainer, the eval harness and the CLI share) is what
+one prompt needs: the question, its checkable final answer, and (optionally) a reference solution that a
+teacher may be shown. Files are read by the one `load_problems`; a malformed row is an error naming the
+file and the row; nothing is skipped silently.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from omniopd.config import DataConfig
-from omniopd.eval.data import ID_FIELDS, DataError, math_answer, read_rows
+from omniopd.eval.data import DataError, Problem, load_problems, math_answer
+from omniopd.eval.harness import build_prompt
 
 __all__ = ["DataError", "Problem", "PromptStream", "builtin_task", "load_problems", "load_split",
            "student_messages", "teacher_messages"]
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    prompt: str
-    answer: str
-    solution: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +45,7 @@ def _addition_problem(a: int, b: int, problem_id: str) -> Problem:
                 f"Ones: {a % 10} + {b % 10} = {ones}, write {ones % 10} and carry 1. "
                 f"Tens: {a // 10} + {b // 10} + 1 = {tens}. "
                 f"So {a} + {b} = {total}. The answer is \\boxed{{{total}}}.")
-    return Problem(id=problem_id, prompt=prompt, answer=str(total), solution=solution)
+    return Problem(id=problem_id, question=prompt, answer=str(total), solution=solution, benchmark="builtin")
 
 
 BUILTIN_SIZES = {"train": 512, "eval": 128}
@@ -80,22 +72,6 @@ def builtin_task(split: str) -> list[Problem]:
 
 
 # ---------------------------------------------------------------------------------------------
-def load_problems(path: str | Path, prompt_field: str, answer_field: str, solution_field: str = "") -> list[Problem]:
-    """Problems from a local JSONL/Parquet file, read like the evaluation harness reads benchmarks
-    (GSM8K's `#### N`, OlympiadBench's answer lists, ...); a bad row raises naming file and line."""
-    problems = []
-    for where, row in read_rows(path):
-        if row.get(prompt_field) in (None, ""):
-            raise DataError(f"{where}: missing prompt field '{prompt_field}' (fields: {sorted(row)})")
-        row_id = next((str(row[k]) for k in ID_FIELDS if row.get(k) is not None), where)
-        solution = str(row.get(solution_field) or "") if solution_field else ""
-        problems.append(Problem(id=row_id, prompt=str(row[prompt_field]), answer=math_answer(row, where, answer_field),
-                                solution=solution))
-    if not problems:
-        raise DataError(f"{path}: no rows")
-    return problems
-
-
 def load_split(spec: str, cfg: DataConfig, split: str) -> list[Problem]:
     """`builtin`, a local file, or `hf:<dataset>[:<split>]` (only when online)."""
     if spec == "builtin":
@@ -105,16 +81,16 @@ def load_split(spec: str, cfg: DataConfig, split: str) -> list[Problem]:
 
         name, _, hf_split = spec[3:].partition(":")
         rows = datasets.load_dataset(name, split=hf_split or split)
-        return [Problem(id=f"{name}-{i}", prompt=str(r[cfg.prompt_field]),
+        return [Problem(id=f"{name}-{i}", question=str(r[cfg.prompt_field]),
                         answer=math_answer(r, f"{spec}:row {i}", cfg.answer_field),
-                        solution=str(r.get(cfg.solution_field) or "")) for i, r in enumerate(rows)]
-    return load_problems(spec, cfg.prompt_field, cfg.answer_field, cfg.solution_field)
+                        solution=str(r.get(cfg.solution_field) or ""), benchmark=name) for i, r in enumerate(rows)]
+    return load_problems(spec, "math", question_field=cfg.prompt_field, answer_field=cfg.answer_field,
+                         solution_field=cfg.solution_field or None)
 
 
 def student_messages(problem: Problem, system_prompt: str) -> list[dict[str, str]]:
-    """The chat the student sees."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": problem.prompt}]
+    """The chat the student sees: the eval harness's math prompt, so training and evaluation prompts match."""
+    return build_prompt(problem, "math", system_prompt)
 
 
 def teacher_messages(problem: Problem, system_prompt: str, hint: str) -> list[dict[str, str]]:
@@ -124,7 +100,7 @@ def teacher_messages(problem: Problem, system_prompt: str, hint: str) -> list[di
     there far more often (13/32 correct, greedy) than in the system message (8/32; student alone 3/32).
     """
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    user = problem.prompt
+    user = problem.question
     if hint == "solution" and problem.solution:
         user += "\n\nHere is a correct worked solution. Follow it step by step:\n" + problem.solution
     return messages + [{"role": "user", "content": user}]

@@ -5,7 +5,9 @@ response token `y_t`, and `response_mask[B, T]` marks real response tokens (no p
 post-EOS). A model's distributions come as a `Head`: hidden states `[B, T, D]` and the LM-head weight
 `[V, D]` (what the trainer passes: the fused kernels never hold `[B·T, V]`), or, for callers that already
 have them, logits `[B, T, V]` (a plain tensor is read as logits). Every objective returns `(loss, metrics)`:
-a scalar fp32 loss with gradient to the student's hidden states and head (or logits), and a dict of floats.
+a scalar fp32 loss with gradient to the student's hidden states and head (or logits), and a dict of floats
+(loss terms, already divided by the global normalizer, and token counts are `runlog.summed`: ranks add them;
+the rest are per-rank means).
 
 Normalizer: each loss is a *sum* over tokens divided by `normalizer`, a number the trainer passes after
 its one all-reduce per step. Default (`objective.normalizer = "sequences"`): the global number of
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from omniopd.audit.target import AuditResult
+from omniopd.runlog import summed
 from omniopd_kernels import entropy_logprob as kernel_entropy_logprob
 from omniopd_kernels import (
     linear_entropy_logprob,
@@ -174,10 +177,11 @@ def _omniopd_out(per_token: torch.Tensor, response_mask: torch.Tensor, weights: 
     pg = per_token.detach()[~kl_mask].sum().item()
     kl = per_token.detach()[kl_mask].sum().item()
     n_kl = int(kl_mask.sum())
-    metrics = {"loss/total": loss.item(), "loss/pg": pg / norm, "loss/kl": kl / norm,
+    metrics = {"loss/total": summed(loss.item()), "loss/pg": summed(pg / norm), "loss/kl": summed(kl / norm),
                # per_token = β·KL on unaudited tokens, so the KL itself is only recoverable when β > 0
                "kl/unaudited_mean": kl / beta / n_kl if beta > 0 and n_kl else math.nan,
-               "loss/audited_tokens": float(audit.kept.sum()) * audit.chunk_len, "loss/kl_tokens": float(n_kl)}
+               "loss/audited_tokens": summed(float(audit.kept.sum()) * audit.chunk_len),
+               "loss/kl_tokens": summed(n_kl)}
     metrics.update(audit.metrics)
     return loss, metrics
 
@@ -209,7 +213,7 @@ def opd(head: Head | torch.Tensor, tokens: torch.Tensor, response_mask: torch.Te
         logq = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
         rkl = torch.where(mask, (logp.exp() * (logp - logq)).sum(-1), 0.0)  # [B, T]
         loss = rkl.sum() / norm
-        return loss, {"loss/total": loss.item(), "opd/reverse_kl_mean": _masked_mean(rkl.detach(), mask)}
+        return loss, {"loss/total": summed(loss.item()), "opd/reverse_kl_mean": _masked_mean(rkl.detach(), mask)}
     if teacher_logprobs is None:
         if teacher_logits is None:
             raise ValueError("opd needs teacher_logprobs [B, T] or teacher_logits [B, T, V]")
@@ -220,7 +224,7 @@ def opd(head: Head | torch.Tensor, tokens: torch.Tensor, response_mask: torch.Te
     _, logp = entropy_logprob(head, tokens, response_mask)
     advantage = torch.where(mask, teacher_logprobs.detach().float() - logp.detach(), 0.0)
     loss = -torch.where(mask, advantage * logp, 0.0).sum() / norm
-    return loss, {"loss/total": loss.item(), "opd/advantage_mean": _masked_mean(advantage, mask),
+    return loss, {"loss/total": summed(loss.item()), "opd/advantage_mean": _masked_mean(advantage, mask),
                   "opd/reverse_kl_estimate": -_masked_mean(advantage, mask)}
 
 
@@ -237,7 +241,7 @@ def sft(head: Head | torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
     _, logp = entropy_logprob(head, targets, mask)
     nll = -torch.where(mask, logp, 0.0)
     loss = nll.sum() / norm
-    return loss, {"loss/total": loss.item(), "sft/nll_mean": _masked_mean(nll.detach(), mask)}
+    return loss, {"loss/total": summed(loss.item()), "sft/nll_mean": _masked_mean(nll.detach(), mask)}
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale_std: bool = True,
@@ -279,7 +283,8 @@ def rl(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.Tensor
     kl = torch.where(mask, kl.reshape(b, t), 0.0).sum()
     loss = (pg + float(beta) * kl) / norm
     n_tok = int(mask.sum())
-    return loss, {"loss/total": loss.item(), "loss/pg": pg.item() / norm, "loss/kl": float(beta) * kl.item() / norm,
+    return loss, {"loss/total": summed(loss.item()), "loss/pg": summed(pg.item() / norm),
+                  "loss/kl": summed(float(beta) * kl.item() / norm),
                   "kl/response_mean": kl.item() / n_tok if n_tok else math.nan,
                   "rl/reward_mean": rewards.double().mean().item(),
                   "rl/advantage_std": adv.double().std(unbiased=False).item()}

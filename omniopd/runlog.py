@@ -3,15 +3,96 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from omniopd.config import Config
 
-# The curves plotted at the end (present keys only), one panel each.
-PLOTTED = ["loss/total", "audit/pi_hat_mean", "audit/phi_mean", "loss/kl_unaudited_mean", "rollout/reward_mean",
+# The curves plotted at the end (present keys only), one panel each; tests/test_runlog.py checks that a real
+# step emits every one of them.
+PLOTTED = ["loss/total", "audit/pi_hat_mean", "audit/phi_mean", "kl/unaudited_mean", "rollout/reward_mean",
            "rollout/response_len_mean", "time/step_s", "eval/accuracy"]
+
+Reduction = Literal["sum", "mean", "max"]
+REDUCTIONS: tuple[Reduction, ...] = ("sum", "mean", "max")
+
+
+class Metric(float):
+    """A metric value that says how ranks combine it, declared where it is produced: 'sum' (counts, and
+    values already divided by a global normalizer), 'max' (wall times: the slowest rank), 'mean' (the rest;
+    a plain number is a mean). It is a float everywhere else."""
+
+    reduce: Reduction
+
+    def __new__(cls, value: float, reduce: Reduction = "mean") -> Metric:
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"metric reduction {reduce!r}: expected one of {', '.join(REDUCTIONS)}")
+        obj = super().__new__(cls, value)
+        obj.reduce = reduce
+        return obj
+
+    def __reduce__(self) -> tuple:  # pickles (and so crosses ranks) with its reduction
+        return Metric, (float(self), self.reduce)
+
+
+def summed(value: float) -> Metric:
+    return Metric(value, "sum")
+
+
+def maximum(value: float) -> Metric:
+    return Metric(value, "max")
+
+
+def reduction(value: Any) -> Reduction:
+    """A metric's declared reduction ('mean' for a plain number)."""
+    return getattr(value, "reduce", "mean")
+
+
+def combine_ranks(per_rank: Sequence[Mapping[str, float | None]]) -> dict[str, float]:
+    """Every rank's metrics combined as each was declared; non-finite or missing values are left out (a
+    key no rank has a finite value for is NaN). Ranks must agree on a key's reduction."""
+    out: dict[str, float] = {}
+    for key in sorted({k for metrics in per_rank for k in metrics}):
+        present = [m[key] for m in per_rank if key in m]
+        kinds = {reduction(v) for v in present if v is not None}
+        if len(kinds) > 1:
+            raise ValueError(f"metric '{key}': ranks declare different reductions {sorted(kinds)}")
+        finite = [float(v) for v in present if v is not None and math.isfinite(v)]
+        kind = kinds.pop() if kinds else "mean"
+        if not finite:
+            out[key] = math.nan
+        elif kind == "sum":
+            out[key] = math.fsum(finite)
+        elif kind == "max":
+            out[key] = max(finite)
+        else:
+            out[key] = math.fsum(finite) / len(finite)
+    return out
+
+
+def quiet_libraries(verbosity: str) -> None:
+    """The libraries' console output at `log.verbosity`: their loggers at that level and, below 'info', no
+    progress bars of theirs (vLLM, transformers and tqdm read these variables when they are imported, so
+    this runs before them; the run's own bar opts back in). A variable the user already set is kept."""
+    level = verbosity.upper()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", level)
+    # vLLM logs a few lines while importing, before it configures its loggers from VLLM_LOGGING_LEVEL.
+    vllm_level = os.environ["VLLM_LOGGING_LEVEL"].upper()
+    if vllm_level in logging.getLevelNamesMapping():  # a user's odd value is vLLM's to reject
+        logging.getLogger("vllm").setLevel(vllm_level)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", verbosity)
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "INFO" if level == "DEBUG" else level)  # c10 warnings (NUMA, ...)
+    if verbosity in ("error", "warning"):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
+        os.environ.setdefault("TQDM_DISABLE", "1")  # every other library's bar (vLLM's checkpoint loading)
+    if verbosity == "error":  # libraries' deprecation notices are for their developers, not a run's user
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(vllm|transformers|torch)\b")
 
 
 class RunLog:
@@ -35,7 +116,8 @@ class RunLog:
             self._wandb = wandb.init(project=cfg.log.wandb, config=cfg.to_dict(), dir=str(out_dir), resume="allow")
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total_steps, initial=start_step, desc="omniopd", unit="step", dynamic_ncols=True)
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="omniopd", unit="step", dynamic_ncols=True,
+                         disable=False)  # shown even where quiet_libraries turned the libraries' bars off
 
     def print(self, *args: Any) -> None:
         if self.active:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from omniopd.config import ConfigError, help_text, load_config
+from omniopd.runlog import quiet_libraries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"omniopd.train: error: {e}", file=sys.stderr)
         return 2
+    quiet_libraries(cfg.log.verbosity)  # before vLLM and transformers are imported: they read it then
     from omniopd.trainer import Trainer  # heavy imports only once the config is valid
 
     with Trainer(cfg) as trainer:

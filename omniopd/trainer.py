@@ -32,12 +32,14 @@ from omniopd import assets, checkpoint, losses, parallel
 from omniopd.audit import build_forks, get_similarity, num_chunks_at, score_forks, select_anchors
 from omniopd.config import Config
 from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
+from omniopd.eval import harness
 from omniopd.eval.mathgrade import grade_math
 from omniopd.heads import head_weight, last_hidden_states
+from omniopd.rollout.padding import pad_rows
 from omniopd.rollout.student import Sample, build_generator
 from omniopd.rollout.student.weights import full_tensors
 from omniopd.rollout.teachers import TeacherRequest, TeacherResult, build_teacher, resolve_cache_path
-from omniopd.runlog import RunLog, plot_metrics
+from omniopd.runlog import RunLog, combine_ranks, maximum, plot_metrics, summed
 
 
 @dataclass
@@ -59,19 +61,12 @@ class Batch:
 
 def pack(problems: list[Problem], samples: list[Sample], pad_id: int, device: torch.device) -> Batch:
     """Left-pad prompts and right-pad responses so response column t sits at P + t in every row."""
-    width_p = max(len(s.prompt_ids) for s in samples)
-    width_t = max(1, max(len(s.token_ids) for s in samples))
-    b = len(samples)
-    ids = torch.full((b, width_p + width_t), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(samples):
-        p, t = len(s.prompt_ids), len(s.token_ids)
-        ids[i, width_p - p:width_p] = torch.tensor(s.prompt_ids)
-        ids[i, width_p:width_p + t] = torch.tensor(s.token_ids, dtype=torch.long)
-        mask[i, width_p - p:width_p + t] = 1
-    tokens = torch.where(mask[:, width_p:].bool(), ids[:, width_p:], 0)
-    return Batch(ids.to(device), mask.to(device), tokens.to(device), mask[:, width_p:].bool().to(device), width_p,
-                 problems, samples)
+    prompts, prompt_mask = pad_rows([s.prompt_ids for s in samples], pad_id, side="left")
+    responses, response_mask = pad_rows([s.token_ids for s in samples], pad_id, side="right",
+                                        width=max(1, max(len(s.token_ids) for s in samples)))
+    tokens = torch.where(response_mask.bool(), responses, 0)
+    return Batch(torch.cat([prompts, responses], 1).to(device), torch.cat([prompt_mask, response_mask], 1).to(device),
+                 tokens.to(device), response_mask.bool().to(device), prompts.shape[1], problems, samples)
 
 
 @dataclass
@@ -159,19 +154,9 @@ def teacher_sample(prompt_ids: list[int], text: str, tokenizer: Any, max_new_tok
     return Sample(list(prompt_ids), ids, text, finish, [0.0] * len(ids))
 
 
-def repetition_rate(token_ids: list[int], n: int = 4) -> float:
-    """Share of a response's token n-grams that repeat an earlier one (0: none; near 1: a loop)."""
-    grams = [tuple(token_ids[i:i + n]) for i in range(len(token_ids) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
 def stable_seed(*parts: object) -> int:
     """A seed that depends only on `parts` (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
-
-
-# Per-rank values already divided by the global normalizer (or counts): their sum over ranks is global.
-_SUMMED = {"loss/total", "loss/pg", "loss/kl"}
 
 
 class NonFiniteError(RuntimeError):
@@ -184,7 +169,7 @@ class TeacherDeadError(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg = cfg.validate()  # a config changed in place after construction is checked here too
         self.dist = parallel.init(cfg.parallel)
         self.out = Path(cfg.log.dir)
         torch.manual_seed(cfg.train.seed)
@@ -301,7 +286,7 @@ class Trainer:
                     if cfg.objective.name in ("omniopd", "rl") else None
         metrics = self._rollout_metrics(batch, rewards, logprob, entropy)
         real = int(batch.attention_mask.sum())  # prompt + response tokens the forward actually needed
-        metrics.update({"train/forward_tokens": float(real),
+        metrics.update({"train/forward_tokens": summed(real),
                         # what padding to the longest prompt and response would have cost, and what packing left
                         "train/padding_frac": 1.0 - real / batch.attention_mask.numel(),
                         "train/packed_padding_frac": pack_sequences(batch, pad_id=0).padding_frac})
@@ -331,7 +316,7 @@ class Trainer:
             if finite[0] > 0:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite_steps += 1
-                metrics["train/skipped_nonfinite"] = 1.0
+                metrics["train/skipped_nonfinite"] = maximum(1.0)  # every rank skips together
                 self.log.print(f"step {self.step}: non-finite loss or gradient, step skipped "
                                f"({self.nonfinite_steps}/{cfg.train.max_nonfinite_steps})")
                 if self.nonfinite_steps >= cfg.train.max_nonfinite_steps:
@@ -347,8 +332,9 @@ class Trainer:
 
         usage = self.teacher.usage()  # cumulative over the run (this rank's teacher)
         metrics.update({"train/grad_norm": grad_norm, "train/lr": self.scheduler.get_last_lr()[0],
-                        "teacher/cost_usd_total": usage["cost_usd"], "teacher/cache_hits_total": usage["cache_hits"],
-                        "teacher/completion_tokens_total": usage["completion_tokens"]})
+                        "teacher/cost_usd_total": summed(usage["cost_usd"]),
+                        "teacher/cache_hits_total": summed(usage["cache_hits"]),
+                        "teacher/completion_tokens_total": summed(usage["completion_tokens"])})
         metrics.update(timer.metrics(tokens=int(batch.response_mask.sum())))
         return self._reduce(metrics)
 
@@ -373,7 +359,7 @@ class Trainer:
         loss, metrics = losses.omniopd(head, ref, batch.tokens, batch.response_mask, audit,
                                        beta=cfg.objective.beta, normalizer=normalizer)
         metrics["audit/num_chunks_m"] = float(m)
-        metrics["teacher/failed_requests"] = float(sum(not r.ok for r in results))
+        metrics["teacher/failed_requests"] = summed(sum(not r.ok for r in results))
         return loss, metrics
 
     def _check_teacher(self, results: list[TeacherResult]) -> None:
@@ -461,37 +447,26 @@ class Trainer:
                 "rollout/logprob_mismatch": ((sampler - logprob).abs() * mask).sum().item() / n_tok.item()}
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean over ranks (counts summed) in one all-reduce."""
-        keys = sorted(metrics)
-        values = [metrics[k] if metrics[k] is not None and math.isfinite(metrics[k]) else 0.0 for k in keys]
-        present = [1.0 if metrics[k] is not None and math.isfinite(metrics[k]) else 0.0 for k in keys]
-        total = parallel.all_reduce_sum(values + present)
-        out = {}
-        for i, k in enumerate(keys):
-            count = total[len(keys) + i].item()
-            summed = k in _SUMMED or k.startswith(("audit/chunks_", "teacher/")) or k.endswith("_tokens")
-            out[k] = total[i].item() if summed else (total[i].item() / count if count else math.nan)
-        return out
+        """Each metric combined over ranks as its producer declared it (`runlog.Metric`), in one collective."""
+        return combine_ranks(parallel.all_gather_object(metrics))
 
     # ------------------------------------------------------------------------------------------
     def evaluate(self, tag: str) -> dict[str, float]:
-        """Greedy held-out accuracy, mean response length and repetition; samples go to eval_<tag>.jsonl."""
+        """Greedy held-out accuracy, mean response length and repetition through the eval harness (the same
+        prompts, grading and summary as `python -m omniopd.eval`); graded samples go to eval_<tag>.jsonl."""
         cfg = self.cfg
         problems = self.eval_set[:cfg.train.eval_size or None][self.dist.rank::self.dist.world_size]
         self.model.eval()
-        grouped = self.generator.generate([student_messages(p, cfg.data.system_prompt) for p in problems], 1,
-                                          temperature=0.0, top_p=1.0, max_new_tokens=cfg.generation.max_new_tokens)
-        records = [{"problem_id": p.id, "answer": p.answer, "response": g[0].text,
-                    "correct": bool(grade_math(g[0].text, p.answer)), "num_tokens": len(g[0].token_ids),
-                    "repetition": repetition_rate(g[0].token_ids)} for p, g in zip(problems, grouped)]
+        _, records = harness.evaluate(self.generator, problems, "math", k=1, temperature=0.0, top_p=1.0,
+                                      max_new_tokens=cfg.generation.max_new_tokens,
+                                      system_prompt=cfg.data.system_prompt)
         records = [r for part in parallel.all_gather_object(records) for r in part]
         if self.dist.is_main:
             with (self.out / f"eval_{tag}.jsonl").open("w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
-        n = max(1, len(records))
-        return {"eval/accuracy": sum(r["correct"] for r in records) / n,
-                "eval/response_len_mean": sum(r["num_tokens"] for r in records) / n,
-                "eval/repetition_mean": sum(r["repetition"] for r in records) / n}
+        [summary] = harness.summarize(records).values()  # one held-out set: one benchmark
+        return {"eval/accuracy": summary["pass@1"], "eval/response_len_mean": summary["mean_tokens"],
+                "eval/repetition_mean": summary["mean_repetition"]}
 
     def save(self) -> Path:
         extra = {"step": self.step, "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
@@ -580,9 +555,9 @@ class _Timer:
 
     def metrics(self, tokens: int) -> dict[str, float]:
         total = time.perf_counter() - self._start
-        out = {f"time/{k}_s": v for k, v in self.seconds.items()}
-        out["time/step_s"] = total
-        out["throughput/tokens_per_s"] = tokens / total if total > 0 else math.nan
+        out = {f"time/{k}_s": maximum(v) for k, v in self.seconds.items()}  # the slowest rank sets the pace
+        out["time/step_s"] = maximum(total)
+        out["throughput/tokens_per_s"] = summed(tokens / total if total > 0 else math.nan)  # all ranks' tokens
         return out
 
 

@@ -69,3 +69,86 @@ def test_train_bad_key_exits_with_named_error():
                          text=True, timeout=120)
     assert out.returncode == 2
     assert "train.stepz" in out.stderr and "train.steps" in out.stderr
+
+
+def _ruled_fields() -> list[tuple[str, str]]:
+    """(section.key, rule name) of every field that declares a range rule, read from the dataclasses."""
+    import dataclasses
+
+    out = []
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            if f.metadata.get("rule") is not None:
+                out.append((f"{section.name}.{f.name}", f.metadata["rule"].__name__))
+    return out
+
+
+BAD_VALUE = {"positive": ("0", "must be > 0"), "non_negative": ("-1", "must be >= 0"),
+             "unit_interval": ("1.5", "must be in (0, 1]")}
+
+
+@pytest.mark.parametrize("key, rule", _ruled_fields())
+def test_every_range_rule_fails_at_load_naming_the_key(key, rule, tmp_path):
+    value, message = BAD_VALUE[rule]
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}=.*{message.replace('(', '[(]')}"):
+        load_config([f"--{key}={value}"])
+    section, name = key.split(".")
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[{section}]\n{name} = {value}\n")
+    with pytest.raises(ConfigError, match=rf"bad\.toml: {key.replace('.', '[.]')}="):
+        load_config(["--config", str(path)])
+
+
+def test_the_range_rules_cover_the_old_name_sets():
+    """Every bound that used to live in a far-away name set is now declared on its field."""
+    rules = dict(_ruled_fields())
+    assert len(rules) == 41  # the 37 of the old name sets + 4 vLLM fields
+    assert rules["generation.top_p"] == rules["generation.gpu_memory_utilization"] == "unit_interval"
+    assert rules["optim.lr"] == "positive" and rules["checkpoint.every"] == "non_negative"
+
+
+def test_sections_check_themselves_when_constructed():
+    from omniopd.config import AuditConfig, GenerationConfig, ObjectiveConfig, OptimConfig
+
+    with pytest.raises(ConfigError, match=r"generation\.n=0: must be > 0"):
+        GenerationConfig(n=0)
+    with pytest.raises(ConfigError, match=r"audit\.similarity='jaccard': must be one of"):
+        AuditConfig(similarity="jaccard")
+    with pytest.raises(ConfigError, match=r"optim\.betas=\[0\.9\]: two numbers"):
+        OptimConfig(betas=[0.9])
+    with pytest.raises(ConfigError, match=r"objective\.opd_exact_kl=true"):
+        ObjectiveConfig(opd_exact_kl=True)
+    assert GenerationConfig(n=3.0).n == 3 and isinstance(GenerationConfig(n=3.0).n, int)  # coerced to the type
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--audit.num_chunks=4", "--audit.chunk_len=8", "--generation.max_new_tokens=31"],
+     r"audit\.num_chunks \* audit\.chunk_len = 4 \* 8 > generation\.max_new_tokens=31"),
+    (["--audit.schedule=linear", "--audit.schedule_start=5", "--audit.num_chunks=1", "--audit.chunk_len=8",
+      "--generation.max_new_tokens=32"],
+     r"audit\.schedule_start \* audit\.chunk_len = 5 \* 8 > generation\.max_new_tokens=32"),
+    (["--objective.name=opd", "--teacher.kind=openai"], r"objective\.name=opd with teacher\.kind=openai"),
+    (["--optim.betas=[0.9, 1.0]"], r"optim\.betas=\[0\.9, 1\.0\]"),
+    (["--objective.opd_exact_kl=true"], r"objective\.opd_exact_kl=true"),
+])
+def test_cross_field_rules_fail_at_load(args, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(args)
+
+
+def test_limits_that_fit_exactly_are_accepted():
+    cfg = load_config(["--audit.num_chunks=4", "--audit.chunk_len=8", "--generation.max_new_tokens=32",
+                       "--objective.name=opd", "--teacher.kind=local"])
+    assert cfg.audit.num_chunks * cfg.audit.chunk_len == cfg.generation.max_new_tokens
+
+
+def test_changes_in_place_are_caught_by_validate():
+    """TOML and set_value change sections after construction: validate() re-runs every rule."""
+    cfg = Config()
+    cfg.audit.chunk_len = 64  # fine alone, too long for the 96-token responses with 2 chunks
+    with pytest.raises(ConfigError, match=r"audit\.num_chunks \* audit\.chunk_len"):
+        cfg.validate()
+    cfg = Config()
+    cfg.train.steps = 0
+    with pytest.raises(ConfigError, match=r"train\.steps=0: must be > 0"):
+        cfg.validate()

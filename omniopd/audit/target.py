@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from omniopd.audit.requests import Fork
+from omniopd.runlog import summed
 
 _EPS = 1e-6  # float32 round-off allowed outside [0, 1] before a value counts as out of range
 
@@ -168,7 +169,8 @@ def _stats(prefix: str, t: torch.Tensor) -> dict[str, float]:
 
 def _metrics(r: AuditResult, entropy: torch.Tensor | None, response_mask: torch.Tensor | None) -> dict[str, float]:
     has_fork = r.anchors >= 0
-    m = {"audit/chunks_audited": float(r.kept.sum()), "audit/chunks_dropped": float((has_fork & ~r.kept).sum())}
+    m = {"audit/chunks_audited": summed(r.kept.sum().item()),  # counts: ranks add them
+         "audit/chunks_dropped": summed((has_fork & ~r.kept).sum().item())}
     for name, t in (("phi", r.phi), ("k_sem", r.k_sem[r.kept]), ("pi_bar", r.pi_bar[r.kept]),
                     ("pi_hat", r.pi_hat[r.kept])):
         m.update(_stats(f"audit/{name}", t))

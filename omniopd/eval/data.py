@@ -1,4 +1,5 @@
-"""Benchmark files -> `Problem`s: JSONL or Parquet, in the layouts the public harnesses use.
+"""Problem files -> `Problem`s (training prompts and benchmarks alike): JSONL or Parquet, in the layouts
+the public harnesses use.
 
 Field names are found by trying the usual ones in order (each overridable):
 - question: problem, question, prompt, description
@@ -7,6 +8,7 @@ Field names are found by trying the usual ones in order (each overridable):
 - code tests: input_output (APPS/TACO; JSON text or object with inputs/outputs/fn_name), else
   public_tests + private_tests + generated_tests (CodeContests; each {input: [...], output: [...]})
 - id: id, idx, unique_id, problem_id, task_id, name; else the row number (0-based)
+- solution (optional, a teacher's hint): only the field named by `solution_field`
 The benchmark name is the file stem. Every error names the file and the line (JSONL) or row (Parquet).
 """
 
@@ -33,11 +35,16 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Problem:
-    benchmark: str
+    """One prompt, for training (the trainer, the teachers) and for evaluation (the harness, the CLI) alike."""
+
     id: str
     question: str
     answer: str | None = None
     """Math: the reference final answer."""
+    solution: str = ""
+    """A worked reference solution a teacher may be shown (`teacher.hint=solution`); may be empty."""
+    benchmark: str = ""
+    """The set it comes from (a file's stem, 'builtin'): the harness reports per benchmark."""
     tests: CodeTests | None = None
     """Code: the tests a program must pass."""
     starter_code: str = ""
@@ -151,9 +158,10 @@ def code_tests(row: dict, where: str, override: str | None = None) -> CodeTests:
 
 
 def load_problems(path: str | Path, suite: Suite = "math", *, question_field: str | None = None,
-                  answer_field: str | None = None, id_field: str | None = None,
+                  answer_field: str | None = None, solution_field: str | None = None, id_field: str | None = None,
                   limit: int | None = None) -> list[Problem]:
-    """Problems of one file; `answer_field` names the math answer or the code tests field."""
+    """Problems of one file; `answer_field` names the math answer or the code tests field (None: the usual
+    names are tried), `solution_field` an optional worked solution."""
     benchmark = Path(path).stem
     problems: list[Problem] = []
     seen: dict[str, str] = {}
@@ -171,10 +179,15 @@ def load_problems(path: str | Path, suite: Suite = "math", *, question_field: st
         if pid in seen:
             raise DataError(f"{where}: duplicate id '{pid}' (first at {seen[pid]}); choose --id-field")
         seen[pid] = where
+        solution = row.get(solution_field) if solution_field else None
+        if solution is not None and not isinstance(solution, str):
+            raise DataError(f"{where}: solution field '{solution_field}' must be text, got {type(solution).__name__}")
         if suite == "math":
-            problems.append(Problem(benchmark, pid, question, answer=math_answer(row, where, answer_field)))
+            problems.append(Problem(pid, question, answer=math_answer(row, where, answer_field),
+                                    solution=solution or "", benchmark=benchmark))
         elif suite == "code":
-            problems.append(Problem(benchmark, pid, question, tests=code_tests(row, where, answer_field),
+            problems.append(Problem(pid, question, solution=solution or "", benchmark=benchmark,
+                                    tests=code_tests(row, where, answer_field),
                                     starter_code=str(row.get("starter_code") or "")))
         else:
             raise DataError(f"unknown suite '{suite}': use math or code")

@@ -1,8 +1,9 @@
 """Generate, grade, summarize: the pieces `python -m omniopd.eval` (and the trainer) put together.
 
 A sample record is one JSON object: benchmark, problem_id, sample_index, response, correct, verdict
-(the extracted answer, or the code status), reference (math), finish_reason and num_tokens when
-generated here. `--grade` reads the same layout back (only benchmark is optional).
+(the extracted answer, or the code status), reference (math), finish_reason, num_tokens and repetition
+(share of repeated token 4-grams) when generated here. `--grade` reads the same layout back (only
+benchmark is optional).
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ CODE_SYSTEM_PROMPT = ("Solve the programming problem in Python 3. Reply with one
 
 
 def build_prompt(problem: Problem, suite: Suite, system_prompt: str | None = None) -> list[dict[str, str]]:
-    """Chat messages for one problem."""
+    """Chat messages for one problem (the student's chat in training too). `system_prompt`: None takes the
+    suite's default, '' sends no system message."""
     if suite == "math":
-        system, user = system_prompt or MATH_SYSTEM_PROMPT, problem.question
+        system, user = MATH_SYSTEM_PROMPT if system_prompt is None else system_prompt, problem.question
     else:
-        system = system_prompt or CODE_SYSTEM_PROMPT
+        system = CODE_SYSTEM_PROMPT if system_prompt is None else system_prompt
         tests = problem.tests
         if tests is not None and tests.fn_name:
             how = f"Implement the function `{tests.fn_name}`; it is called directly, do not read input."
@@ -42,7 +44,13 @@ def build_prompt(problem: Problem, suite: Suite, system_prompt: str | None = Non
         user = f"{problem.question.strip()}\n\n{how}"
         if problem.starter_code.strip():
             user += f"\n\nStart from:\n```python\n{problem.starter_code.rstrip()}\n```"
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def repetition_rate(token_ids: Sequence[int], n: int = 4) -> float:
+    """Share of a response's token n-grams that repeat an earlier one (0: none; near 1: a loop)."""
+    grams = [tuple(token_ids[i:i + n]) for i in range(len(token_ids) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def grade_response(problem: Problem, response: str, suite: Suite, *, limits: SandboxLimits = DEFAULT_LIMITS,
@@ -100,7 +108,8 @@ def generate_records(generator, problems: Sequence[Problem], suite: Suite, *, k:
             for i, sample in enumerate(samples):
                 records.append({"benchmark": problem.benchmark, "problem_id": problem.id, "sample_index": i,
                                 "response": sample.text, "finish_reason": sample.finish_reason,
-                                "num_tokens": len(sample.token_ids)})
+                                "num_tokens": len(sample.token_ids),
+                                "repetition": repetition_rate(sample.token_ids)})
         if progress is not None:
             tokens = sum(r["num_tokens"] for r in records)
             elapsed = time.monotonic() - start_time
@@ -174,15 +183,18 @@ def read_records(path: str | Path, problems: dict[tuple[str, str], Problem]) -> 
 
 def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
     """Per benchmark: problems, samples, pass@1 (mean over samples) and pass@k for k up to the fewest
-    samples any problem has; plus mean response tokens when known."""
+    samples any problem has; plus mean response tokens and repetition when known."""
     counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     tokens: dict[str, list[int]] = defaultdict(list)
+    repetition: dict[str, list[float]] = defaultdict(list)
     for r in records:
         nc = counts[r["benchmark"]][r["problem_id"]]
         nc[0] += 1
         nc[1] += bool(r["correct"])
         if r.get("num_tokens") is not None:
             tokens[r["benchmark"]].append(r["num_tokens"])
+        if r.get("repetition") is not None:
+            repetition[r["benchmark"]].append(r["repetition"])
     summary = {}
     for benchmark, per_problem in counts.items():
         pairs = [(n, c) for n, c in per_problem.values()]
@@ -192,6 +204,8 @@ def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int] | None = None
             entry[f"pass@{k}"] = mean_pass_at_k(pairs, k)
         if tokens[benchmark]:
             entry["mean_tokens"] = sum(tokens[benchmark]) / len(tokens[benchmark])
+        if repetition[benchmark]:
+            entry["mean_repetition"] = sum(repetition[benchmark]) / len(repetition[benchmark])
         summary[benchmark] = entry
     return summary
 

@@ -38,6 +38,8 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
         log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=%s overridden to 0: weight swaps need the engine "
                     "in this process", prev)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # Its checkpoint-loading bar passes `disable` itself, so tqdm's TQDM_DISABLE (log.verbosity) needs passing on.
+    kwargs = {"use_tqdm_on_load": os.environ.get("TQDM_DISABLE") != "1", **kwargs}
     try:
         import vllm
     except Exception as e:  # noqa: BLE001 - any import failure means "no usable vLLM here"

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 import transformers
 
+from omniopd.rollout.padding import pad_rows
 from omniopd.rollout.student.base import Sample, StudentGenerator, check_sampling, cut_at_stop
 
 
@@ -45,10 +46,9 @@ class HFGenerator(StudentGenerator):
 
     def _generate_rows(self, rows: list[list[int]], temperature: float, top_p: float, max_new_tokens: int,
                        stop: list[str] | None) -> list[Sample]:
-        width = max(map(len, rows))
         device = next(self.model.parameters()).device
-        input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        input_ids, mask = (t.to(device) for t in pad_rows(rows, self.pad_id, side="left"))
+        width = input_ids.shape[1]
         greedy = temperature == 0
         # Every sampling knob is explicit (top_k=0: off) so defaults from the model or transformers (top_k=50)
         # cannot change the distribution behind our back.

@@ -10,17 +10,10 @@ so chunked prefill is off: a step may prefill up to `max_model_len` tokens at on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from omniopd.rollout.teachers.sampling import Sample
 from omniopd.rollout.vllm_engine import start_engine, stop_engine, torchrun_rank_and_world
-
-
-@dataclass
-class VLLMSample:
-    tokens: list[int]
-    finish_reason: str  # "stop" | "length"
 
 
 class VLLMSampler:
@@ -41,7 +34,7 @@ class VLLMSampler:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def sample(self, prompts: list[list[int]], n: list[int], max_tokens: list[int],
-               temperature: list[float], seed: list[int | None]) -> list[list[VLLMSample]]:
+               temperature: list[float], seed: list[int | None]) -> list[list[Sample]]:
         from vllm import SamplingParams
 
         if self.llm is None:
@@ -61,7 +54,7 @@ class VLLMSampler:
             for o in sorted(out.outputs, key=lambda o: o.index):
                 if o.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"teacher vLLM request {out.request_id} ended with '{o.finish_reason}'")
-                samples.append(VLLMSample(list(o.token_ids), o.finish_reason))
+                samples.append(Sample(list(o.token_ids), o.finish_reason))
             result.append(samples * k if len(samples) == 1 else samples)
         return result
 

@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
+from omniopd.rollout.padding import pad_rows
+
 
 @dataclass
 class Sample:
+    """One teacher continuation as tokens (the HF and the vLLM sampler both return these)."""
+
     tokens: list[int]
     finish_reason: str  # "stop" (an end-of-sequence token) or "length"
 
@@ -38,12 +42,7 @@ def sample(model, prompts: list[list[int]], n: list[int], max_tokens: list[int],
     device = next(model.parameters()).device
     owner = [i for i, k in enumerate(n) for _ in range(k)]  # request of each batch row
     rows = [prompts[i] for i in owner]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, toks in enumerate(rows):
-        ids[r, width - len(toks):] = torch.tensor(toks, dtype=torch.long)
-        mask[r, width - len(toks):] = 1
+    ids, mask = pad_rows(rows, pad_id, side="left")
     ids, mask = ids.to(device), mask.to(device)
     generators = []
     for s in seed:
