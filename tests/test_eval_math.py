@@ -194,15 +194,16 @@ def test_huge_integers_are_graded_not_raised(verifier):
 
 
 def test_extraction_is_linear_on_unclosed_boxes():
-    """Main took ~48 s on 100 KB of unclosed boxes (each one scanned to the end: quadratic)."""
+    """Main took ~48 s on 100 KB of unclosed boxes (each one scanned to the end: quadratic). CPU time of this
+    process, so that other work on a busy machine does not count."""
     for text in (r"\boxed{" * 20_000, (r"\boxed{1" + "{" * 5) * 10_000, r"\boxed{\{" * 30_000):
-        start = time.monotonic()
+        start = time.process_time()
         assert extract_answer(text) is None
-        assert time.monotonic() - start < 1.0, len(text)
+        assert time.process_time() - start < 2.0, len(text)
     big = "x " * 400_000 + r"\boxed{\frac{1}{2}}" + r" \boxed{" * 50_000
-    start = time.monotonic()
+    start = time.process_time()
     assert extract_answer(big) == r"\frac{1}{2}"  # the last complete box, found past 50,000 unclosed ones
-    assert time.monotonic() - start < 2.0
+    assert time.process_time() - start < 4.0
 
 
 # Pieces that steer hypothesis towards the grader's parsers: boxes, braces, digits, answer phrases, units.
@@ -225,10 +226,10 @@ def test_grade_math_never_raises_and_is_bounded(response, reference, verifier):
     """Property: arbitrary text up to 1 MB is a verdict, quickly. Extraction and the fast path alone stay
     under 2 s on 1 MB (main: minutes on unclosed boxes, ValueError on long digit runs); with math-verify
     (its 2 s deadline, plus a helper restart after a timeout) under 15 s."""
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     pred = extract_answer(response)
     if pred is not None:
         fast_verdict(pred, reference)
-    assert time.monotonic() - start < 2.0
+    assert time.process_time() - cpu_start < 2.0  # this process's CPU time: other load does not count
     assert isinstance(grade_math(response, reference, verifier), bool)
     assert time.monotonic() - start < 15.0
