@@ -10,9 +10,6 @@ compare those measurements with the budget.
 from __future__ import annotations
 
 import json
-import select
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -299,27 +296,9 @@ def test_a_429_restarts_the_token_budget_from_empty(endpoint, teacher_for):
     assert after[-1] >= 0.5 + (9 * 15 - 30) / 60 - 0.2, after
 
 
-# -- the real server of the bundled model --------------------------------------------------------------------
+# -- the real vLLM server of the bundled model (tests/vllm_server.py) -------------------------------------
 
-@pytest.fixture(scope="module")
-def real_server(tmp_path_factory):
-    """`python -m omniopd.serve` with the bundled SmolLM2 on a free loopback port (no API key)."""
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "omniopd.serve", "--model", "smollm2-135m", "--port", "0"],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 180)
-        line = proc.stdout.readline() if ready else ""
-        if "listening on" not in line:
-            raise RuntimeError(f"omniopd.serve did not start: {line!r}\n{log.read_text()[-3000:]}")
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def test_real_server_usage_paces_the_budget_and_teaches_the_estimate(real_server, teacher_for):
+def test_real_server_usage_paces_the_budget_and_teaches_the_estimate(vllm_server, teacher_for, monkeypatch):
     """Against the real model server: the budget holds in the tokens the server counts, and after one
     batch the estimate of a new prompt is within 15% of the server's own count (its tokenizer and chat
     template: an independent reference)."""
@@ -330,8 +309,9 @@ def test_real_server_usage_paces_the_budget_and_teaches_the_estimate(real_server
 
     # 10 tokens/s, at most 60 at once; each call is ~44 prompt + 2 completion tokens, so three calls take
     # ~8 s under the budget and well under 3 s without it (short answers from a small model).
-    teacher = teacher_for(f"{real_server}/v1", model="smollm2-135m", tokens_per_minute=600, rate_burst_s=6.0,
-                          max_concurrency=2)
+    monkeypatch.setenv("OMNIOPD_TEST_VLLM_KEY", vllm_server.api_key)
+    teacher = teacher_for(f"{vllm_server.url}/v1", model=vllm_server.model, api_key_env="OMNIOPD_TEST_VLLM_KEY",
+                          tokens_per_minute=600, rate_burst_s=6.0, max_concurrency=2)
     start = time.monotonic()
     results = teacher.generate(requests(3, max_tokens=2))
     elapsed = time.monotonic() - start
