@@ -152,6 +152,14 @@ class TrainConfig:
     eval_before: bool = doc("Held-out accuracy before training.", True)
     eval_after: bool = doc("Held-out accuracy after training.", True)
     eval_size: int = doc("Held-out problems evaluated (0 = all).", 32)
+    overlap: bool = doc("Overlap inside a step (omniopd): a no-grad entropy pass picks the forks, the teacher "
+                        "requests go out asynchronously and the student and reference forwards run while they "
+                        "are in flight; the loss and gradients are those of the synchronous step.", False)
+    pipeline: int = doc("Staleness bound of the pipelined step (omniopd): rollouts, forks and teacher answers of "
+                        "step k+1 are produced while step k trains, from weights at most this many steps old, "
+                        "with a truncated importance ratio on the policy-gradient term. 0 = synchronous; only 0 "
+                        "and 1 are implemented.", 0)
+    max_ratio: float = doc("Truncation of the importance ratio π_θ/π_rollout of a pipelined step.", 2.0)
 
 
 @dataclass
@@ -214,7 +222,7 @@ _POSITIVE = {"generation.n", "generation.kv_cache_gib", "generation.start_timeou
              "audit.num_continuations", "train.steps", "train.batch_size", "teacher.max_concurrency",
              "teacher.timeout_s", "teacher.step_deadline_s",
              "teacher.rate_burst_s", "teacher.max_failed_steps", "checkpoint.keep", "optim.lr",
-             "train.max_nonfinite_steps", "audit.schedule_steps"}
+             "train.max_nonfinite_steps", "audit.schedule_steps", "train.max_ratio"}
 _NON_NEGATIVE = {"generation.temperature", "generation.max_model_len", "teacher.temperature",
                  "audit.alpha", "objective.beta",
                  "optim.weight_decay", "optim.grad_clip", "optim.warmup_steps", "checkpoint.every",
@@ -310,6 +318,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{dotted}={v!r}: must be in (0, 1]")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas={cfg.optim.betas!r}: two numbers in [0, 1)")
+    if cfg.train.pipeline not in (0, 1):
+        raise ConfigError(f"train.pipeline={cfg.train.pipeline!r}: only 0 (synchronous) and 1 are implemented")
+    if (cfg.train.pipeline or cfg.train.overlap) and cfg.objective.name != "omniopd":
+        raise ConfigError(f"train.pipeline / train.overlap apply to objective.name=omniopd only, got "
+                          f"{cfg.objective.name!r}")
     if cfg.objective.opd_exact_kl:
         raise ConfigError("objective.opd_exact_kl=true: the exact reverse KL needs [B, T, V] teacher logits, which "
                           "the fused training step never builds; use the sampled-token estimator (the default)")
