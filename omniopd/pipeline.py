@@ -66,3 +66,29 @@ class Background(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
+
+
+class StreamedScores:
+    """φ of each fork computed as its teacher answer arrives (while later ones are still in flight); then used
+    as `score_forks`' similarity, which asks for the φ of the kept forks in order."""
+
+    def __init__(self, similarity: Callable[..., torch.Tensor], forks: list, n: int):
+        self.similarity, self.forks, self.n = similarity, forks, n
+        self.phi: dict[int, torch.Tensor] = {}
+        self.seconds = 0.0  # spent computing φ
+
+    def collect(self, job: TeacherJob) -> list:
+        """Waits for every answer of `job`, scoring each on arrival; returns the job's results in order."""
+        for i, result in job.as_completed():
+            texts = [t for t in result.texts or [] if isinstance(t, str)]
+            if len(texts) == self.n:
+                start = time.perf_counter()
+                self.phi[i] = self.similarity([self.forks[i].chunk_text], [texts])[0]
+                self.seconds += time.perf_counter() - start
+        return job.results()
+
+    def __call__(self, chunks: list[str], texts: list[list[str]]) -> torch.Tensor:
+        kept = sorted(self.phi)
+        if [self.forks[i].chunk_text for i in kept] != list(chunks):  # not what was streamed: score it all now
+            return self.similarity(chunks, texts)
+        return torch.stack([self.phi[i] for i in kept]) if kept else torch.zeros(0, self.n)

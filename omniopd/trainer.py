@@ -40,7 +40,7 @@ from omniopd.config import Config
 from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
 from omniopd.eval.mathgrade import grade_math
 from omniopd.heads import head_weight, last_hidden_states
-from omniopd.pipeline import Background, Prepared
+from omniopd.pipeline import Background, Prepared, StreamedScores
 from omniopd.rollout.student import Sample, build_generator
 from omniopd.rollout.teachers import TeacherRequest, TeacherResult, build_teacher, resolve_cache_path
 from omniopd.runlog import RunLog, plot_metrics
@@ -368,13 +368,18 @@ class Trainer:
                                                           max_ratio=cfg.train.max_ratio)
                     metrics.update(stats)
                     metrics["pipeline/staleness"] = float(self.step - prepared.version)
+        # 5. Each fork is scored as its answer arrives; the teacher's step deadline bounds this wait.
+        scores = StreamedScores(self.similarity, prepared.forks, cfg.audit.num_continuations)
         with timer("teacher_wait"):
-            results = prepared.job.results()  # the teacher's step deadline bounds this wait
+            results = scores.collect(prepared.job)
+        timer.seconds["teacher_wait"] -= scores.seconds
+        timer.seconds["score"] = scores.seconds
         metrics["time/teacher_s"] = prepared.job.seconds  # latency from submit to the last answer
 
-        # 5-6. Scores, targets and the loss (the grad forward's graph is used once, here).
+        # 5-6. Targets and the loss (the grad forward's graph is used once, here).
         loss, obj = self._audited_loss(batch, head, ref, prepared.anchors, prepared.forks, results, prepared.entropy,
-                                       prepared.logprob, prepared.normalizer, prepared.num_chunks, timer, ratio)
+                                       prepared.logprob, prepared.normalizer, prepared.num_chunks, timer, ratio,
+                                       similarity=scores)
         metrics.update(obj)
 
         def produce_next() -> None:  # before the optimizer step: the next batch's forks see these weights
@@ -485,12 +490,13 @@ class Trainer:
 
     def _audited_loss(self, batch: Batch, head: losses.Head, ref: losses.Head, anchors: torch.Tensor, forks: list,
                       results: list[TeacherResult], entropy: torch.Tensor, logprob: torch.Tensor, normalizer: float,
-                      m: int, timer: _Timer, ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                      m: int, timer: _Timer, ratio: torch.Tensor | None = None,
+                      similarity: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         self._check_teacher(results)
         # 5. Similarity and the Dirichlet-Multinomial target; chunks with < N texts are dropped, counted.
         with timer("score"):
-            audit = score_forks(anchors, forks, [r.texts for r in results], logprob, self.similarity,
+            audit = score_forks(anchors, forks, [r.texts for r in results], logprob, similarity or self.similarity,
                                 n=cfg.audit.num_continuations, alpha=cfg.audit.alpha, chunk_len=cfg.audit.chunk_len,
                                 entropy=entropy, response_mask=batch.response_mask)
         # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.

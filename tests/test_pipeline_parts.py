@@ -13,10 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omniopd.audit import AuditResult
+from omniopd.audit import AuditResult, Fork, get_similarity
 from omniopd.config import ConfigError, load_config
 from omniopd.losses import omniopd, truncated_ratio
-from omniopd.pipeline import Background
+from omniopd.pipeline import Background, StreamedScores
 from omniopd.rollout.teachers.base import TeacherJob, TeacherResult
 
 B, T, V, C = 2, 6, 37, 2
@@ -142,3 +142,22 @@ def test_config_rules():
         load_config(["--train.overlap=true", "--objective.name=rl"])
     with pytest.raises(ConfigError, match="train.max_ratio"):
         load_config(["--train.max_ratio=0"])
+
+
+def test_streamed_scores_equal_the_batched_similarity():
+    """φ scored fork by fork as answers arrive == the one batched call score_forks would make; a failed fork is
+    skipped; a different request falls back to scoring it all."""
+    phi = get_similarity("ned")
+    forks = [Fork(0, 0, "", "the sum is 113"), Fork(0, 8, "", "so we carry"), Fork(1, 0, "", "27 + 86")]
+    texts = [["the sum is 113", "the sum is 112"], None, ["27 plus 86", "27 + 86 ="]]
+    job = TeacherJob(3)
+    for i in (2, 1, 0):
+        job._put(i, TeacherResult(texts[i], None if texts[i] else "HTTP 500"))
+    job._finish([TeacherResult(t, None if t else "HTTP 500") for t in texts])
+    scores = StreamedScores(phi, forks, n=2)
+    results = scores.collect(job)
+    assert [r.ok for r in results] == [True, False, True] and sorted(scores.phi) == [0, 2]
+    kept_chunks, kept_texts = [forks[0].chunk_text, forks[2].chunk_text], [texts[0], texts[2]]
+    torch.testing.assert_close(scores(kept_chunks, kept_texts), phi(kept_chunks, kept_texts))
+    torch.testing.assert_close(scores([forks[1].chunk_text], [["so we", "we carry"]]),
+                               phi([forks[1].chunk_text], [["so we", "we carry"]]))
