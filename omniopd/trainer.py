@@ -341,8 +341,8 @@ class Trainer:
             prepared = self._prepare(rows, self.step, timer)
         producer = None
         if cfg.train.pipeline and self.step + 1 < cfg.train.steps:
-            problems = self._next_problems()
-            producer = Background(lambda: self._roll_out(problems), "omniopd-rollouts")
+            problems, step = self._next_problems(), self.step + 1
+            producer = Background(lambda: self._produce(problems, step, timer), "omniopd-rollouts")
         try:
             return self._train_prepared(prepared, producer, timer)
         except BaseException:
@@ -383,11 +383,19 @@ class Trainer:
         metrics.update(obj)
 
         def produce_next() -> None:  # before the optimizer step: the next batch's forks see these weights
-            rows = producer.join()
-            timer.seconds["generate"] = timer.seconds.get("generate", 0.0) + producer.seconds
-            self._prepared = self._prepare(rows, self.step + 1, timer)
+            made = producer.join()
+            self._prepared = made if isinstance(made, Prepared) else self._prepare(made, self.step + 1, timer)
 
         return self._update(loss, batch, metrics, timer, before_step=produce_next if producer else None)
+
+    def _produce(self, problems: list[Problem], step: int, timer: _Timer) -> Prepared | list[tuple[Problem, Sample]]:
+        """The next step's batch, on the producer thread. One unsharded rank also picks its forks and sends them
+        to the teacher there, while this step's forward and backward run (the weights change only after the
+        producer is joined); sharded or multi-rank forwards issue collectives, so those ranks do that part on the
+        main thread, just before the optimizer step."""
+        with timer("generate"):
+            rows = self._roll_out(problems)
+        return self._prepare(rows, step, timer) if not self.sharded and self.dist.world_size == 1 else rows
 
     def _next_problems(self) -> list[Problem]:
         """This rank's slice of the next global batch."""
