@@ -329,9 +329,9 @@ class Trainer:
     def _overlapped_step(self, timer: _Timer) -> dict[str, float]:
         """omniopd with the teacher off the critical path. The forks come from a no-grad entropy pass right after
         generation and their requests go out at once; the student's grad forward and the reference forward run
-        while they are in flight; only the loss waits. With train.pipeline=1 the rollouts of the next step are
-        generated on a thread meanwhile, and their forks sent before this step's update (weights one step old
-        when trained on: a truncated importance ratio corrects the policy-gradient term)."""
+        while they are in flight; only the loss waits. With train.pipeline=1 the next step's rollouts are generated
+        on a thread meanwhile, and their forks picked and sent before this step's update (`_produce`): weights one
+        step old when trained on, so a truncated importance ratio corrects the policy-gradient term."""
         cfg = self.cfg
         prepared, self._prepared = self._prepared, None
         if prepared is None:  # the first step, or overlap without pipelining: produce it now
