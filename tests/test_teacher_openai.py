@@ -1,8 +1,8 @@
-"""OpenAI-compatible teacher against a real server (`python -m omniopd.serve`, the bundled SmolLM2) on
-loopback, directly and through a fault-injecting proxy of our own.
+"""OpenAI-compatible teacher against a real vLLM server of the bundled SmolLM2 on loopback (the session's
+`vllm_server`, tests/vllm_server.py), directly and through a fault-injecting proxy of our own.
 
-The server runs once for the module, requires an API key (so every test also checks the key is sent)
-and counts the generation requests it serves at `/stats`.
+The server requires an API key (so every test also checks the key is sent); a pass-through proxy in front
+of it counts the generation requests it serves.
 """
 
 from __future__ import annotations
@@ -10,57 +10,38 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import re
-import select
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from vllm_server import API_KEY as KEY
 
 from omniopd.config import TeacherConfig
 from omniopd.rollout.teachers import TeacherRequest, build_teacher
 
 KEY_ENV = "OMNIOPD_TEST_OPENAI_KEY"
-KEY = "sk-omniopd-test-9b2e71c4d05a"
 MODEL = "smollm2-135m"
 CHAT = [{"role": "user", "content": "What is 12 + 7? Answer briefly."}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = dict(os.environ, **{KEY_ENV: KEY})
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "omniopd.serve", "--model", MODEL, "--port", "0",
-                                 "--api-key-env", KEY_ENV], stdout=subprocess.PIPE, stderr=log_file,
-                                env=env, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        line = ""
-        while "listening on" not in line:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = proc.stdout.readline() if ready else ""
-            if not ready or (not line and proc.poll() is not None):
-                raise RuntimeError(f"omniopd.serve did not start; log:\n{log_path.read_text()[-3000:]}")
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def upstream(vllm_server):
+    """A pass-through proxy in front of the session's real vLLM server: it counts the requests served."""
+    proxy = FaultProxy(vllm_server.url, {})
+    yield proxy
+    proxy.close()
 
 
-def served(url: str) -> int:
-    """Generation requests the server has answered so far."""
-    with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:
-        return json.loads(response.read())["requests"]
+@pytest.fixture(scope="module")
+def server(upstream) -> str:
+    return upstream.url
+
+
+def served(upstream) -> int:
+    """Generation requests that reached the server so far."""
+    return len(upstream.arrivals)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -224,7 +205,7 @@ def _greedy_reference(model, tok, prefix: str) -> tuple[str, int]:
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True), ids.shape[1]
 
 
-def test_continuations_start_where_the_prefix_ended(server, make_teacher):
+def test_continuations_start_where_the_prefix_ended(server, upstream, make_teacher):
     import torch
 
     from omniopd.assets import load_student
@@ -239,7 +220,7 @@ def test_continuations_start_where_the_prefix_ended(server, make_teacher):
         torch.set_num_threads(threads)
     assert reference.strip()
 
-    before = served(server)
+    before = served(upstream)
     greedy = TeacherRequest(CHAT, prefix, n=2, max_tokens=6, temperature=0.0, key="greedy")
     sampled = TeacherRequest(CHAT, prefix, n=3, max_tokens=6, temperature=1.0, seed=7, key="sampled")
     for mode in ("completions", "chat"):
@@ -248,7 +229,7 @@ def test_continuations_start_where_the_prefix_ended(server, make_teacher):
         assert results[1].error is None and len(results[1].texts) == 3
         assert results[0].prompt_tokens == n_prompt and results[0].completion_tokens > 0
     # One HTTP request per prefix carries all n samples.
-    assert served(server) - before == 4
+    assert served(upstream) - before == 4
 
 
 def test_requests_go_out_in_ascending_prefix_order(server, make_teacher, proxy_for):
@@ -263,7 +244,8 @@ def test_requests_go_out_in_ascending_prefix_order(server, make_teacher, proxy_f
     assert len(sent[0]) < len(sent[1]) < len(sent[2])
 
 
-def test_faults_end_complete_or_reported_failed_with_retries_counted(server, make_teacher, proxy_for, call_seconds):
+def test_faults_end_complete_or_reported_failed_with_retries_counted(server, upstream, make_teacher, proxy_for,
+                                                                     call_seconds):
     script = {"ok": [], "drop": ["drop"], "slow": ["hang"], "e500": ["500", "500"], "r429": ["429"],
               "trunc": ["truncate"], "empty": ["empty"], "fewer": ["fewer"], "fewer_always": ["fewer"] * 9,
               "e500_always": ["500"] * 9, "bad": ["400"]}
@@ -273,7 +255,7 @@ def test_faults_end_complete_or_reported_failed_with_retries_counted(server, mak
     proxy = proxy_for(script)
     timeout = timeout_for(call_seconds)
     teacher = make_teacher(proxy.url, timeout_s=timeout, max_concurrency=2, max_retries=2)
-    before = served(server)
+    before = served(upstream)
     requests = [TeacherRequest(case(name), "12 + 7 =", n=2, max_tokens=3, temperature=0.8, seed=i, key=name)
                 for i, name in enumerate(script)]
     start = time.monotonic()
@@ -291,7 +273,7 @@ def test_faults_end_complete_or_reported_failed_with_retries_counted(server, mak
     assert usage["failures"] == 3 and usage["retries"] == sum(expected.values())
     # The server saw exactly the requests the proxy let through (ok, truncate, fewer).
     passed = sum(1 for _, action, _, _ in proxy.arrivals if action in ("ok", "truncate", "fewer"))
-    assert served(server) - before == passed
+    assert served(upstream) - before == passed
 
 
 def test_step_deadline_reports_outstanding_requests_failed(server, make_teacher, proxy_for, call_seconds):
@@ -310,16 +292,16 @@ def test_step_deadline_reports_outstanding_requests_failed(server, make_teacher,
     assert stuck.retries >= 1
 
 
-def test_second_identical_run_makes_no_server_calls(server, make_teacher, tmp_path):
+def test_second_identical_run_makes_no_server_calls(server, upstream, make_teacher, tmp_path):
     cache = str(tmp_path / "teacher_cache.sqlite")
     requests = [TeacherRequest(CHAT, "12 + 7 =", n=2, max_tokens=4, temperature=0.8, seed=1),
                 TeacherRequest(CHAT, "", n=2, max_tokens=4, temperature=0.8, seed=2)]
-    before = served(server)
+    before = served(upstream)
     first = make_teacher(server, cache, price_in_per_mtok=1.0, price_out_per_mtok=2.0).generate(requests)
-    assert served(server) - before == 2 and not any(r.cached for r in first)
+    assert served(upstream) - before == 2 and not any(r.cached for r in first)
     second_teacher = make_teacher(server, cache, price_in_per_mtok=1.0, price_out_per_mtok=2.0)
     second = second_teacher.generate(requests)
-    assert served(server) - before == 2  # zero new calls
+    assert served(upstream) - before == 2  # zero new calls
     assert [r.texts for r in second] == [r.texts for r in first] and all(r.cached for r in second)
     usage = second_teacher.usage()["last"]
     assert usage["cache_hits"] == 2 and usage["cost_usd"] == 0.0

@@ -30,7 +30,8 @@ def build_generator(cfg: GenerationConfig, model_path: str, *, hf_model=None,
                 model_path, dtype=_vllm_dtype(cfg, model_path, hf_model), seed=cfg.seed,
                 enforce_eager=cfg.enforce_eager, kv_cache_gib=cfg.kv_cache_gib,
                 gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
-                start_timeout_s=cfg.start_timeout_s, tokenizer=tokenizer)
+                start_timeout_s=cfg.start_timeout_s, tokenizer=tokenizer,
+                tensor_parallel_size=cfg.tensor_parallel_size, sleep_level=cfg.sleep_level)
         except GeneratorStartError as e:
             if cfg.backend == "vllm":
                 raise GeneratorStartError(f"{e} (generation.backend=vllm; set it to 'auto' or 'hf' to "

@@ -28,9 +28,10 @@ def resolve_cache_path(cfg: TeacherConfig, log_dir: str | Path) -> str | None:
 
 
 def build_teacher(cfg: TeacherConfig, *, cache_path: str | None,
-                  tokenizer_path: str | None = None) -> Teacher:
+                  tokenizer_path: str | None = None, dtype: str = "float32") -> Teacher:
     """The teacher `cfg.kind` names. `cache_path` None: no cache (see `resolve_cache_path`).
 
+    `dtype`: what a local teacher computes in (the trainer passes its compute dtype).
     `tokenizer_path` (an HF folder or alias of the teacher model) lets the OpenAI-compatible teacher
     apply the chat template itself and prefill through `/v1/completions` (exact prefixes).
     """
@@ -39,7 +40,7 @@ def build_teacher(cfg: TeacherConfig, *, cache_path: str | None,
         if cfg.kind == "local":
             from omniopd.rollout.teachers.local import LocalTeacher
 
-            return LocalTeacher(cfg, cache)
+            return LocalTeacher(cfg, cache, dtype=dtype)
         if cfg.kind == "openai":
             from omniopd.rollout.teachers.openai_api import OpenAITeacher
 

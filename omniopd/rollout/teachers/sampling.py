@@ -1,4 +1,4 @@
-"""Batched sampling with per-request seeds, for the local teacher and `omniopd.serve`."""
+"""Batched sampling with per-request seeds, for the local teacher's HF path."""
 
 from __future__ import annotations
 
