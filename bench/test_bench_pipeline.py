@@ -1,9 +1,9 @@
 """A step with a slow API teacher (issue 13): phase times and step time of the synchronous step, the overlapped
 step and the pipelined step (`train.pipeline=1`).
 
-`pytest bench/test_bench_pipeline.py --benchmark-only -s`. The teacher is the bundled SmolLM2 behind a real
-OpenAI-compatible server (`python -m omniopd.serve`), reached through a loopback proxy that adds 2 s to every
-request (an API's network latency), with 8 requests in flight at most. Each mode runs a real 4-step
+`pytest bench/test_bench_pipeline.py --benchmark-only -s`. The teacher is the bundled SmolLM2 behind the real
+vLLM OpenAI-compatible server of the tests (tests/vllm_server.py), reached through a loopback proxy that adds
+2 s to every request (an API's network latency), with 8 requests in flight at most. Each mode runs a real 4-step
 `python -m omniopd.train` with the bundled student; steps 2 and 3 are averaged (step 1 warms up, the last
 pipelined step has no next batch to produce). The table lands in bench/results/pipeline_cpu.md.
 """
@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from omniopd.runlog import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from latency_proxy import LatencyProxy  # noqa: E402
+from vllm_server import API_KEY, SERVED_NAME, vllm_server  # noqa: E402, F401 - a fixture
 
 DELAY_S, CONCURRENCY, STEPS = 2.0, 8, 4
 PHASES = ["generate", "anchors", "teacher_submit", "forward", "teacher", "teacher_wait", "score", "backward_step",
@@ -39,27 +38,9 @@ RESULTS: dict[str, dict[str, float]] = {}
 
 
 @pytest.fixture(scope="module")
-def slow_teacher(tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "omniopd.serve", "--model", "smollm2-135m", "--port", "0"],
-                                stdout=subprocess.PIPE, stderr=log_file, text=True)
-    try:
-        deadline, line = time.monotonic() + 300, ""
-        while "listening on" not in line:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = proc.stdout.readline() if ready else ""
-            if not ready or (not line and proc.poll() is not None):
-                raise RuntimeError(f"omniopd.serve did not start:\n{log_path.read_text()[-3000:]}")
-        with LatencyProxy(line.strip().rsplit(" ", 1)[-1], delay_s=DELAY_S) as proxy:
-            yield proxy.url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def slow_teacher(vllm_server):  # noqa: F811 - the imported session fixture
+    with LatencyProxy(vllm_server.url, delay_s=DELAY_S) as proxy:
+        yield proxy.url
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -68,12 +49,13 @@ def test_step_with_a_slow_teacher(benchmark, tmp_path, slow_teacher, mode):
         cmd = [sys.executable, "-m", "omniopd.train", f"--log.dir={tmp_path}", f"--train.steps={STEPS}",
                "--train.batch_size=2", "--generation.n=2", "--generation.max_new_tokens=48",
                "--audit.num_chunks=2", "--audit.chunk_len=8", "--audit.num_continuations=4",
-               "--teacher.kind=openai", "--teacher.model=smollm2-135m", f"--teacher.base_url={slow_teacher}/v1",
-               "--teacher.api_key_env=OMNIOPD_BENCH_NO_KEY", "--teacher.completion_mode=chat",
+               "--teacher.kind=openai", f"--teacher.model={SERVED_NAME}", f"--teacher.base_url={slow_teacher}/v1",
+               "--teacher.api_key_env=OMNIOPD_BENCH_KEY", "--teacher.completion_mode=chat",
                f"--teacher.max_concurrency={CONCURRENCY}", "--teacher.cache=off",
                "--train.eval_before=false", "--train.eval_after=false", "--checkpoint.every=0",
                "--checkpoint.export=false", "--log.plots=false", "--log.tensorboard=false", *MODES[mode]]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=1800)
+        env = dict(os.environ, OMNIOPD_BENCH_KEY=API_KEY)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=1800)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return read_metrics(tmp_path / "metrics.jsonl")
 
@@ -95,8 +77,8 @@ def test_step_with_a_slow_teacher(benchmark, tmp_path, slow_teacher, mode):
 def teardown_module() -> None:
     if not RESULTS:
         return
-    lines = [f"Step time with a slow API teacher: the bundled SmolLM2-135M as student and (served by "
-             f"`python -m omniopd.serve`) as teacher, {DELAY_S:g} s added to every teacher request by a loopback "
+    lines = [f"Step time with a slow API teacher: the bundled SmolLM2-135M as student and (served by the real "
+             f"vLLM OpenAI-compatible server) as teacher, {DELAY_S:g} s added to every teacher request by a loopback "
              f"proxy, {CONCURRENCY} requests in flight at most; 2 prompts x 2 rollouts of <= 48 tokens, 2 forks "
              f"of 8 tokens each, N=4. Seconds, mean of steps 2-3 of a {STEPS}-step run, this machine (2 busy "
              "CPU cores). `teacher` is the latency from sending the requests to the last answer; `teacher_wait` "

@@ -6,10 +6,6 @@ the staleness and the importance ratios; a teacher that stops answering mid-flig
 from __future__ import annotations
 
 import copy
-import os
-import select
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -105,38 +101,14 @@ def test_pipelined_run_trains_on_rollouts_at_most_one_step_old(tiny, tmp_path):
     assert rows[1]["time/generate_s"] > 0 and "time/generate_s" not in rows[2]
 
 
-@pytest.fixture(scope="module")
-def teacher_server(tmp_path_factory):
-    """The bundled model behind a real OpenAI-compatible HTTP server (`python -m omniopd.serve`)."""
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "omniopd.serve", "--model", "smollm2-135m", "--port", "0"],
-                                stdout=subprocess.PIPE, stderr=log_file, text=True,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        deadline, line = time.monotonic() + 300, ""
-        while "listening on" not in line:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = proc.stdout.readline() if ready else ""
-            if not ready or (not line and proc.poll() is not None):
-                raise RuntimeError(f"omniopd.serve did not start:\n{log_path.read_text()[-3000:]}")
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.parametrize("mode", ["--train.overlap=true", "--train.pipeline=1"])
-def test_teacher_dying_mid_flight_costs_at_most_the_step_deadline(tiny, tmp_path, teacher_server, monkeypatch, mode):
-    monkeypatch.setenv("OMNIOPD_TEST_KEY", "sk-local")
+def test_teacher_dying_mid_flight_costs_at_most_the_step_deadline(tiny, tmp_path, vllm_server, monkeypatch, mode):
+    """The teacher: the bundled model behind the real vLLM OpenAI-compatible server (tests/vllm_server.py)."""
+    monkeypatch.setenv("OMNIOPD_TEST_KEY", vllm_server.api_key)
     deadline = 12.0
-    with LatencyProxy(teacher_server, answer=2) as proxy:  # two requests answered, then silence
+    with LatencyProxy(vllm_server.url, answer=2) as proxy:  # two requests answered, then silence
         cfg = _config(tiny, tmp_path, "--train.steps=1", mode, "--teacher.kind=openai",
-                      "--teacher.model=smollm2-135m", f"--teacher.base_url={proxy.url}/v1",
+                      f"--teacher.model={vllm_server.model}", f"--teacher.base_url={proxy.url}/v1",
                       "--teacher.api_key_env=OMNIOPD_TEST_KEY", "--teacher.completion_mode=chat",
                       "--teacher.max_retries=0", "--teacher.timeout_s=300", f"--teacher.step_deadline_s={deadline}",
                       "--teacher.cache=off", "--teacher.max_failed_steps=5")
