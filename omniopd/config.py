@@ -45,6 +45,10 @@ def unit_interval(v: float) -> str | None:
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
+def pipeline_depth(v: int) -> str | None:
+    return None if v in (0, 1) else "only 0 (synchronous) and 1 are implemented"
+
+
 def doc(text: str, default: Any = dataclasses.MISSING, *, rule: Rule | None = None, **kw: Any) -> Any:
     """A dataclass field carrying its documentation (shown by `--help`) and its range rule."""
     metadata = {"doc": text, "rule": rule}
@@ -263,6 +267,15 @@ class TrainConfig(Section):
     eval_before: bool = doc("Held-out accuracy before training.", True)
     eval_after: bool = doc("Held-out accuracy after training.", True)
     eval_size: int = doc("Held-out problems evaluated (0 = all).", 32, rule=non_negative)
+    overlap: bool = doc("Overlap inside a step (omniopd): a no-grad entropy pass picks the forks, the teacher "
+                        "requests go out asynchronously and the student and reference forwards run while they "
+                        "are in flight; the loss and gradients are those of the synchronous step.", False)
+    pipeline: int = doc("Staleness bound of the pipelined step (omniopd): rollouts, forks and teacher answers of "
+                        "step k+1 are produced while step k trains, from weights at most this many steps old, "
+                        "with a truncated importance ratio on the policy-gradient term. 0 = synchronous; only 0 "
+                        "and 1 are implemented.", 0, rule=pipeline_depth)
+    max_ratio: float = doc("Truncation of the importance ratio π_θ/π_rollout of a pipelined step.", 2.0,
+                           rule=positive)
 
 
 @dataclass
@@ -350,6 +363,9 @@ class Config:
         if self.objective.name == "opd" and self.teacher.kind != "local":
             raise ConfigError(f"objective.name=opd with teacher.kind={self.teacher.kind}: opd needs the teacher's "
                               "token log-probs, which only a white-box teacher (teacher.kind=local) gives")
+        if (self.train.pipeline or self.train.overlap) and self.objective.name != "omniopd":
+            raise ConfigError(f"train.pipeline / train.overlap apply to objective.name=omniopd only, got "
+                              f"{self.objective.name!r}")
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # set by torchrun before the config loads
         if world > 1 and not self.parallel.fsdp:
             # Unsharded ranks would never synchronise gradients: each would silently train its own copy.

@@ -6,6 +6,8 @@ the last (normed) hidden state, and `omniopd_kernels.linear_*` apply the head on
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -22,8 +24,11 @@ def last_hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask
     with a forward hook.
     """
     captured: list[torch.Tensor] = []
+    caller = threading.get_ident()
 
     def keep(_module: nn.Module, _args: object, out: object) -> None:
+        if threading.get_ident() != caller:  # another thread's forward of the same module (pipelined rollouts)
+            return
         captured.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
 
     handle = model.get_decoder().register_forward_hook(keep)

@@ -139,17 +139,47 @@ def audit_weights(audit: AuditResult, response_mask: torch.Tensor) -> tuple[torc
     return weights, response_mask.bool() & (counts == 0)
 
 
+def truncated_ratio(logprob: torch.Tensor, rollout_logprob: torch.Tensor, response_mask: torch.Tensor, *,
+                    max_ratio: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token importance ratio `min(π_θ(y)/π_rollout(y), max_ratio)` `[B, T]` (detached, 0 on padding), for a
+    policy gradient on tokens sampled by older weights (truncated importance sampling, as in IMPALA's V-trace and
+    off-policy async RL trainers), with its statistics over the response tokens."""
+    b, t = _check_bt(logprob, response_mask)
+    if rollout_logprob.shape != (b, t):
+        raise ValueError(f"rollout_logprob must have shape [{b}, {t}], got {tuple(rollout_logprob.shape)}")
+    if not (math.isfinite(max_ratio) and max_ratio > 0):
+        raise ValueError(f"max_ratio must be a finite number > 0, got {max_ratio}")
+    mask = response_mask.bool()
+    log_ratio = torch.where(mask, logprob.detach().double() - rollout_logprob.detach().double(), 0.0)
+    raw = log_ratio.exp()
+    ratio = torch.where(mask, raw.clamp(max=max_ratio), 0.0).float()
+    values = raw[mask]
+    n = values.numel()
+    metrics = {"pipeline/ratio_mean": values.mean().item() if n else math.nan,
+               "pipeline/ratio_min": values.min().item() if n else math.nan,
+               "pipeline/ratio_max": values.max().item() if n else math.nan,
+               "pipeline/ratio_truncated_frac": (values > max_ratio).double().mean().item() if n else math.nan}
+    return ratio, metrics
+
+
 def omniopd(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
-            audit: AuditResult, *, beta: float, normalizer: float | torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """OmniOPD: `(Σ_audited −π̂·log π_θ(y_t) + β·Σ_unaudited KL(π_ref ‖ π_θ)_t) / normalizer`.
+            audit: AuditResult, *, beta: float, normalizer: float | torch.Tensor,
+            ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """OmniOPD: `(Σ_audited −ρ·π̂·log π_θ(y_t) + β·Σ_unaudited KL(π_ref ‖ π_θ)_t) / normalizer`.
 
     head, ref: student and reference `Head`s (or logits `[B, T, V]`); tokens, response_mask: `[B, T]`.
+    ratio: `truncated_ratio`'s `[B, T]` when the tokens came from older weights (a pipelined step), else ρ = 1.
+    The KL term is exact over the vocabulary at each position, so it needs no correction.
     Through `omniopd_kernels.linear_omniopd_loss` (fused) or `omniopd_loss` (logits).
     """
     b, t = _check_bt(tokens, response_mask)
     head, ref = Head.of(head, "head", b, t), Head.of(ref, "ref", b, t)
     _same_form(head, ref)
     weights, kl_mask = audit_weights(audit, response_mask)
+    if ratio is not None:
+        if ratio.shape != (b, t):
+            raise ValueError(f"ratio must have shape [{b}, {t}], got {tuple(ratio.shape)}")
+        weights = weights * ratio.detach().to(weights)
     args = (_safe_tokens(tokens, response_mask), weights.reshape(-1), kl_mask.reshape(-1), float(beta))
     if head.fused:
         per_token = linear_omniopd_loss(head.rows(), head.weight, ref.rows(), ref.weight, *args, reduction="none")

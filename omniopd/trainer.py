@@ -10,6 +10,11 @@ entropies and every loss come from the fused-head kernels, so no `[tokens, V]` l
 The student keeps fp32 master weights and computes in `model.dtype`. Parallelism (`parallel.py`),
 checkpoints (`checkpoint.py`) and logging (`runlog.py`) live beside this file; this file only decides
 what happens in which order.
+
+With `train.overlap` (omniopd) the teacher leaves the critical path: a no-grad entropy pass right after
+generation picks the forks, their requests go out asynchronously, the student's grad forward and the reference
+forward run while they are in flight, and only the loss waits. `train.pipeline=1` also produces step k+1's
+rollouts, forks and teacher answers while step k trains (the machinery is in `pipeline.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from omniopd.data import Problem, PromptStream, load_split, student_messages, te
 from omniopd.eval import harness
 from omniopd.eval.mathgrade import grade_math
 from omniopd.heads import head_weight, last_hidden_states
+from omniopd.pipeline import Background, Prepared, StreamedScores
 from omniopd.rollout.padding import pad_rows
 from omniopd.rollout.student import Sample, build_generator
 from omniopd.rollout.student.weights import full_tensors
@@ -206,6 +213,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_steps = 0
         self.teacher_failed_steps, self.teacher_last_error = 0, ""  # consecutive all-failed teacher steps
+        self._prepared: Prepared | None = None  # train.pipeline: the next step's batch, its teacher in flight
 
         # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
         # vLLM samples in the trainer's dtype, so rollout log-probs match the trainer's (sharded runs pass
@@ -259,21 +267,16 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg, timer = self.cfg, _Timer()
         self.model.train()
+        if cfg.objective.name == "omniopd" and (cfg.train.overlap or cfg.train.pipeline):
+            return self._overlapped_step(timer)
         # 1. Roll out: this rank's slice of the global batch, n samples each, from the current weights.
-        problems = self.stream.next_batch(cfg.train.batch_size)[self.dist.rank::self.dist.world_size]
+        problems = self._next_problems()
         with timer("generate"):
-            grouped = self.generator.generate([student_messages(p, cfg.data.system_prompt) for p in problems],
-                                              cfg.generation.n, temperature=cfg.generation.temperature,
-                                              top_p=cfg.generation.top_p,
-                                              max_new_tokens=cfg.generation.max_new_tokens)
-        rows = [(p, s) for p, group in zip(problems, grouped) for s in group]
+            rows = self._roll_out(problems)
         if cfg.objective.name == "sft":  # train on teacher-written responses instead of the student's
             with timer("teacher"):
                 rows = self._teacher_responses(problems)
-        batch = pack([p for p, _ in rows], [s for _, s in rows], self.tokenizer.pad_token_id, self.dist.device)
-        rewards = torch.tensor([float(grade_math(s.text, p.answer)) for p, s in rows])
-        normalizer = float(parallel.all_reduce_sum([losses.loss_normalizer(cfg.objective.normalizer,
-                                                                           batch.response_mask).item()])[0])
+        batch, rewards, normalizer = self._pack(rows)
 
         # 2. Trainer forward, stopped at the last hidden state: exact full-vocabulary entropy and log-prob of
         #    every response token through the fused head (no [B, T, V] anywhere in the step).
@@ -284,12 +287,7 @@ class Trainer:
                 entropy, logprob = losses.entropy_logprob(head.detach(), batch.tokens, batch.response_mask)
                 ref = model_head(self.ref_model, batch, self.compute_dtype) \
                     if cfg.objective.name in ("omniopd", "rl") else None
-        metrics = self._rollout_metrics(batch, rewards, logprob, entropy)
-        real = int(batch.attention_mask.sum())  # prompt + response tokens the forward actually needed
-        metrics.update({"train/forward_tokens": summed(real),
-                        # what padding to the longest prompt and response would have cost, and what packing left
-                        "train/padding_frac": 1.0 - real / batch.attention_mask.numel(),
-                        "train/packed_padding_frac": pack_sequences(batch, pad_id=0).padding_frac})
+        metrics = self._batch_metrics(batch, rewards, logprob, entropy)
 
         # 3-6. The objective (forks, teacher, similarity and targets for omniopd).
         if cfg.objective.name == "omniopd":
@@ -305,7 +303,131 @@ class Trainer:
             loss, obj = losses.rl(head, ref, batch.tokens, batch.response_mask, rewards.to(batch.tokens.device),
                                   group_size=cfg.generation.n, beta=cfg.objective.beta, normalizer=normalizer)
         metrics.update(obj)
+        return self._update(loss, batch, metrics, timer)
 
+    def _overlapped_step(self, timer: _Timer) -> dict[str, float]:
+        """omniopd with the teacher off the critical path. The forks come from a no-grad entropy pass right after
+        generation and their requests go out at once; the student's grad forward and the reference forward run
+        while they are in flight; only the loss waits. With train.pipeline=1 the next step's rollouts are generated
+        on a thread meanwhile, and their forks picked and sent before this step's update (`_produce`): weights one
+        step old when trained on, so a truncated importance ratio corrects the policy-gradient term."""
+        cfg = self.cfg
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:  # the first step, or overlap without pipelining: produce it now
+            problems = self._next_problems()
+            with timer("generate"):
+                rows = self._roll_out(problems)
+            prepared = self._prepare(rows, self.step, timer)
+        producer = None
+        if cfg.train.pipeline and self.step + 1 < cfg.train.steps:
+            problems, step = self._next_problems(), self.step + 1
+            producer = Background(lambda: self._produce(problems, step, timer), "omniopd-rollouts")
+        try:
+            return self._train_prepared(prepared, producer, timer)
+        except BaseException:
+            if producer is not None:
+                producer.wait()  # never leave a thread generating under an engine about to close
+            raise
+
+    def _train_prepared(self, prepared: Prepared, producer: Background | None, timer: _Timer) -> dict[str, float]:
+        cfg = self.cfg
+        batch = prepared.batch
+        metrics = self._batch_metrics(batch, prepared.rewards, prepared.logprob, prepared.entropy)
+
+        # 2. The student's grad forward (its graph kept for the loss) and the reference, during the teacher wait.
+        with timer("forward"):
+            with self._compute():
+                head = model_head(self.model, batch, self.compute_dtype)
+            with torch.no_grad():
+                ref = model_head(self.ref_model, batch, self.compute_dtype)
+                ratio = None
+                if cfg.train.pipeline:
+                    _, logprob = losses.entropy_logprob(head.detach(), batch.tokens, batch.response_mask)
+                    ratio, stats = losses.truncated_ratio(logprob, prepared.logprob, batch.response_mask,
+                                                          max_ratio=cfg.train.max_ratio)
+                    metrics.update(stats)
+                    metrics["pipeline/staleness"] = float(self.step - prepared.version)
+        # 5. Each fork is scored as its answer arrives; the teacher's step deadline bounds this wait.
+        scores = StreamedScores(self.similarity, prepared.forks, cfg.audit.num_continuations)
+        with timer("teacher_wait"):
+            results = scores.collect(prepared.job)
+        timer.seconds["teacher_wait"] -= scores.seconds
+        timer.seconds["score"] = scores.seconds
+        metrics["time/teacher_s"] = prepared.job.seconds  # latency from submit to the last answer
+
+        # 5-6. Targets and the loss (the grad forward's graph is used once, here).
+        loss, obj = self._audited_loss(batch, head, ref, prepared.anchors, prepared.forks, results, prepared.entropy,
+                                       prepared.logprob, prepared.normalizer, prepared.num_chunks, timer, ratio,
+                                       similarity=scores)
+        metrics.update(obj)
+
+        def produce_next() -> None:  # before the optimizer step: the next batch's forks see these weights
+            made = producer.join()
+            self._prepared = made if isinstance(made, Prepared) else self._prepare(made, self.step + 1, timer)
+
+        return self._update(loss, batch, metrics, timer, before_step=produce_next if producer else None)
+
+    def _produce(self, problems: list[Problem], step: int, timer: _Timer) -> Prepared | list[tuple[Problem, Sample]]:
+        """The next step's batch, on the producer thread. One unsharded rank also picks its forks and sends them
+        to the teacher there, while this step's forward and backward run (the weights change only after the
+        producer is joined); sharded or multi-rank forwards issue collectives, so those ranks do that part on the
+        main thread, just before the optimizer step."""
+        with timer("generate"):
+            rows = self._roll_out(problems)
+        return self._prepare(rows, step, timer) if not self.sharded and self.dist.world_size == 1 else rows
+
+    def _next_problems(self) -> list[Problem]:
+        """This rank's slice of the next global batch."""
+        return self.stream.next_batch(self.cfg.train.batch_size)[self.dist.rank::self.dist.world_size]
+
+    def _roll_out(self, problems: list[Problem]) -> list[tuple[Problem, Sample]]:
+        """n samples per problem from the generator's current weights."""
+        cfg = self.cfg
+        grouped = self.generator.generate([student_messages(p, cfg.data.system_prompt) for p in problems],
+                                          cfg.generation.n, temperature=cfg.generation.temperature,
+                                          top_p=cfg.generation.top_p, max_new_tokens=cfg.generation.max_new_tokens)
+        return [(p, s) for p, group in zip(problems, grouped) for s in group]
+
+    def _pack(self, rows: list[tuple[Problem, Sample]]) -> tuple[Batch, torch.Tensor, float]:
+        """The batch, its rewards and the global loss normalizer."""
+        cfg = self.cfg
+        batch = pack([p for p, _ in rows], [s for _, s in rows], self.tokenizer.pad_token_id, self.dist.device)
+        rewards = torch.tensor([float(grade_math(s.text, p.answer)) for p, s in rows])
+        normalizer = float(parallel.all_reduce_sum([losses.loss_normalizer(cfg.objective.normalizer,
+                                                                           batch.response_mask).item()])[0])
+        return batch, rewards, normalizer
+
+    def _prepare(self, rows: list[tuple[Problem, Sample]], step: int, timer: _Timer) -> Prepared:
+        """Pack the rollouts, pick the forks with a no-grad entropy pass at the current weights, send the
+        teacher requests (they answer in the background)."""
+        cfg = self.cfg
+        batch, rewards, normalizer = self._pack(rows)
+        with timer("anchors"):
+            with torch.no_grad(), self._compute():
+                head = model_head(self.model, batch, self.compute_dtype)
+            with torch.no_grad():
+                entropy, logprob = losses.entropy_logprob(head, batch.tokens, batch.response_mask)
+            m = num_chunks_at(step, cfg.audit)
+            anchors = select_anchors(entropy, batch.response_mask, m, cfg.audit.chunk_len, cfg.audit.min_entropy)
+            forks = build_forks(batch.responses, anchors.cpu(), self.tokenizer, cfg.audit.chunk_len)
+        with timer("teacher_submit"):  # an API teacher returns at once; a local one answers here
+            job = self.teacher.submit(fork_requests(forks, batch.problems, cfg, step, self.dist.rank))
+        return Prepared(batch, rewards, normalizer, entropy, logprob, anchors, forks, m, job, version=self.step)
+
+    def _batch_metrics(self, batch: Batch, rewards: torch.Tensor, logprob: torch.Tensor,
+                       entropy: torch.Tensor) -> dict[str, float]:
+        metrics = self._rollout_metrics(batch, rewards, logprob, entropy)
+        real = int(batch.attention_mask.sum())  # prompt + response tokens the forward actually needed
+        metrics.update({"train/forward_tokens": summed(real),
+                        # what padding to the longest prompt and response would have cost, and what packing left
+                        "train/padding_frac": 1.0 - real / batch.attention_mask.numel(),
+                        "train/packed_padding_frac": pack_sequences(batch, pad_id=0).padding_frac})
+        return metrics
+
+    def _update(self, loss: torch.Tensor, batch: Batch, metrics: dict[str, float], timer: _Timer,
+                before_step: Callable[[], None] | None = None) -> dict[str, float]:
+        """7-8. Backward, clip, optimizer step, weight swap; `before_step` runs just before the weights change."""
+        cfg = self.cfg
         # 7. Backward, clip, step (skipped, and counted, when anything is non-finite on any rank).
         with timer("backward_step"):
             # The loss is already divided by the global normalizer, and FSDP averages gradients over ranks:
@@ -313,6 +435,9 @@ class Trainer:
             (loss * self.dist.world_size if self.sharded else loss).backward()
             grad_norm = self._clip()
             finite = parallel.all_reduce_sum([float(not (math.isfinite(loss.item()) and math.isfinite(grad_norm)))])
+        if before_step is not None:
+            before_step()
+        with timer("backward_step"):
             if finite[0] > 0:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite_steps += 1
@@ -349,15 +474,22 @@ class Trainer:
         requests = fork_requests(forks, batch.problems, cfg, self.step, self.dist.rank)
         with timer("teacher"):
             results = self.teacher.generate(requests)
+        return self._audited_loss(batch, head, ref, anchors, forks, results, entropy, logprob, normalizer, m, timer)
+
+    def _audited_loss(self, batch: Batch, head: losses.Head, ref: losses.Head, anchors: torch.Tensor, forks: list,
+                      results: list[TeacherResult], entropy: torch.Tensor, logprob: torch.Tensor, normalizer: float,
+                      m: int, timer: _Timer, ratio: torch.Tensor | None = None,
+                      similarity: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
         self._check_teacher(results)
         # 5. Similarity and the Dirichlet-Multinomial target; chunks with < N texts are dropped, counted.
         with timer("score"):
-            audit = score_forks(anchors, forks, [r.texts for r in results], logprob, self.similarity,
+            audit = score_forks(anchors, forks, [r.texts for r in results], logprob, similarity or self.similarity,
                                 n=cfg.audit.num_continuations, alpha=cfg.audit.alpha, chunk_len=cfg.audit.chunk_len,
                                 entropy=entropy, response_mask=batch.response_mask)
         # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.
         loss, metrics = losses.omniopd(head, ref, batch.tokens, batch.response_mask, audit,
-                                       beta=cfg.objective.beta, normalizer=normalizer)
+                                       beta=cfg.objective.beta, normalizer=normalizer, ratio=ratio)
         metrics["audit/num_chunks_m"] = float(m)
         metrics["teacher/failed_requests"] = summed(sum(not r.ok for r in results))
         return loss, metrics

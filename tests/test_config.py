@@ -84,7 +84,7 @@ def _ruled_fields() -> list[tuple[str, str]]:
 
 
 BAD_VALUE = {"positive": ("0", "must be > 0"), "non_negative": ("-1", "must be >= 0"),
-             "unit_interval": ("1.5", "must be in (0, 1]")}
+             "unit_interval": ("1.5", "must be in (0, 1]"), "pipeline_depth": ("2", "only 0")}
 
 
 @pytest.mark.parametrize("key, rule", _ruled_fields())
@@ -102,7 +102,7 @@ def test_every_range_rule_fails_at_load_naming_the_key(key, rule, tmp_path):
 def test_the_range_rules_cover_the_old_name_sets():
     """Every bound that used to live in a far-away name set is now declared on its field."""
     rules = dict(_ruled_fields())
-    assert len(rules) == 41  # the 37 of the old name sets + 4 vLLM fields
+    assert len(rules) == 43  # the 37 of the old name sets + 4 vLLM fields + train.pipeline, train.max_ratio
     assert rules["generation.top_p"] == rules["generation.gpu_memory_utilization"] == "unit_interval"
     assert rules["optim.lr"] == "positive" and rules["checkpoint.every"] == "non_negative"
 

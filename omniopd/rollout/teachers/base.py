@@ -3,13 +3,19 @@
 `Teacher.generate` validates the batch, answers what it can from the on-disk cache, hands the rest
 to the backend (`_run`), stores every complete reply in the cache as soon as it arrives, and keeps
 the usage/cost counters. Backends implement `_run` only.
+
+`Teacher.submit` is the same call without waiting: it returns a `TeacherJob` whose results can be
+taken as they arrive (`as_completed`) or all at once (`results`). By default the work is done inside
+`submit` (a local model shares the trainer's devices); API teachers run it in the background.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from omniopd.config import TeacherConfig
@@ -78,6 +84,55 @@ class TeacherResult:
         return self.texts is not None
 
 
+class TeacherJob:
+    """The answers of one `Teacher.submit`, filled in as they arrive (from any thread)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._arrived: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: list[TeacherResult | None] = [None] * size
+        self._final: list[TeacherResult] | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._submitted = time.perf_counter()
+        self.seconds = 0.0
+        """From submit to the last answer (the teacher's latency as the step saw it)."""
+
+    def _put(self, index: int, result: TeacherResult) -> None:
+        self._arrived.put((index, result))
+
+    def _finish(self, results: list[TeacherResult] | None, error: BaseException | None = None) -> None:
+        self._final, self._error = results, error
+        self.seconds = time.perf_counter() - self._submitted
+        self._arrived.put(None)
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def as_completed(self) -> Iterator[tuple[int, TeacherResult]]:
+        """(request index, final result) as each answer arrives; every index exactly once (call once)."""
+        seen: set[int] = set()
+        while (item := self._arrived.get()) is not None:
+            index, result = item
+            if index not in seen:
+                seen.add(index)
+                yield index, result
+        if self._error is not None:
+            raise self._error
+        for index, result in enumerate(self._final or []):  # failures the backend never streamed (deadline)
+            if index not in seen:
+                yield index, result
+
+    def results(self) -> list[TeacherResult]:
+        """Every result in request order, once all have arrived (the backend's deadline bounds the wait)."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._final is not None
+        return self._final
+
+
 @dataclass
 class _Counters:
     requests: int = 0
@@ -111,6 +166,31 @@ class Teacher:
     # -- public ------------------------------------------------------------------------------
     def generate(self, requests: list[TeacherRequest]) -> list[TeacherResult]:
         """n continuation texts per request (or a reported failure), in request order."""
+        self._validate(requests)
+        return self._generate(requests, lambda i, result: None)
+
+    def submit(self, requests: list[TeacherRequest]) -> TeacherJob:
+        """`generate` without waiting for it: a job to take the answers from as they arrive. Bad requests raise
+        here, at once; the backend's errors surface from the job."""
+        self._validate(requests)
+        job = TeacherJob(len(requests))
+        self._start(lambda: self._fill(job, requests))
+        return job
+
+    def _start(self, work: Callable[[], None]) -> None:
+        """Runs a submitted job's work: here, in the caller (a backend that can wait in the background
+        overrides this)."""
+        work()
+
+    def _fill(self, job: TeacherJob, requests: list[TeacherRequest]) -> None:
+        try:
+            results = self._generate(requests, job._put)
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the job
+            job._finish(None, e)
+            return
+        job._finish(results)
+
+    def _validate(self, requests: list[TeacherRequest]) -> None:
         if not isinstance(requests, list):
             raise TeacherInputError("generate() takes a list of TeacherRequest, got "
                                     f"{type(requests).__name__}")
@@ -119,6 +199,10 @@ class Teacher:
                 raise TeacherInputError(f"teacher request {i}: expected TeacherRequest, got "
                                         f"{type(req).__name__}")
             req.validate(i)
+
+    def _generate(self, requests: list[TeacherRequest],
+                  emit: Callable[[int, TeacherResult], None]) -> list[TeacherResult]:
+        """`generate`'s work on validated requests; `emit(i, final result)` as each one is known."""
         start = time.perf_counter()
         keys = [cache_key(self.kind, self.cfg.model, r.messages, r.prefix, r.n, r.max_tokens, r.temperature,
                           r.seed) for r in requests]
@@ -128,9 +212,12 @@ class Teacher:
                 hit = self.cache.get(key)
                 if hit is not None and len(hit.texts) == requests[i].n:
                     results[i] = TeacherResult(hit.texts, None, cached=True)
+                    emit(i, results[i])
         todo = [i for i, r in enumerate(results) if r is None]
 
         def store(j: int, result: TeacherResult) -> None:
+            i = todo[j]
+            emit(i, self._checked(requests[i], i, result))
             if self.cache is None or result.texts is None:
                 return
             try:

@@ -13,6 +13,8 @@
   replies (unparsable, missing text, fewer choices than asked) are retried with exponential backoff
   and jitter, or after the server's Retry-After; other errors fail at once.
 - A per-step deadline: whatever is still outstanding then is cancelled and reported failed.
+- `submit` returns at once: the requests go out while the caller keeps working (the trainer's forwards),
+  and each answer is handed over as it arrives.
 """
 
 from __future__ import annotations
@@ -152,6 +154,12 @@ class RemoteTeacher(Teacher):
         return math.ceil(_prompt_chars(req) / ratio) + n * req.max_tokens
 
     # -- engine --------------------------------------------------------------------------------
+    def _start(self, work: Callable[[], None]) -> None:
+        """A submitted job waits on its own thread (the HTTP calls themselves run on the engine's loop)."""
+        if self._loop.is_closed():
+            raise RuntimeError(f"{self.kind} teacher is closed")
+        threading.Thread(target=work, name=f"{self.kind}-teacher-job", daemon=True).start()
+
     def _run(self, requests: list[TeacherRequest],
              on_result: Callable[[int, TeacherResult], None]) -> list[TeacherResult]:
         if self._loop.is_closed():
