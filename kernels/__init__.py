@@ -1,6 +1,6 @@
 """omniopd_kernels: Triton kernels (and chunked PyTorch references) for on-policy distillation.
 
-Contract: DESIGN.md §3. Every op takes `backend="auto" | "triton" | "torch"` (auto: Triton on CUDA
+Contract: docs/design.md §3. Every op takes `backend="auto" | "triton" | "torch"` (auto: Triton on CUDA
 tensors, the chunked PyTorch path on CPU), accumulates in fp32 and returns fp32. Depends on torch
 (and triton, imported lazily only when the Triton path runs).
 """

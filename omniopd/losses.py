@@ -1,4 +1,4 @@
-"""Training objectives on top of the kernels: `omniopd` and the `opd`, `sft`, `rl` baselines (DESIGN §1).
+"""Training objectives on top of the kernels: `omniopd` and the `opd`, `sft`, `rl` baselines (docs/design.md §1).
 
 Every tensor is *response-aligned* (`[B, T]` / `[B, T, ·]`): row `t` is the distribution that produced
 response token `y_t`, and `response_mask[B, T]` marks real response tokens (no prompt, padding or

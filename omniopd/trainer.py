@@ -1,4 +1,4 @@
-"""One OmniOPD training step, top to bottom (DESIGN.md §1), and the loop around it.
+"""One OmniOPD training step, top to bottom (docs/design.md §1), and the loop around it.
 
     rollout -> trainer forward (entropy, log-probs) -> forks -> teacher continuations -> similarity
     -> Dirichlet targets -> loss -> backward -> clip -> optimizer step -> weight hot-swap

@@ -1,4 +1,4 @@
-"""Objectives against float64 autograd of the formulas of DESIGN.md §1, written here independently."""
+"""Objectives against float64 autograd of the formulas of docs/design.md §1, written here independently."""
 
 import math
 
@@ -28,7 +28,7 @@ def _audit(pi_hat, forks):
 
 
 def design_omniopd(z, zr, y, mask, chunks, beta, norm):
-    """DESIGN §1 step 6 literally: −π̂·log π_θ(y_t) on audited tokens, β·KL(π_ref‖π_θ) on the rest."""
+    """docs/design.md §1 step 6 literally: −π̂·log π_θ(y_t) on audited tokens, β·KL(π_ref‖π_θ) on the rest."""
     logp, logq = torch.log_softmax(z, -1), torch.log_softmax(zr, -1)
     total, audited = 0.0, set()
     for (b, a), w in chunks:

@@ -1,5 +1,5 @@
 """The parts of the overlapped / pipelined step (issue 13) on their own: the truncated importance ratio against
-float64 arithmetic, the OmniOPD loss with it against DESIGN §1 with ρ written out, the streaming teacher job,
+float64 arithmetic, the OmniOPD loss with it against docs/design.md §1 with ρ written out, the streaming teacher job,
 and the config rules."""
 
 from __future__ import annotations

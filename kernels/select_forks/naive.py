@@ -1,4 +1,4 @@
-"""Ground truth: the greedy rule of DESIGN.md §1 step 3, literally, in Python loops."""
+"""Ground truth: the greedy rule of docs/design.md §1 step 3, literally, in Python loops."""
 
 from __future__ import annotations
 

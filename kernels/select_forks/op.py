@@ -11,7 +11,7 @@ def select_forks(
     entropy: torch.Tensor, valid: torch.Tensor, num_chunks: int, chunk_len: int, *,
     min_entropy: float | None = None, backend: Backend = "auto",
 ) -> torch.Tensor:
-    """Peak-entropy anchors (DESIGN.md §1 step 3): per row, up to `num_chunks` chunks `[t, t+chunk_len)`.
+    """Peak-entropy anchors (docs/design.md §1 step 3): per row, up to `num_chunks` chunks `[t, t+chunk_len)`.
 
     Greedy by descending `entropy` (ties to the lower t); a chunk must lie wholly on `valid` positions
     and not overlap a chosen one; anchors with `entropy < min_entropy` (or NaN) are never taken.

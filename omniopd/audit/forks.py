@@ -1,4 +1,4 @@
-"""Peak-entropy fork selection (DESIGN.md §1 step 3) and the schedule of M over training.
+"""Peak-entropy fork selection (docs/design.md §1 step 3) and the schedule of M over training.
 
 All tensors here are *response-aligned*: column `t` of `entropy[B, T]` is the entropy of the
 distribution that produced response token `y_t` (for a left-padded prompt of width P that is trainer

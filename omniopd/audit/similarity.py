@@ -1,4 +1,4 @@
-"""phi(s, r) in [0, 1]: how much a teacher continuation r agrees with the student's chunk s (DESIGN §1 step 4).
+"""phi(s, r) in [0, 1]: how much a teacher continuation r agrees with the student's chunk s (docs/design.md §1 step 4).
 
 `get_similarity(name, **options)` returns a callable `(student_chunks: list[str], teacher_texts:
 list[list[str]]) -> Tensor[F, N]` (float32, CPU) scoring all F chunks of a step against their N teacher

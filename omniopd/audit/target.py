@@ -1,4 +1,4 @@
-"""The Dirichlet-Multinomial acceptance target π̂ (DESIGN §1 step 5) and the scoring of a step's forks.
+"""The Dirichlet-Multinomial acceptance target π̂ (docs/design.md §1 step 5) and the scoring of a step's forks.
 
 `score_forks` is the one call between the teacher and the loss: it drops forks whose teacher returned
 fewer than N usable texts (counted, never scored as disagreement), scores the rest with one batched
