@@ -18,7 +18,7 @@ from harness import DEVICE, floor_ms, sync, time_ms
 from kernel_cases import IMPLS, OPS, OURS, Skip, bench_shape, make_case, max_rel_err
 
 GPU = DEVICE == "cuda"
-# float64 references at the design shapes (docs/design.md §4) would take minutes; the GPU check uses a slice of the rows instead.
+# float64 references at the design shapes (docs/design.md §4) take minutes; the GPU check uses a slice of rows.
 MEDIANS: dict[tuple[str, str], float] = {}
 
 
