@@ -267,6 +267,8 @@ class TrainConfig(Section):
     eval_before: bool = doc("Held-out accuracy before training.", True)
     eval_after: bool = doc("Held-out accuracy after training.", True)
     eval_size: int = doc("Held-out problems evaluated (0 = all).", 32, rule=non_negative)
+    eval_every: int = doc("Held-out accuracy every K steps as well, logged at its step and written to "
+                          "eval_step<K>.jsonl (0 = only before and after).", 0, rule=non_negative)
     overlap: bool = doc("Overlap inside a step (omniopd): a no-grad entropy pass picks the forks, the teacher "
                         "requests go out asynchronously and the student and reference forwards run while they "
                         "are in flight; the loss and gradients are those of the synchronous step.", False)

@@ -26,6 +26,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,6 +214,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_steps = 0
         self.teacher_failed_steps, self.teacher_last_error = 0, ""  # consecutive all-failed teacher steps
+        self._stop_signals: _StopSignals | None = None  # installed by `with Trainer(...)`
         self._prepared: Prepared | None = None  # train.pipeline: the next step's batch, its teacher in flight
 
         # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
@@ -246,11 +248,20 @@ class Trainer:
             self.log.log(0, summary["before"])
         try:
             while self.step < cfg.train.steps:
+                if self._stop_requested():
+                    raise KeyboardInterrupt
                 metrics = self.train_step()
                 self.step += 1
                 self.log.log(self.step, metrics)
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.train.steps:
                     self.save()
+                every = cfg.train.eval_every
+                if every and self.step % every == 0 and not (self.step == cfg.train.steps and cfg.train.eval_after):
+                    held_out = self.evaluate(f"step{self.step}")
+                    self.log.print(f"held-out accuracy at step {self.step}: {held_out['eval/accuracy']:.3f}")
+                    self.log.log(self.step, held_out)
+            if self._stop_requested():  # a signal during the last step
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             self.log.print(f"interrupted at step {self.step}: saving a checkpoint before exiting")
             self.save()
@@ -655,12 +666,18 @@ class Trainer:
             self.generator.close()
         parallel.shutdown()
 
+    def _stop_requested(self) -> bool:
+        """A stop signal reached any rank (every rank asks at the same step boundary: one collective)."""
+        mine = float(self._stop_signals is not None and self._stop_signals.requested)
+        return bool(parallel.all_reduce_sum([mine])[0] > 0)
+
     def __enter__(self) -> Trainer:
-        # Ctrl-C and SIGTERM both land in fit()'s KeyboardInterrupt handler, which saves first.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        self._stop_signals = _StopSignals().install()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self._stop_signals is not None:
+            self._stop_signals.restore()
         if exc is None:
             self.close()
             return
@@ -673,6 +690,35 @@ class Trainer:
         except Exception as cleanup:  # noqa: BLE001 - the original error is re-raised by `with`
             print(f"omniopd: clean-up after the error below also failed: {type(cleanup).__name__}: {cleanup}",
                   file=sys.stderr, flush=True)
+
+
+class _StopSignals:
+    """Ctrl-C / SIGTERM as a request: the first one lets the running step finish, then fit() saves a checkpoint
+    and exits non-zero; a second one interrupts at once. A KeyboardInterrupt raised at an arbitrary point can
+    land inside a finalizer (`__del__`, a weakref callback), where Python prints it and drops it: the run then
+    trained on to the end and exited 0."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"omniopd: {signal.Signals(signum).name} received: stopping after this step with a checkpoint "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
 
 
 class _Timer:
