@@ -1,122 +1,408 @@
-"""Evidence: OmniOPD vs OPD, SFT and RL on the built-in task, same data, steps and teacher, several seeds.
+"""Evidence: the objectives and the omniopd variants of `experiments/matrix.toml`, run to learn, with curves.
 
-    .venv/bin/python experiments/compare.py                      # the committed run (results/ below)
-    .venv/bin/python experiments/compare.py --steps 4 --seeds 0  # a quick look
+    .venv/bin/python experiments/compare.py                          # the CPU matrix, resuming what is done
+    .venv/bin/python experiments/compare.py --rows omniopd sft --seeds 0
+    .venv/bin/python experiments/compare.py --device cuda            # the one-GPU budget
+    .venv/bin/python experiments/compare.py --report-only            # tables and plots from what is done
 
-Each (objective, seed) is one real `python -m omniopd.train` run with the shared settings below; the
-base student's held-out accuracy is measured once (greedy decoding does not depend on the seed).
-Writes `experiments/results/compare.{json,md,png}`.
+Every (row, seed) is one real `python -m omniopd.train` run in its own process, with the budget's shared
+arguments and the row's flags; `--jobs` of them run at once (the cores split between them). A finished run
+is recorded in `experiments/results/<budget>/matrix.json` (its held-out curve, teacher tokens, wall time)
+and never run again, so a matrix interrupted at any point, or continued from a fresh clone, resumes where it
+stopped; a run interrupted mid-way resumes from its last checkpoint (`runs/compare/...`, same machine).
+Writes `matrix.json`, `matrix.md` and the PNGs next to it after every finished run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-OBJECTIVES = ["sft", "opd", "rl", "omniopd"]
-METRICS = [("eval/accuracy", "held-out accuracy"), ("eval/repetition_mean", "repetition (repeated 4-grams)"),
-           ("eval/response_len_mean", "response length (tokens)")]
+sys.path.insert(0, str(REPO))  # run as a script from a clone: `omniopd` importable without an install
+
+from omniopd.config import ConfigError, load_config  # noqa: E402
+from omniopd.runlog import read_metrics  # noqa: E402
+
+CURVE_KEYS = {"eval/accuracy": "accuracy", "eval/repetition_mean": "repetition",
+              "eval/response_len_mean": "response_len"}
+# Two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1): the interval over seeds.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def shared_args(steps: int) -> list[str]:
-    # Equal for every objective: prompts per step, rollouts per prompt, steps, learning rate, teacher.
-    # Sized for a 2-core CPU (about an hour for 4 objectives x 3 seeds); on a GPU raise all of them.
-    return [f"--train.steps={steps}", "--train.batch_size=2", "--generation.n=4", "--generation.max_new_tokens=80",
-            "--optim.lr=2e-5", "--train.eval_size=64", "--checkpoint.every=0", "--checkpoint.keep=1",
-            "--checkpoint.export=false", "--log.tensorboard=false"]
+class MatrixError(ValueError):
+    """A matrix file that cannot be run; the message names the file and the entry."""
 
 
-def run(out: Path, objective: str, seed: int, steps: int, eval_before: bool) -> dict:
-    if (out / "summary.json").is_file():  # finished earlier: an interrupted comparison resumes here
-        print(f"{objective:8s} seed {seed}: reusing {out / 'summary.json'}", flush=True)
-        return json.loads((out / "summary.json").read_text())
-    cmd = [sys.executable, "-m", "omniopd.train", f"--log.dir={out}", f"--objective.name={objective}",
-           f"--train.seed={seed}", f"--train.eval_before={str(eval_before).lower()}", *shared_args(steps)]
-    start = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    summary["wall_s"] = time.time() - start
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # ~1.7 GB each; the comparison needs none
-    print(f"{objective:8s} seed {seed}: accuracy {summary['after']['eval/accuracy']:.3f} "
-          f"({summary['wall_s']:.0f}s)", flush=True)
-    return summary
+@dataclass
+class Budget:
+    name: str
+    jobs: int
+    seeds: list[int]
+    args: list[str]
 
 
-def spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+@dataclass
+class Row:
+    name: str
+    args: list[str]
+    seeds: list[int] | None = None
 
 
-def report(results: dict, out: Path) -> None:
-    base = results["base"]
-    rows = ["| objective | " + " | ".join(label for _, label in METRICS) + " | teacher tokens / run |",
-            "|---|" + "---|" * (len(METRICS) + 1)]
-    rows.append("| base student | " + " | ".join(f"{base[k]:.3f}" for k, _ in METRICS) + " | 0 |")
-    for objective in OBJECTIVES:
-        runs = results["runs"].get(objective, [])
-        if not runs:
-            continue
-        cells = [spread([r["after"][k] for r in runs]) for k, _ in METRICS]
-        tokens = statistics.mean(r["teacher"].get("completion_tokens", 0) for r in runs)
-        rows.append(f"| {objective} | " + " | ".join(cells) + f" | {tokens:.0f} |")
-    seeds = results["seeds"]
-    text = (f"Built-in task, {results['steps']} steps, seeds {seeds} (mean ± sample std over seeds), "
-            f"greedy held-out accuracy on {results['eval_size']} problems.\n\n" + "\n".join(rows) + "\n")
-    (out / "compare.md").write_text(text)
-    print(text)
+@dataclass
+class Matrix:
+    budgets: dict[str, Budget]
+    rows: list[Row]
 
+
+@dataclass
+class Run:
+    row: str
+    seed: int
+    argv: list[str]
+    dir: Path
+    results: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.row}/seed{self.seed}"
+
+
+def _strings(where: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(a, str) and a.startswith("--") for a in value):
+        raise MatrixError(f"{where}: 'args' must be a list of '--section.key=value' strings, got {value!r}")
+    return list(value)
+
+
+def _seeds(where: str, value: object) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in value):
+        raise MatrixError(f"{where}: 'seeds' must be a non-empty list of integers, got {value!r}")
+    return list(value)
+
+
+def _only_keys(where: str, table: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise MatrixError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(sorted(allowed))})")
+
+
+def load_matrix(path: Path) -> Matrix:
+    """Parse and check a matrix file: every row's flags load as a valid config on every budget (the same
+    check `python -m omniopd.train` runs), so a typo fails here, not an hour into the matrix."""
+    try:
+        spec = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise MatrixError(f"{path}: {e}") from e
+    _only_keys(str(path), spec, {"budget", "row"})
+    budgets = {}
+    for name, table in spec.get("budget", {}).items():
+        where = f"{path}: [budget.{name}]"
+        _only_keys(where, table, {"jobs", "seeds", "args"})
+        jobs = table.get("jobs", 1)
+        if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+            raise MatrixError(f"{where}: 'jobs' must be an integer >= 1, got {jobs!r}")
+        budgets[name] = Budget(name, jobs, _seeds(where, table.get("seeds", [0])), _strings(where, table.get("args")))
+    if not budgets:
+        raise MatrixError(f"{path}: no [budget.<name>] table")
+    rows: list[Row] = []
+    for i, table in enumerate(spec.get("row", [])):
+        where = f"{path}: row {i + 1}"
+        _only_keys(where, table, {"name", "args", "seeds"})
+        name = table.get("name")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise MatrixError(f"{where}: 'name' must be a non-empty string without '/', got {name!r}")
+        if any(r.name == name for r in rows):
+            raise MatrixError(f"{where}: row name {name!r} is used twice")
+        seeds = _seeds(f"{where} ({name})", table["seeds"]) if "seeds" in table else None
+        rows.append(Row(name, _strings(f"{where} ({name})", table.get("args", [])), seeds))
+    if not rows:
+        raise MatrixError(f"{path}: no [[row]] entries")
+    for budget in budgets.values():
+        for row in rows:
+            try:
+                load_config([*budget.args, *row.args])
+            except ConfigError as e:
+                raise MatrixError(f"{path}: row {row.name!r} on budget {budget.name!r}: {e}") from e
+    return Matrix(budgets, rows)
+
+
+def plan(matrix: Matrix, budget: Budget, runs_dir: Path, rows: list[str] | None = None,
+         seeds: list[int] | None = None) -> list[Run]:
+    """The runs to have, seed-major (every row's seed 0 before any seed 1: a partial matrix covers every row)."""
+    unknown = sorted(set(rows or []) - {r.name for r in matrix.rows})
+    if unknown:
+        raise MatrixError(f"--rows: unknown row {unknown[0]!r} (rows: {', '.join(r.name for r in matrix.rows)})")
+    chosen = [r for r in matrix.rows if rows is None or r.name in rows]
+    all_seeds = sorted({s for r in chosen for s in (r.seeds or budget.seeds)})
+    out = []
+    for seed in all_seeds:
+        for row in chosen:
+            if seed in (row.seeds or budget.seeds) and (seeds is None or seed in seeds):
+                run_dir = runs_dir / budget.name / row.name / f"seed{seed}"
+                argv = [*budget.args, *row.args, f"--train.seed={seed}", f"--log.dir={run_dir}"]
+                out.append(Run(row.name, seed, argv, run_dir))
+    return out
+
+
+def collect(run: Run, wall_s: float) -> dict:
+    """A finished run's record: its held-out curve (step 0 = the base student), teacher tokens by step, totals."""
+    rows = read_metrics(run.dir / "metrics.jsonl")
+    curve = []
+    spent, offset, last = {}, 0.0, 0.0
+    for r in rows:  # a resumed run's teacher counter restarts from 0: keep the sum monotone
+        total = r.get("teacher/completion_tokens_total")
+        if total is not None:
+            offset += last if total < last else 0.0
+            last = total
+            spent[r["step"]] = offset + total
+    tokens_so_far = 0.0
+    for r in rows:
+        tokens_so_far = spent.get(r["step"], tokens_so_far)
+        if r.get("eval/accuracy") is not None:
+            point = {"step": r["step"], "teacher_tokens": tokens_so_far}
+            point.update({short: r.get(key) for key, short in CURVE_KEYS.items()})
+            curve.append(point)
+    if not curve or curve[-1]["step"] == 0:
+        raise RuntimeError(f"{run.key}: {run.dir / 'metrics.jsonl'} holds no held-out evaluation after training")
+    steps = [r for r in rows if r.get("time/step_s") is not None]
+    return {"row": run.row, "seed": run.seed, "argv": run.argv, "curve": curve, "final": curve[-1],
+            "teacher_tokens": tokens_so_far, "train_steps": len(steps),
+            "step_s_mean": statistics.mean(r["time/step_s"] for r in steps) if steps else math.nan,
+            "wall_s": wall_s}
+
+
+def execute(todo: list[Run], jobs: int, on_done, python: str = sys.executable) -> list[str]:
+    """Run `todo` with at most `jobs` processes at once; `on_done(run, record)` after each success. Returns the
+    failures (each names its log). A run with a checkpoint on disk resumes from it; one that finished before
+    the matrix could record it is only collected. Ctrl-C / SIGTERM: every active run saves a checkpoint and
+    stops (the trainer's own signal handling), then the interrupt goes on."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    waiting, active, failures = list(todo), [], []
+    try:
+        while waiting or active:
+            while waiting and len(active) < jobs:
+                run = waiting.pop(0)
+                if (run.dir / "summary.json").is_file():  # finished, not yet recorded
+                    on_done(run, collect(run, _previous_wall(run.dir)))
+                    continue
+                run.dir.mkdir(parents=True, exist_ok=True)
+                resume = any((run.dir / "checkpoints").glob("step_*"))
+                log = (run.dir / "run.log").open("a")
+                cmd = [python, "-m", "omniopd.train", *run.argv, f"--checkpoint.resume={str(resume).lower()}"]
+                print(f"start {run.key}{' (resuming its checkpoint)' if resume else ''}: log {run.dir / 'run.log'}",
+                      flush=True)
+                proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                active.append((run, proc, log, time.time(), _previous_wall(run.dir)))
+            time.sleep(2)
+            for item in list(active):
+                run, proc, log, start, before = item
+                wall = before + time.time() - start
+                (run.dir / "wall_s.json").write_text(json.dumps({"wall_s": wall}))  # survives an interruption
+                if proc.poll() is None:
+                    continue
+                active.remove(item)
+                log.close()
+                if proc.returncode != 0:
+                    failures.append(f"{run.key}: exit {proc.returncode}, see {run.dir / 'run.log'}")
+                    print(f"FAILED {failures[-1]}", flush=True)
+                    continue
+                on_done(run, collect(run, wall))
+                for ckpt in (run.dir / "checkpoints").glob("step_*"):  # ~1.6 GB each; a finished run needs none
+                    shutil.rmtree(ckpt, ignore_errors=True)
+    except KeyboardInterrupt:
+        for run, proc, _, _, _ in active:
+            print(f"interrupted: {run.key} saves a checkpoint and stops", flush=True)
+            proc.send_signal(signal.SIGINT)
+        for _, proc, log, _, _ in active:
+            proc.wait()
+            log.close()
+        raise
+    return failures
+
+
+def _previous_wall(run_dir: Path) -> float:
+    """Wall seconds of earlier, interrupted attempts at this run (kept beside its log)."""
+    path = run_dir / "wall_s.json"
+    return json.loads(path.read_text())["wall_s"] if path.is_file() else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided 95% Student-t interval over seeds (nan with one seed)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def _cell(values: list[float], digits: int = 3) -> str:
+    mean, half = interval(values)
+    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def report(results: dict, out: Path) -> str:
+    """matrix.md (final held-out accuracy per row with 95% intervals over seeds, the change from the base
+    student, repetition, teacher tokens, compute) and the PNGs, from matrix.json's records."""
+    runs = list(results["runs"].values())
+    if not runs:
+        return "no finished runs yet\n"
+    order = [r for r in results["row_order"] if any(x["row"] == r for x in runs)]
+    base = [x["curve"][0]["accuracy"] for x in runs if x["curve"][0]["step"] == 0]
+    lines = [f"Budget `{results['budget']}`: {' '.join(results['budget_args'])}", "",
+             "Final greedy held-out accuracy (mean ± half-width of the 95% t-interval over seeds; one seed: no "
+             "interval), its change from the base student in the same runs, repetition (repeated 4-grams) and "
+             "length of the held-out responses, teacher tokens generated per run and the run's wall time.", "",
+             "| row | seeds | accuracy | Δ vs base | repetition | length (tokens) | teacher tokens | s / step | "
+             "wall (min) |", "|---|---|---|---|---|---|---|---|---|"]
+    if base:
+        lines.append(f"| base student | — | {statistics.fmean(base):.3f} | — | "
+                     f"{statistics.fmean(x['curve'][0]['repetition'] for x in runs):.3f} | "
+                     f"{statistics.fmean(x['curve'][0]['response_len'] for x in runs):.1f} | — | — | — |")
+    for name in order:
+        rs = sorted((x for x in runs if x["row"] == name), key=lambda x: x["seed"])
+        delta = [x["final"]["accuracy"] - x["curve"][0]["accuracy"] for x in rs]
+        seeds = ",".join(str(x["seed"]) for x in rs)
+        lines.append(f"| {name} | {seeds} | {_cell([x['final']['accuracy'] for x in rs])} | {_cell(delta)}"
+                     f" | {_cell([x['final']['repetition'] for x in rs])}"
+                     f" | {_cell([x['final']['response_len'] for x in rs], 1)}"
+                     f" | {statistics.fmean(x['teacher_tokens'] for x in rs):.0f}"
+                     f" | {statistics.fmean(x['step_s_mean'] for x in rs):.1f}"
+                     f" | {statistics.fmean(x['wall_s'] for x in rs) / 60:.1f} |")
+    total_wall = sum(x["wall_s"] for x in runs)
+    total_tokens = sum(x["teacher_tokens"] for x in runs)
+    lines += ["", f"{len(runs)} runs finished of {results['planned']} planned; compute so far: "
+              f"{total_wall / 3600:.2f} h of wall time, {total_tokens:.0f} teacher tokens."]
+    missing = results.get("missing", [])
+    if missing:
+        lines.append(f"Not run yet: {', '.join(missing)}.")
+    text = "\n".join(lines) + "\n"
+    (out / "matrix.md").write_text(text)
+    _plots(runs, order, out)
+    return text
+
+
+def _plots(runs: list[dict], order: list[str], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["base"] + [o for o in OBJECTIVES if results["runs"].get(o)]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.6))
-    for ax, (key, label) in zip(axes, METRICS):
-        for i, name in enumerate(names):
-            values = [base[key]] if name == "base" else [r["after"][key] for r in results["runs"][name]]
-            ax.bar(i, statistics.mean(values), color="lightgray" if name == "base" else "tab:blue", alpha=0.6)
-            ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
-        ax.set_xticks(range(len(names)), names)
-        ax.set_title(label, fontsize=10)
-    fig.suptitle(f"built-in task, {results['steps']} steps, seeds {seeds} (dots: seeds)", fontsize=10)
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(order)}
+    for key, label, fname in (("accuracy", "held-out accuracy (greedy)", "accuracy.png"),
+                              ("repetition", "repeated 4-grams in held-out responses", "repetition.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for name in order:
+            rs = [x for x in runs if x["row"] == name]
+            steps = sorted({p["step"] for x in rs for p in x["curve"]})
+            by_step = [[p[key] for x in rs for p in x["curve"] if p["step"] == s and p[key] is not None]
+                       for s in steps]
+            mean = [statistics.fmean(v) for v in by_step]
+            ax.plot(steps, mean, marker="o", ms=3, color=colors[name], label=f"{name} ({len(rs)} seeds)")
+            if len(rs) > 1:  # the band: lowest to highest seed at each step
+                ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color=colors[name],
+                                alpha=0.15)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"{label} vs step (line: mean over seeds; band: min–max)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name in order:
+        for x in (x for x in runs if x["row"] == name):
+            if x["teacher_tokens"] > 0:
+                ax.plot([p["teacher_tokens"] for p in x["curve"]], [p["accuracy"] for p in x["curve"]], marker="o",
+                        ms=3, color=colors[name], alpha=0.7, label=name if x["seed"] == min(
+                            y["seed"] for y in runs if y["row"] == name) else None)
+    ax.set_xlabel("teacher tokens generated (cumulative)")
+    ax.set_ylabel("held-out accuracy (greedy)")
+    ax.set_title("accuracy vs teacher tokens spent (one line per seed; opd/rl generate none)", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=110)
+    fig.savefig(out / "teacher_tokens.png", dpi=110)
+    plt.close(fig)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--objectives", nargs="+", default=OBJECTIVES, choices=OBJECTIVES)
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--matrix", type=Path, default=HERE / "matrix.toml")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the budget to run")
+    parser.add_argument("--budget", help="a budget of the matrix file by name (default: --device's)")
+    parser.add_argument("--rows", nargs="+", help="only these rows (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: each row's)")
+    parser.add_argument("--jobs", type=int, help="runs at once (default: the budget's)")
+    parser.add_argument("--out", type=Path, help="results folder (default: experiments/results/<budget>)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "compare", help="per-run log folders")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the tables and plots, run nothing")
+    args = parser.parse_args(argv)
+    try:
+        matrix = load_matrix(args.matrix)
+        name = args.budget or args.device
+        if name not in matrix.budgets:
+            raise MatrixError(f"{args.matrix}: no [budget.{name}] (budgets: {', '.join(matrix.budgets)})")
+        budget = matrix.budgets[name]
+        runs = plan(matrix, budget, args.runs, args.rows, args.seeds)
+    except MatrixError as e:
+        print(f"compare.py: error: {e}", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not args.report_only:
+        import torch
 
-    results: dict = {"steps": args.steps, "seeds": args.seeds, "eval_size": 64, "args": shared_args(args.steps),
-                     "runs": {}}
-    for seed in args.seeds:
-        for objective in args.objectives:
-            first = "base" not in results
-            summary = run(args.runs / f"{objective}-seed{seed}", objective, seed, args.steps, eval_before=first)
-            if first:
-                results["base"] = summary["before"]
-            results["runs"].setdefault(objective, []).append(summary)
-            (args.out / "compare.json").write_text(json.dumps(results, indent=2))  # partial results survive
-    report(results, args.out)
-    return 0
+        if not torch.cuda.is_available():
+            print("compare.py: error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+            return 2
+    out = args.out or HERE / "results" / budget.name
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "matrix.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
+    if results.get("budget_args", budget.args) != budget.args:
+        print(f"compare.py: error: {results_path} was made with other budget arguments; a matrix mixes no "
+              "budgets (move it away to start over)", file=sys.stderr)
+        return 2
+    planned = plan(matrix, budget, args.runs)  # the whole matrix, for "n of m" and what is missing
+    results.update(budget=budget.name, budget_args=budget.args, row_order=[r.name for r in matrix.rows],
+                   planned=len(planned))
+
+    def write(run: Run | None = None, record: dict | None = None) -> None:
+        if run is not None:
+            results["runs"][run.key] = record
+            print(f"done {run.key}: accuracy {record['curve'][0]['accuracy']:.3f} -> {record['final']['accuracy']:.3f}"
+                  f" ({record['wall_s'] / 60:.1f} min)", flush=True)
+        results["missing"] = [r.key for r in planned if r.key not in results["runs"]]
+        tmp = results_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(results_path)  # atomic: an interrupted write never loses finished runs
+        print(report(results, out), flush=True)
+
+    if args.report_only:
+        write()
+        return 0
+    todo = [r for r in runs if r.key not in results["runs"]]
+    print(f"{len(runs) - len(todo)} of {len(runs)} selected runs already done; running {len(todo)}", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the runs like Ctrl-C
+    failures = execute(todo, args.jobs or budget.jobs, write)
+    write()
+    for failure in failures:
+        print(f"compare.py: failed: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -226,6 +226,10 @@ class ObjectiveConfig(Section):
     section: ClassVar[str] = "objective"
 
     name: Literal["omniopd", "opd", "sft", "rl"] = doc("Training objective.", "omniopd")
+    target: Literal["faithful", "centred"] = doc(
+        "omniopd chunk weight: 'faithful' = the paper's π̂ (every kept chunk pushed up, by the teacher's "
+        "agreement); 'centred' = the advantage π̂ − π̄, which pushes down a chunk the teacher agrees with less "
+        "than the student believes (beyond the paper).", "faithful")
     beta: float = doc("Weight of the KL(pi_ref || pi_theta) anchor on unaudited tokens.", 0.05, rule=non_negative)
     normalizer: Literal["sequences", "tokens"] = doc(
         "Loss denominator: global sequence count (default) or global response-token count. Never the "

@@ -113,10 +113,17 @@ def loss_normalizer(kind: str, response_mask: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"objective.normalizer={kind!r}: must be 'sequences' or 'tokens'")
 
 
-def audit_weights(audit: AuditResult, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+TARGETS = ("faithful", "centred")
+
+
+def audit_weights(audit: AuditResult, response_mask: torch.Tensor, *,
+                  target: str = "faithful") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token `(weights[B, T], kl_mask[B, T])` from the audit's `[B, M]` tensors, on the mask's device:
-    π̂ on the tokens of each kept chunk, 0 elsewhere; the KL mask is every response token outside a kept
-    chunk (dropped chunks' tokens get the KL anchor). The one place the chunk layout becomes per-token."""
+    the chunk weight on the tokens of each kept chunk, 0 elsewhere; the KL mask is every response token
+    outside a kept chunk (dropped chunks' tokens get the KL anchor). The one place the chunk layout becomes
+    per-token. The chunk weight is π̂ (`target="faithful"`, the paper's objective: every kept chunk is pushed
+    up, by how much the teacher agrees) or the advantage π̂ − π̄ (`target="centred"`: a chunk the teacher
+    agrees with less than the student believes is pushed down)."""
     device = response_mask.device
     b, t = response_mask.shape
     if audit.anchors.dim() != 2 or audit.anchors.shape[0] != b:
@@ -134,8 +141,11 @@ def audit_weights(audit: AuditResult, response_mask: torch.Tensor) -> tuple[torc
         i = int(bad.nonzero()[0])
         raise ValueError(f"chunk (sequence {int(rows[i, 0])}, anchor {int(cols[i, 0])}, C={c}) is not inside the "
                          f"response of shape {(b, t)} or overlaps another audited chunk")
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r}: must be one of {', '.join(TARGETS)}")
+    chunk_weight = audit.pi_hat - audit.pi_bar if target == "centred" else audit.pi_hat
     weights = torch.zeros(response_mask.shape, dtype=torch.float32, device=device)
-    weights[r, col] = audit.pi_hat.to(device=device, dtype=torch.float32)[kept][:, None].expand_as(cols)
+    weights[r, col] = chunk_weight.to(device=device, dtype=torch.float32)[kept][:, None].expand_as(cols)
     return weights, response_mask.bool() & (counts == 0)
 
 
@@ -164,8 +174,9 @@ def truncated_ratio(logprob: torch.Tensor, rollout_logprob: torch.Tensor, respon
 
 def omniopd(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
             audit: AuditResult, *, beta: float, normalizer: float | torch.Tensor,
-            ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """OmniOPD: `(Σ_audited −ρ·π̂·log π_θ(y_t) + β·Σ_unaudited KL(π_ref ‖ π_θ)_t) / normalizer`.
+            ratio: torch.Tensor | None = None, target: str = "faithful") -> tuple[torch.Tensor, dict]:
+    """OmniOPD: `(Σ_audited −ρ·w·log π_θ(y_t) + β·Σ_unaudited KL(π_ref ‖ π_θ)_t) / normalizer`, w = π̂
+    (`target="faithful"`) or π̂ − π̄ (`target="centred"`, see `audit_weights`).
 
     head, ref: student and reference `Head`s (or logits `[B, T, V]`); tokens, response_mask: `[B, T]`.
     ratio: `truncated_ratio`'s `[B, T]` when the tokens came from older weights (a pipelined step), else ρ = 1.
@@ -175,7 +186,7 @@ def omniopd(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.T
     b, t = _check_bt(tokens, response_mask)
     head, ref = Head.of(head, "head", b, t), Head.of(ref, "ref", b, t)
     _same_form(head, ref)
-    weights, kl_mask = audit_weights(audit, response_mask)
+    weights, kl_mask = audit_weights(audit, response_mask, target=target)
     if ratio is not None:
         if ratio.shape != (b, t):
             raise ValueError(f"ratio must have shape [{b}, {t}], got {tuple(ratio.shape)}")

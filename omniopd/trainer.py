@@ -500,7 +500,8 @@ class Trainer:
                                 entropy=entropy, response_mask=batch.response_mask)
         # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.
         loss, metrics = losses.omniopd(head, ref, batch.tokens, batch.response_mask, audit,
-                                       beta=cfg.objective.beta, normalizer=normalizer, ratio=ratio)
+                                       beta=cfg.objective.beta, normalizer=normalizer, ratio=ratio,
+                                       target=cfg.objective.target)
         metrics["audit/num_chunks_m"] = float(m)
         metrics["teacher/failed_requests"] = summed(sum(not r.ok for r in results))
         return loss, metrics

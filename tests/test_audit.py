@@ -136,6 +136,23 @@ def test_hand_computed_two_sequence_step(tokenizer):
     loss.backward()  # the step still trains on the kept chunks
     assert logits.grad[0, 2].abs().sum() > 0 and logits.grad[1, 3].abs().sum() > 0
 
+    # Centred target: weight π̂ − π̄ per chunk (0.625 − 0.5, 0.45 − 0.4, 0.55 − 0.6): the third chunk, which
+    # the teacher backs less than the student believes, gets a negative weight and is pushed down.
+    centred_w, centred_kl = audit_weights(audit, mask, target="centred")
+    expected_w[0, 2:4], expected_w[0, 7:9], expected_w[1, 3:5] = 0.125, 0.05, -0.05
+    torch.testing.assert_close(centred_w, expected_w, rtol=0, atol=1e-7)
+    assert torch.equal(centred_kl, expected_kl)
+    logits.grad = None
+    centred_weight = 2 * 0.125 + 2 * 0.05 - 2 * 0.05
+    loss, _ = omniopd(logits, ref_logits, tokens, mask, audit, beta=beta, normalizer=2, target="centred")
+    assert loss.item() == pytest.approx((centred_weight * math.log(43 / 2) + beta * 11 * kl_uniform_to_student) / 2,
+                                        abs=1e-6)
+    loss.backward()
+    # pushed down: descending the loss lowers the sampled token's logit in the negative-weight chunk
+    assert logits.grad[1, 3, tokens[1, 3]] > 0 and logits.grad[0, 2, tokens[0, 2]] < 0
+    with pytest.raises(ValueError, match="target='centered'"):
+        audit_weights(audit, mask, target="centered")
+
 
 def test_failed_requests_are_dropped_not_scored():
     forks = [Fork(0, 0, "", "ab"), Fork(0, 2, "ab", "cd"), Fork(1, 0, "", "ef")]

@@ -102,7 +102,7 @@ def test_every_range_rule_fails_at_load_naming_the_key(key, rule, tmp_path):
 def test_the_range_rules_cover_the_old_name_sets():
     """Every bound that used to live in a far-away name set is now declared on its field."""
     rules = dict(_ruled_fields())
-    assert len(rules) == 43  # the 37 of the old name sets + 4 vLLM fields + train.pipeline, train.max_ratio
+    assert len(rules) == 44  # the 37 of the old name sets + 4 vLLM fields + train.pipeline, max_ratio, eval_every
     assert rules["generation.top_p"] == rules["generation.gpu_memory_utilization"] == "unit_interval"
     assert rules["optim.lr"] == "positive" and rules["checkpoint.every"] == "non_negative"
 

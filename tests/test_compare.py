@@ -1,0 +1,86 @@
+"""experiments/compare.py: the matrix file's checks, the interval over seeds, and a real two-run matrix that
+resumes instead of running again."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("compare", REPO / "experiments" / "compare.py")
+compare = importlib.util.module_from_spec(_spec)
+sys.modules["compare"] = compare
+_spec.loader.exec_module(compare)
+
+TINY = ["--train.steps=2", "--train.eval_every=1", "--train.batch_size=2", "--generation.n=2",
+        "--generation.max_new_tokens=16", "--audit.chunk_len=4", "--audit.num_continuations=2",
+        "--train.eval_size=2", "--generation.backend=hf", "--log.tensorboard=false", "--log.plots=false",
+        "--checkpoint.every=1", "--checkpoint.keep=1", "--checkpoint.export=false"]
+
+
+def _matrix(tmp_path: Path, rows: str, budget_args: list[str] = TINY) -> Path:
+    path = tmp_path / "matrix.toml"
+    path.write_text(f"[budget.cpu]\nseeds = [0]\nargs = {json.dumps(budget_args)}\n\n{rows}")
+    return path
+
+
+def test_the_committed_matrix_loads_on_every_budget():
+    matrix = compare.load_matrix(REPO / "experiments" / "matrix.toml")
+    assert set(matrix.budgets) == {"cpu", "cuda"}
+    names = [r.name for r in matrix.rows]
+    assert names[:4] == ["omniopd", "sft", "rl", "opd"]
+    runs = compare.plan(matrix, matrix.budgets["cpu"], Path("/tmp/runs"))
+    assert len(runs) == 3 * len(names) and [r.key for r in runs[:2]] == ["omniopd/seed0", "sft/seed0"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ('[[row]]\nname = "a"\nargs = ["--audit.num_chunk=2"]\n', "row 'a' on budget 'cpu'.*num_chunks"),
+    ('[[row]]\nname = "a"\nargs = ["--objective.name=sft"]\n[[row]]\nname = "a"\n', "row name 'a' is used twice"),
+    ('[[row]]\nname = "a"\nflags = []\n', "row 1: unknown key 'flags'"),
+    ('[[row]]\nname = "a"\nargs = "--x=1"\n', r"row 1 \(a\): 'args' must be a list"),
+    ('[[row]]\nname = "a"\nseeds = []\n', r"row 1 \(a\): 'seeds' must be a non-empty list"),
+    ('[[row]]\nname = "a/b"\n', "'name' must be a non-empty string without '/'"),
+    ('[[row]\n', "matrix.toml"),
+])
+def test_bad_matrix_files_name_the_entry(tmp_path, rows, message):
+    with pytest.raises(compare.MatrixError, match=message):
+        compare.load_matrix(_matrix(tmp_path, rows))
+
+
+def test_interval_is_the_95_percent_t_interval():
+    mean, half = compare.interval([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2)
+    assert half == pytest.approx(4.303 * 0.1 / math.sqrt(3))  # t(0.975, 2 dof) * s / sqrt(n)
+    assert math.isnan(compare.interval([0.5])[1])
+
+
+def test_a_real_matrix_runs_reports_and_resumes(tmp_path, capsys):
+    path = _matrix(tmp_path, '[[row]]\nname = "rl"\nargs = ["--objective.name=rl"]\n'
+                             '[[row]]\nname = "sft"\nargs = ["--objective.name=sft"]\n')
+    argv = ["--matrix", str(path), "--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    assert compare.main(argv) == 0
+    results = json.loads((tmp_path / "results" / "matrix.json").read_text())
+    assert sorted(results["runs"]) == ["rl/seed0", "sft/seed0"] and results["missing"] == []
+    for record in results["runs"].values():
+        assert [p["step"] for p in record["curve"]] == [0, 1, 2]  # before, every step, after
+        assert all(0 <= p["accuracy"] <= 1 for p in record["curve"])
+        assert record["train_steps"] == 2 and record["wall_s"] > 0
+    assert results["runs"]["sft/seed0"]["teacher_tokens"] > 0  # sft trains on teacher-written responses
+    assert results["runs"]["rl/seed0"]["teacher_tokens"] == 0
+    assert not any((tmp_path / "runs").rglob("step_*"))  # a finished run's checkpoints are gone
+    table = (tmp_path / "results" / "matrix.md").read_text()
+    assert "| base student |" in table and "| rl | 0 |" in table and "| sft | 0 |" in table
+    for png in ("accuracy.png", "repetition.png", "teacher_tokens.png"):
+        assert (tmp_path / "results" / png).stat().st_size > 5_000
+    capsys.readouterr()
+    assert compare.main(argv) == 0  # everything recorded: nothing runs again
+    assert "2 of 2 selected runs already done; running 0" in capsys.readouterr().out
+    # other budget arguments against the same results: refused, nothing mixed
+    other = _matrix(tmp_path, '[[row]]\nname = "rl"\nargs = ["--objective.name=rl"]\n',
+                    [a for a in TINY if a != "--train.steps=2"] + ["--train.steps=3"])
+    assert compare.main(["--matrix", str(other), *argv[2:]]) == 2
