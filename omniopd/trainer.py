@@ -613,7 +613,10 @@ class Trainer:
                 "eval/repetition_mean": summary["mean_repetition"]}
 
     def save(self) -> Path:
-        extra = {"step": self.step, "scheduler": self.scheduler.state_dict(), "stream": self.stream.state_dict(),
+        stream = self.stream.state_dict()
+        if self._prepared is not None:  # train.pipeline: the next batch is drawn, not trained on; a resume redraws it
+            stream["position"] -= self.cfg.train.batch_size
+        extra = {"step": self.step, "scheduler": self.scheduler.state_dict(), "stream": stream,
                  "rng": checkpoint.rng_state(), "nonfinite_steps": self.nonfinite_steps,
                  "teacher_failed_steps": self.teacher_failed_steps, "teacher_last_error": self.teacher_last_error}
         return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, extra,

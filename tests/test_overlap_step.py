@@ -83,9 +83,15 @@ def test_overlapped_step_equals_the_synchronous_step_on_the_same_rollouts(tiny, 
 
 def test_pipelined_run_trains_on_rollouts_at_most_one_step_old(tiny, tmp_path):
     cfg = _config(tiny, tmp_path, "--train.steps=3", "--train.pipeline=1", "--optim.lr=1e-3",
-                  "--checkpoint.every=0", "--teacher.cache=off")
+                  "--checkpoint.every=1", "--checkpoint.keep=3", "--teacher.cache=off")
     with Trainer(cfg) as trainer:
         trainer.fit()
+    # A checkpoint taken while the next batch waits, drawn but not trained on, counts only the trained ones:
+    # a resume draws that batch again instead of skipping it.
+    size = cfg.train.batch_size
+    positions = [torch.load(tmp_path / "checkpoints" / f"step_{k:06d}" / "trainer_state_rank0.pt",
+                            weights_only=False)["stream"]["position"] for k in (1, 2, 3)]
+    assert positions == [size, 2 * size, 3 * size]
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert [r["pipeline/staleness"] for r in rows] == [0.0, 1.0, 1.0]  # the first batch is produced in step 1
