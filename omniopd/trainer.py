@@ -702,8 +702,13 @@ class _StopSignals:
     land inside a finalizer (`__del__`, a weakref callback), where Python prints it and drops it: the run then
     trained on to the end and exited 0."""
 
+    ECHO_S = 1.0  # a repeat this soon is the same request: torchrun forwards the terminal's Ctrl-C to ranks
+    # that already got it from the terminal (run torchrun with --shutdown_timeout longer than a step, or it
+    # kills the ranks before they save)
+
     def __init__(self):
         self.requested = False
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> _StopSignals:
@@ -719,8 +724,10 @@ class _StopSignals:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            if time.monotonic() - self._first > self.ECHO_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first = True, time.monotonic()
         print(f"omniopd: {signal.Signals(signum).name} received: stopping after this step with a checkpoint "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
 

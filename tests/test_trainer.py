@@ -173,3 +173,23 @@ def test_interrupt_saves_a_checkpoint_first(tmp_path, sig):
     assert "saving a checkpoint before exiting" in out
     saved = [p.name for p in (tmp_path / "checkpoints").iterdir()]
     assert len(saved) == 1 and saved[0].startswith("step_0000")  # step 1 or 2, whichever was running
+
+
+def test_a_second_stop_signal_interrupts_at_once_but_an_echo_does_not():
+    """torchrun forwards the terminal's Ctrl-C to ranks that got it already: a repeat within ECHO_S is the same
+    request; a later one raises KeyboardInterrupt where the run is. Leaving restores the old handlers."""
+    from omniopd.trainer import _StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = _StopSignals().install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)  # the echo
+        stop._first -= 2 * stop.ECHO_S
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode boundary
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
