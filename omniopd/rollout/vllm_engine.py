@@ -6,6 +6,7 @@ The engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`). Under torc
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -106,6 +107,19 @@ def stop_engine(llm) -> None:
     finally:
         if _count_engine(-1) == 0:
             destroy_process_groups(keep_default_group=_group_was_there)
+
+
+def close_engine(holder) -> None:
+    """Shut down the engine in `holder.llm` and free it now; `holder.llm` becomes None, so a second call,
+    or one on a holder whose engine never started, does nothing."""
+    llm, holder.llm = getattr(holder, "llm", None), None
+    if llm is None:
+        return
+    try:
+        stop_engine(llm)
+    finally:
+        del llm  # the last reference: the collection below frees the engine's memory now, not at exit
+        gc.collect()
 
 
 def _default_group_exists() -> bool:
