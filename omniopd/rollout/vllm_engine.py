@@ -61,7 +61,7 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
             return
         with lock:
             if not abandoned.is_set():
-                box["llm"] = llm
+                box["llm"], llm = llm, None  # see the return below
                 return
         # the caller gave up waiting: free the engine nobody will use
         llm.llm_engine.engine_core.shutdown()
@@ -90,7 +90,9 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
         raise GeneratorStartError(f"vLLM engine for {kwargs['model']} failed to start: "
                                   f"{type(e).__name__}: {e}") from e
     _count_engine(+1)
-    return box["llm"], serving_threads
+    # Neither `start`'s frame nor `box` may keep the engine: that frame stays referenced after the start
+    # (seen: the engine survived close_engine's collection through its local and the closure's `box`).
+    return box.pop("llm"), serving_threads
 
 
 def _count_engine(delta: int) -> int:
