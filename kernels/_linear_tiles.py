@@ -44,6 +44,67 @@ def store_logits_grad(dz_ptr, dz, rows, cols, row0, n_hi, V, stride_dz, inv_tau)
     tl.store(out, (dz * inv_tau).to(dz_ptr.dtype.element_ty), mask=(rows < n_hi)[:, None] & (cols[None, :] < V))
 
 
+@triton.jit
+def forward_rows(tok_ptr, N, BLOCK_N: tl.constexpr, HAS_TOK: tl.constexpr):
+    """(rows, row mask, each row's token) of this forward program (grid axis 0); without tokens, tok = rows."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    tok = rows
+    if HAS_TOK:
+        tok = tl.load(tok_ptr + rows, mask=rmask, other=-1)
+    return rows, rmask, tok
+
+
+@triton.jit
+def online_start(BLOCK_N: tl.constexpr):
+    """Per-row online-softmax state before the first tile: (running max, sum of exp, centred weighted sum)."""
+    return (tl.full([BLOCK_N], float("-inf"), tl.float32), tl.zeros([BLOCK_N], tl.float32),
+            tl.zeros([BLOCK_N], tl.float32))
+
+
+@triton.jit
+def split_columns(V, split_len):
+    """[v_lo, v_hi): the vocabulary columns of this forward program's split (grid axis 1)."""
+    v_lo = tl.program_id(1) * split_len
+    return v_lo, tl.minimum(V, v_lo + split_len)
+
+
+@triton.jit
+def online_max_step(m, x):
+    """One tile of an online softmax over x [BLOCK_N, BLOCK_V]: (new running max, factor that rescales
+    sums kept against the old max, x - new max, exp of that)."""
+    m_new = tl.maximum(m, tl.max(x, 1))
+    alpha = tl.exp(m - m_new)
+    d = x - m_new[:, None]
+    return m_new, alpha, d, tl.exp(d)
+
+
+@triton.jit
+def token_logit(z, cols, tok):
+    """Per row, the tile's logit at that row's token (0 when the token lies outside the tile)."""
+    return tl.sum(tl.where(cols[None, :] == tok[:, None], z, 0.0), 1)
+
+
+@triton.jit
+def store_partial(part_ptr, k, x, rows, N, rmask):
+    """Write statistic k of this program's split into the [K, splits, N] partials."""
+    tl.store(part_ptr + (k * tl.num_programs(1) + tl.program_id(1)) * N + rows, x, mask=rmask)
+
+
+@triton.jit
+def chunk_tile(row0, n_hi, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    """(rows, cols, row mask) of this backward program's tile inside the row chunk [row0, n_hi)."""
+    rows = row0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V), rows < n_hi
+
+
+def merge_splits(m: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-split running maxima m and sums s ([splits, N]) -> (row max, each split's rescale factor, total sum)."""
+    mx = m.max(0).values
+    w = torch.exp(m - mx)
+    return mx, w, (s * w).sum(0)
+
+
 def dot_flags(*tensors: torch.Tensor) -> tuple[bool, str]:
     """(UPCAST, PREC): fp32 operands get IEEE dots (tf32 would cost ~1e-3 relative error)."""
     dtypes = {t.dtype for t in tensors}

@@ -8,12 +8,11 @@ The server records every request, so the test checks what the teacher sends, not
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback import JsonHandler, Loopback, api_teachers
 
 from omniopd.config import TeacherConfig
 from omniopd.rollout.teachers import MissingKeyError, TeacherRequest, build_teacher
@@ -28,48 +27,23 @@ def fixture(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-class Replay:
+class Replay(Loopback):
     """A loopback HTTP server answering each POST with the next queued recorded reply."""
 
     def __init__(self):
         self.queue: list[dict] = []
         self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        replay = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with replay.lock:
-                    headers = {k.lower(): v for k, v in self.headers.items()}
-                    replay.requests.append({"path": self.path, "headers": headers, "body": body,
-                                            "time": time.monotonic()})
-                    reply = replay.queue.pop(0) if replay.queue else {
-                        "status": 418, "headers": {}, "body": {"type": "error", "error": {
-                            "type": "invalid_request_error", "message": "replay queue is empty"}}}
-                data = json.dumps(reply["body"]).encode()
-                self.send_response(reply["status"])
-                for name, value in reply["headers"].items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.handle_error = lambda *args: None  # clients cancelled mid-request are expected
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def serve(self, request: JsonHandler, method: str) -> None:
+        body = json.loads(request.body())
+        with self.lock:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            self.requests.append({"path": request.path, "headers": headers, "body": body, "time": time.monotonic()})
+            reply = self.queue.pop(0) if self.queue else {
+                "status": 418, "headers": {}, "body": {"type": "error", "error": {
+                    "type": "invalid_request_error", "message": "replay queue is empty"}}}
+        request.reply(reply["status"], json.dumps(reply["body"]).encode(), reply["headers"])
 
 
 @pytest.fixture()
@@ -83,20 +57,10 @@ def replay():
 
 @pytest.fixture()
 def teacher_for(replay, monkeypatch):
-    monkeypatch.setenv("OMNIOPD_TEST_ANTHROPIC_KEY", KEY)
-    made = []
-
-    def make(**overrides):
-        fields = dict(kind="anthropic", model="claude-sonnet-4-5", base_url=replay.url,
-                      api_key_env="OMNIOPD_TEST_ANTHROPIC_KEY", max_retries=2, retry_backoff_s=0.01,
-                      timeout_s=10, step_deadline_s=30)
-        cfg = TeacherConfig(**{**fields, **overrides})
-        made.append(build_teacher(cfg, cache_path=None))
-        return made[-1]
-
-    yield make
-    for teacher in made:
-        teacher.close()
+    with api_teachers(monkeypatch, "OMNIOPD_TEST_ANTHROPIC_KEY", KEY, kind="anthropic", model="claude-sonnet-4-5",
+                      base_url=replay.url, max_retries=2, retry_backoff_s=0.01, timeout_s=10,
+                      step_deadline_s=30) as make:
+        yield make
 
 
 def test_prefill_request_and_parsed_continuations(replay, teacher_for):

@@ -10,101 +10,70 @@ compare those measurements with the budget.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loopback import JsonHandler, Loopback, api_teachers
 
-from omniopd.config import ConfigError, TeacherConfig, load_config
-from omniopd.rollout.teachers import TeacherRequest, build_teacher
+from omniopd.config import ConfigError, load_config
+from omniopd.rollout.teachers import TeacherRequest
 from omniopd.rollout.teachers.ratelimit import TokenBucket
 
 # (status, extra headers) for the k-th arrival (k counts from 0), given its body.
 Decide = Callable[[int, dict], tuple[int, dict[str, str]]]
 
 
-class _Quiet(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        pass
-
-
-class Endpoint:
+class Endpoint(Loopback):
     """An OpenAI-style chat-completions endpoint that reports `usage` and records arrival times."""
 
     def __init__(self, prompt_tokens: int, completion_tokens: int, decide: Decide | None = None,
                  answer_after_s: float = 0.0):
         self.arrivals: list[tuple[float, dict, int]] = []  # (monotonic time, body, status sent)
         self.in_flight = self.most_in_flight = 0
-        self.lock = threading.Lock()
-        endpoint = self
+        self.usage, self.decide, self.answer_after_s = (prompt_tokens, completion_tokens), decide, answer_after_s
+        super().__init__()
+        self.root, self.url = self.url, f"{self.url}/v1"
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def serve(self, request: JsonHandler, method: str) -> None:
+        body = json.loads(request.body())
+        with self.lock:
+            k = len(self.arrivals)
+            status, headers = self.decide(k, body) if self.decide else (200, {})
+            self.arrivals.append((time.monotonic(), body, status))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            request.reply(status, json.dumps(self.payload(request.path, k, body, status)).encode(), headers)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with endpoint.lock:
-                    k = len(endpoint.arrivals)
-                    status, headers = decide(k, body) if decide else (200, {})
-                    endpoint.arrivals.append((time.monotonic(), body, status))
-                    endpoint.in_flight += 1
-                    endpoint.most_in_flight = max(endpoint.most_in_flight, endpoint.in_flight)
-                try:
-                    self.answer(k, body, status, headers)
-                finally:
-                    with endpoint.lock:
-                        endpoint.in_flight -= 1
-
-            def answer(self, k: int, body: dict, status: int, headers: dict[str, str]) -> None:
-                anthropic = self.path.endswith("/messages")
-                if status == 200 and anthropic:
-                    time.sleep(answer_after_s)
-                    payload = {"id": f"msg_{k}", "type": "message", "role": "assistant", "model": body["model"],
-                               "content": [{"type": "text", "text": f" reply {k}"}], "stop_reason": "end_turn",
-                               "stop_sequence": None,
-                               "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}}
-                elif status == 200:
-                    time.sleep(answer_after_s)
-                    n = body.get("n", 1)
-                    payload = {"id": f"c{k}", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": i, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": f" reply {k}.{i}"}}
-                                           for i in range(n)],
-                               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens * n,
-                                         "total_tokens": prompt_tokens + completion_tokens * n}}
-                elif anthropic:
-                    payload = {"type": "error", "error": {"type": "rate_limit_error", "message": f"injected {status}"}}
-                else:
-                    payload = {"error": {"message": f"injected {status}", "type": "rate_limit_error"}}
-                raw = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-        self.server = _Quiet(("127.0.0.1", 0), Handler)
-        self.root = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.url = f"{self.root}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def payload(self, path: str, k: int, body: dict, status: int) -> dict:
+        prompt_tokens, completion_tokens = self.usage
+        anthropic = path.endswith("/messages")
+        if status == 200:
+            time.sleep(self.answer_after_s)
+        if status == 200 and anthropic:
+            return {"id": f"msg_{k}", "type": "message", "role": "assistant", "model": body["model"],
+                    "content": [{"type": "text", "text": f" reply {k}"}], "stop_reason": "end_turn",
+                    "stop_sequence": None, "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}}
+        if status == 200:
+            n = body.get("n", 1)
+            return {"id": f"c{k}", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": i, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": f" reply {k}.{i}"}} for i in range(n)],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens * n,
+                              "total_tokens": prompt_tokens + completion_tokens * n}}
+        if anthropic:
+            return {"type": "error", "error": {"type": "rate_limit_error", "message": f"injected {status}"}}
+        return {"error": {"message": f"injected {status}", "type": "rate_limit_error"}}
 
     def times(self, status: int | None = None) -> list[float]:
         return [t for t, _, s in self.arrivals if status is None or s == status]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture()
@@ -122,20 +91,11 @@ def endpoint():
 
 @pytest.fixture()
 def teacher_for(monkeypatch):
-    monkeypatch.setenv("OMNIOPD_TEST_BUDGET_KEY", "sk-budget-test")
-    made = []
-
-    def make(url: str, **overrides):
-        fields = dict(kind="openai", model="budget-test", base_url=url, api_key_env="OMNIOPD_TEST_BUDGET_KEY",
+    """make(base url, **fields): an API teacher (OpenAI by default) with a loose budget unless told otherwise."""
+    with api_teachers(monkeypatch, "OMNIOPD_TEST_BUDGET_KEY", "sk-budget-test", kind="openai", model="budget-test",
                       completion_mode="chat", timeout_s=30.0, max_retries=3, retry_backoff_s=0.05,
-                      step_deadline_s=60.0)
-        fields.update(overrides)
-        made.append(build_teacher(TeacherConfig(**fields), cache_path=None))
-        return made[-1]
-
-    yield make
-    for t in made:
-        t.close()
+                      step_deadline_s=60.0) as make:
+        yield lambda url, **fields: make(base_url=url, **fields)
 
 
 def requests(count: int, max_tokens: int, n: int = 1) -> list[TeacherRequest]:

@@ -4,6 +4,8 @@ log-probs of the white-box `opd` teacher, and input errors that name the request
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -108,3 +110,20 @@ def test_bad_requests_name_the_culprit(teacher):
                           TeacherRequest(CHAT, "", n=0, max_tokens=2, temperature=0.0, key="seq 4 anchor 9")])
     with pytest.raises(TeacherInputError, match=r"messages\[0\]"):
         teacher.generate([TeacherRequest([{"role": "tool", "content": "x"}], "", n=1, max_tokens=2, temperature=0)])
+
+
+def test_closing_the_vllm_sampler_frees_its_engine_once(teacher):
+    """Last in this module: it closes the module's engine (the fixture's own close then has nothing to do)."""
+    if teacher.backend != "vllm":
+        pytest.skip("the HF path holds no engine")
+    from omniopd.rollout import vllm_engine
+
+    sampler, live = teacher.sampler, vllm_engine._live_engines
+    engine = weakref.ref(sampler.llm)
+    sampler.close()
+    assert sampler.llm is None and engine() is None  # freed now, not at interpreter exit
+    assert vllm_engine._live_engines == live - 1
+    sampler.close()  # a second close does nothing
+    assert vllm_engine._live_engines == live - 1
+    with pytest.raises(RuntimeError, match="VLLMSampler used after close"):
+        sampler.sample([[1, 2]], [1], [1], [0.0], [0])

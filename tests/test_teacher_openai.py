@@ -7,15 +7,15 @@ of it counts the generation requests it serves.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from latency_proxy import LatencyProxy
+from loopback import JsonHandler, Loopback, api_teachers, forward
 from vllm_server import API_KEY as KEY
 
 from omniopd.config import TeacherConfig
@@ -29,9 +29,8 @@ CHAT = [{"role": "user", "content": "What is 12 + 7? Answer briefly."}]
 @pytest.fixture(scope="module")
 def upstream(vllm_server):
     """A pass-through proxy in front of the session's real vLLM server: it counts the requests served."""
-    proxy = FaultProxy(vllm_server.url, {})
-    yield proxy
-    proxy.close()
+    with LatencyProxy(vllm_server.url) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +43,7 @@ def served(upstream) -> int:
     return len(upstream.arrivals)
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # clients that timed out and left are the point of these tests, not news
-
-
-class FaultProxy:
+class FaultProxy(Loopback):
     """A loopback HTTP proxy that misbehaves on purpose, per request, following a script.
 
     The case is read from the request body ("case:NAME" in the prompt); its k-th arrival gets
@@ -62,95 +54,60 @@ class FaultProxy:
     """
 
     def __init__(self, upstream: str, script: dict[str, list[str]]):
-        self.script = script
+        self.upstream, self.script = upstream, script
         self.arrivals: list[tuple[str, str, float, dict]] = []
-        self.lock = threading.Lock()
         self.stop = threading.Event()
-        host, port = upstream.removeprefix("http://").split(":")
-        proxy = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def reply(self, status: int, body: bytes, headers: dict | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                match = re.search(r"case:(\w+)", raw.decode())
-                case = match.group(1) if match else "?"
-                with proxy.lock:
-                    k = sum(1 for a in proxy.arrivals if a[0] == case)
-                    steps = proxy.script.get(case, [])
-                    action = steps[k] if k < len(steps) else "ok"
-                    proxy.arrivals.append((case, action, time.monotonic(), json.loads(raw)))
-                error = lambda kind: json.dumps({"error": {"message": kind, "type": kind}}).encode()
-                if action in ("drop", "hang"):
-                    if action == "hang":
-                        proxy.stop.wait(60)
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                if action in ("500", "400"):
-                    return self.reply(int(action), error(f"injected {action}"))
-                if action == "empty":
-                    return self.reply(200, b"{}")
-                if action == "429":
-                    return self.reply(429, error("rate limited"), {"Retry-After": "1"})
-                if action == "echo401":
-                    return self.reply(401, error(f"Incorrect API key provided: {self.headers['Authorization']}"))
-                upstream_conn = http.client.HTTPConnection(host, int(port), timeout=120)
-                upstream_conn.request("POST", self.path, raw, {"Content-Type": "application/json",
-                                                               "Authorization": self.headers["Authorization"]})
-                response = upstream_conn.getresponse()
-                status, body = response.status, response.read()
-                upstream_conn.close()
-                if action == "truncate":
-                    body = body[: len(body) // 2]
-                elif action == "fewer":
-                    data = json.loads(body)
-                    data["choices"] = data["choices"][:-1]
-                    body = json.dumps(data).encode()
-                self.reply(status, body)
-
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def serve(self, request: JsonHandler, method: str) -> None:
+        raw = request.body()
+        match = re.search(r"case:(\w+)", raw.decode())
+        case = match.group(1) if match else "?"
+        with self.lock:
+            k = sum(1 for a in self.arrivals if a[0] == case)
+            steps = self.script.get(case, [])
+            action = steps[k] if k < len(steps) else "ok"
+            self.arrivals.append((case, action, time.monotonic(), json.loads(raw)))
+        error = lambda kind: json.dumps({"error": {"message": kind, "type": kind}}).encode()
+        if action in ("drop", "hang"):
+            if action == "hang":
+                self.stop.wait(60)
+            request.close_connection = True
+            request.connection.shutdown(2)
+            return
+        if action in ("500", "400"):
+            return request.reply(int(action), error(f"injected {action}"))
+        if action == "empty":
+            return request.reply(200, b"{}")
+        if action == "429":
+            return request.reply(429, error("rate limited"), {"Retry-After": "1"})
+        if action == "echo401":
+            return request.reply(401, error(f"Incorrect API key provided: {request.headers['Authorization']}"))
+        status, body = forward(self.upstream, "POST", request.path, raw, {
+            "Content-Type": "application/json", "Authorization": request.headers["Authorization"]}, timeout_s=120)
+        if action == "truncate":
+            body = body[: len(body) // 2]
+        elif action == "fewer":
+            data = json.loads(body)
+            data["choices"] = data["choices"][:-1]
+            body = json.dumps(data).encode()
+        request.reply(status, body)
 
     def times(self, case: str) -> list[float]:
         return [t for c, _, t, _ in self.arrivals if c == case]
 
     def close(self) -> None:
         self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture()
 def make_teacher(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
-    made = []
-
-    def make(base_url: str, cache_path: str | None = None, **overrides):
-        fields = dict(kind="openai", model=MODEL, base_url=f"{base_url}/v1", api_key_env=KEY_ENV,
+    """make(server root, cache_path=None, **fields): an OpenAI teacher of the bundled model behind `server`."""
+    with api_teachers(monkeypatch, KEY_ENV, KEY, tokenizer_path=MODEL, kind="openai", model=MODEL,
                       completion_mode="completions", timeout_s=60.0, max_retries=3, retry_backoff_s=0.05,
-                      step_deadline_s=120.0)
-        fields.update(overrides)
-        made.append(build_teacher(TeacherConfig(**fields), cache_path=cache_path, tokenizer_path=MODEL))
-        return made[-1]
-
-    yield make
-    for teacher in made:
-        teacher.close()
+                      step_deadline_s=120.0) as make:
+        yield lambda root, cache_path=None, **fields: make(cache_path, base_url=f"{root}/v1", **fields)
 
 
 @pytest.fixture()

@@ -10,44 +10,30 @@ import triton.language as tl
 
 from .. import _linear_tiles as lt
 from .._common import head_grads, rowmajor
-from .._linear_tiles import logits_tile, store_logits_grad  # jit helpers by name, as Triton resolves them
 
 
 @triton.jit
 def _fwd_kernel(h_ptr, w_ptr, b_ptr, tok_ptr, part_ptr, N, V, D, split_len, stride_h, stride_w, inv_tau,
                 HAS_BIAS: tl.constexpr, HAS_TOK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    sp = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    tok = rows
-    if HAS_TOK:
-        tok = tl.load(tok_ptr + rows, mask=rmask, other=-1)
-    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_N], tl.float32)
-    t = tl.zeros([BLOCK_N], tl.float32)
-    tz = tl.zeros([BLOCK_N], tl.float32)
-    v_lo = sp * split_len
-    v_hi = tl.minimum(V, v_lo + split_len)
+    rows, rmask, tok = lt.forward_rows(tok_ptr, N, BLOCK_N, HAS_TOK)
+    m, s, t = lt.online_start(BLOCK_N)
+    tz = tl.zeros_like(s)
+    v_lo, v_hi = lt.split_columns(V, split_len)
     for v0 in range(v_lo, v_hi, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        z = logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, N, V, D, stride_h, stride_w, inv_tau,
-                        HAS_BIAS, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
-        m_new = tl.maximum(m, tl.max(z, 1))
-        alpha = tl.exp(m - m_new)
-        d = z - m_new[:, None]
-        e = tl.exp(d)
+        z = lt.logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, N, V, D, stride_h, stride_w, inv_tau,
+                           HAS_BIAS, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+        m_new, alpha, d, e = lt.online_max_step(m, z)
         t = tl.where(s > 0, alpha * (t + (m - m_new) * s), 0.0) + tl.sum(tl.where(e > 0, e * d, 0.0), 1)
         s = s * alpha + tl.sum(e, 1)
         m = m_new
         if HAS_TOK:
-            tz += tl.sum(tl.where(cols[None, :] == tok[:, None], z, 0.0), 1)
-    nsp = tl.num_programs(1)
-    base = part_ptr + sp * N + rows
-    tl.store(base, m, mask=rmask)
-    tl.store(base + nsp * N, s, mask=rmask)
-    tl.store(base + 2 * nsp * N, t, mask=rmask)
-    tl.store(base + 3 * nsp * N, tz, mask=rmask)
+            tz += lt.token_logit(z, cols, tok)
+    lt.store_partial(part_ptr, 0, m, rows, N, rmask)
+    lt.store_partial(part_ptr, 1, s, rows, N, rmask)
+    lt.store_partial(part_ptr, 2, t, rows, N, rmask)
+    lt.store_partial(part_ptr, 3, tz, rows, N, rmask)
 
 
 @triton.jit
@@ -55,11 +41,9 @@ def _bwd_kernel(h_ptr, w_ptr, b_ptr, tok_ptr, ent_ptr, st_ptr, N, gent_ptr, glp_
                 row0, n_hi, V, D, stride_h, stride_w, stride_dz, inv_tau,
                 HAS_BIAS: tl.constexpr, HAS_TOK: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = row0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    rmask = rows < n_hi
-    z = logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, n_hi, V, D, stride_h, stride_w, inv_tau,
-                    HAS_BIAS, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+    rows, cols, rmask = lt.chunk_tile(row0, n_hi, BLOCK_N, BLOCK_V)
+    z = lt.logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, n_hi, V, D, stride_h, stride_w, inv_tau,
+                       HAS_BIAS, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
     m = tl.load(st_ptr + rows, mask=rmask, other=0.0)
     log_s = tl.load(st_ptr + N + rows, mask=rmask, other=0.0)
     ent = tl.load(ent_ptr + rows, mask=rmask, other=0.0)
@@ -72,7 +56,7 @@ def _bwd_kernel(h_ptr, w_ptr, b_ptr, tok_ptr, ent_ptr, st_ptr, N, gent_ptr, glp_
         g_lp = tl.load(glp_ptr + rows, mask=rmask, other=0.0)
         tok = tl.load(tok_ptr + rows, mask=rmask, other=-1)
         dz += g_lp[:, None] * (tl.where(cols[None, :] == tok[:, None], 1.0, 0.0) - p)
-    store_logits_grad(dz_ptr, dz, rows, cols, row0, n_hi, V, stride_dz, inv_tau)
+    lt.store_logits_grad(dz_ptr, dz, rows, cols, row0, n_hi, V, stride_dz, inv_tau)
 
 
 _fwd = lt.autotuned(_fwd_kernel, key=["V", "D", "HAS_TOK"])
@@ -83,9 +67,7 @@ _bwd = lt.autotuned(_bwd_kernel, key=["V", "D", "HAS_TOK"])
 def combine_entropy(part: torch.Tensor):
     """[4, S, N] partials (max, sum, centred sum e·z, token logit) -> (entropy, lse, token logit, max, log-sum)."""
     m, s, t, tz = part.unbind(0)
-    mx = m.max(0).values
-    w = torch.exp(m - mx)
-    s_tot = (s * w).sum(0)
+    mx, w, s_tot = lt.merge_splits(m, s)
     t_tot = torch.where(s > 0, w * (t + (m - mx) * s), 0.0).sum(0)
     log_s = s_tot.log()
     return log_s - t_tot / s_tot, mx + log_s, tz.sum(0), mx, log_s

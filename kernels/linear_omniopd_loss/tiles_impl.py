@@ -10,7 +10,6 @@ import triton.language as tl
 
 from .. import _linear_tiles as lt
 from .._common import head_grads, rowmajor
-from .._linear_tiles import logits_tile, store_logits_grad  # jit helpers by name, as Triton resolves them
 
 
 @triton.jit
@@ -18,32 +17,19 @@ def _fwd_kernel(h_ptr, w_ptr, rh_ptr, rw_ptr, tok_ptr, part_ptr, N, V, D, DR, sp
                 stride_h, stride_w, stride_rh, stride_rw, inv_tau,
                 UPCAST: tl.constexpr, PREC: tl.constexpr, UPCAST_R: tl.constexpr, PREC_R: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    sp = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    tok = tl.load(tok_ptr + rows, mask=rmask, other=-1)
-    m_z = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    m_r = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    s_z = tl.zeros([BLOCK_N], tl.float32)
-    s_r = tl.zeros([BLOCK_N], tl.float32)
-    u = tl.zeros([BLOCK_N], tl.float32)
+    rows, rmask, tok = lt.forward_rows(tok_ptr, N, BLOCK_N, True)
     tz = tl.zeros([BLOCK_N], tl.float32)
-    v_lo = sp * split_len
-    v_hi = tl.minimum(V, v_lo + split_len)
+    m_z, s_z, _ = lt.online_start(BLOCK_N)
+    m_r, s_r, u = lt.online_start(BLOCK_N)  # u: the KL's centred sum, on the reference's stream
+    v_lo, v_hi = lt.split_columns(V, split_len)
     for v0 in range(v_lo, v_hi, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        z = logits_tile(h_ptr, w_ptr, h_ptr, rows, cols, N, V, D, stride_h, stride_w, inv_tau,
-                        False, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
-        r = logits_tile(rh_ptr, rw_ptr, rh_ptr, rows, cols, N, V, DR, stride_rh, stride_rw, inv_tau,
-                        False, UPCAST_R, PREC_R, BLOCK_N, BLOCK_V, BLOCK_D)
-        mz_new = tl.maximum(m_z, tl.max(z, 1))
-        mr_new = tl.maximum(m_r, tl.max(r, 1))
-        a_z = tl.exp(m_z - mz_new)
-        a_r = tl.exp(m_r - mr_new)
-        dz = z - mz_new[:, None]
-        dr = r - mr_new[:, None]
-        e_z = tl.exp(dz)
-        e_r = tl.exp(dr)
+        z = lt.logits_tile(h_ptr, w_ptr, h_ptr, rows, cols, N, V, D, stride_h, stride_w, inv_tau,
+                           False, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+        r = lt.logits_tile(rh_ptr, rw_ptr, rh_ptr, rows, cols, N, V, DR, stride_rh, stride_rw, inv_tau,
+                           False, UPCAST_R, PREC_R, BLOCK_N, BLOCK_V, BLOCK_D)
+        mz_new, a_z, dz, e_z = lt.online_max_step(m_z, z)
+        mr_new, a_r, dr, e_r = lt.online_max_step(m_r, r)
         # u = Σe^(r-m_r)((r-m_r) - (z-m_z)), re-centred on both new maxima (see omniopd_loss).
         u = (tl.where(s_r > 0, a_r * (u + ((m_r - mr_new) + (mz_new - m_z)) * s_r), 0.0)
              + tl.sum(tl.where(e_r > 0, e_r * (dr - dz), 0.0), 1))
@@ -51,15 +37,13 @@ def _fwd_kernel(h_ptr, w_ptr, rh_ptr, rw_ptr, tok_ptr, part_ptr, N, V, D, DR, sp
         s_r = s_r * a_r + tl.sum(e_r, 1)
         m_z = mz_new
         m_r = mr_new
-        tz += tl.sum(tl.where(cols[None, :] == tok[:, None], z, 0.0), 1)
-    nsp = tl.num_programs(1)
-    base = part_ptr + sp * N + rows
-    tl.store(base, m_z, mask=rmask)
-    tl.store(base + nsp * N, s_z, mask=rmask)
-    tl.store(base + 2 * nsp * N, m_r, mask=rmask)
-    tl.store(base + 3 * nsp * N, s_r, mask=rmask)
-    tl.store(base + 4 * nsp * N, u, mask=rmask)
-    tl.store(base + 5 * nsp * N, tz, mask=rmask)
+        tz += lt.token_logit(z, cols, tok)
+    lt.store_partial(part_ptr, 0, m_z, rows, N, rmask)
+    lt.store_partial(part_ptr, 1, s_z, rows, N, rmask)
+    lt.store_partial(part_ptr, 2, m_r, rows, N, rmask)
+    lt.store_partial(part_ptr, 3, s_r, rows, N, rmask)
+    lt.store_partial(part_ptr, 4, u, rows, N, rmask)
+    lt.store_partial(part_ptr, 5, tz, rows, N, rmask)
 
 
 @triton.jit
@@ -67,11 +51,9 @@ def _bwd_kernel(h_ptr, w_ptr, rh_ptr, rw_ptr, tok_ptr, st_ptr, N, glp_ptr, gkl_p
                 row0, n_hi, V, D, DR, stride_h, stride_w, stride_rh, stride_rw, stride_dz, inv_tau,
                 UPCAST: tl.constexpr, PREC: tl.constexpr, UPCAST_R: tl.constexpr, PREC_R: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = row0 + tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    rmask = rows < n_hi
-    z = logits_tile(h_ptr, w_ptr, h_ptr, rows, cols, n_hi, V, D, stride_h, stride_w, inv_tau,
-                    False, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+    rows, cols, rmask = lt.chunk_tile(row0, n_hi, BLOCK_N, BLOCK_V)
+    z = lt.logits_tile(h_ptr, w_ptr, h_ptr, rows, cols, n_hi, V, D, stride_h, stride_w, inv_tau,
+                       False, UPCAST, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
     # (z - max) - log-sum: exact shift, unlike z - lse at |z| ~ 1e4.
     p = tl.exp((z - tl.load(st_ptr + rows, mask=rmask, other=0.0)[:, None])
                - tl.load(st_ptr + N + rows, mask=rmask, other=0.0)[:, None])
@@ -81,12 +63,12 @@ def _bwd_kernel(h_ptr, w_ptr, rh_ptr, rw_ptr, tok_ptr, st_ptr, N, glp_ptr, gkl_p
     dz = (g_kl - g_lp)[:, None] * p + tl.where(cols[None, :] == tok[:, None], g_lp[:, None], 0.0)
     # Audited-only row blocks carry no KL gradient: skip the reference matmul there.
     if tl.max(tl.abs(g_kl), 0) > 0:
-        r = logits_tile(rh_ptr, rw_ptr, rh_ptr, rows, cols, n_hi, V, DR, stride_rh, stride_rw, inv_tau,
-                        False, UPCAST_R, PREC_R, BLOCK_N, BLOCK_V, BLOCK_D)
+        r = lt.logits_tile(rh_ptr, rw_ptr, rh_ptr, rows, cols, n_hi, V, DR, stride_rh, stride_rw, inv_tau,
+                           False, UPCAST_R, PREC_R, BLOCK_N, BLOCK_V, BLOCK_D)
         q = tl.exp((r - tl.load(st_ptr + 2 * N + rows, mask=rmask, other=0.0)[:, None])
                    - tl.load(st_ptr + 3 * N + rows, mask=rmask, other=0.0)[:, None])
         dz -= g_kl[:, None] * q
-    store_logits_grad(dz_ptr, dz, rows, cols, row0, n_hi, V, stride_dz, inv_tau)
+    lt.store_logits_grad(dz_ptr, dz, rows, cols, row0, n_hi, V, stride_dz, inv_tau)
 
 
 _fwd = lt.autotuned(_fwd_kernel, key=["V", "D", "DR"])
@@ -97,9 +79,8 @@ _bwd = lt.autotuned(_bwd_kernel, key=["V", "D", "DR"])
 def combine_kl(part: torch.Tensor):
     """[6, S, N] partials -> (lse_z, kl, token logit, backward stats [4, N])."""
     m_z, s_z, m_r, s_r, u, tz = part.unbind(0)
-    mz, mr = m_z.max(0).values, m_r.max(0).values
-    w_z, w_r = torch.exp(m_z - mz), torch.exp(m_r - mr)
-    sz, sr = (s_z * w_z).sum(0), (s_r * w_r).sum(0)
+    mz, _, sz = lt.merge_splits(m_z, s_z)
+    mr, w_r, sr = lt.merge_splits(m_r, s_r)
     u_tot = torch.where(s_r > 0, w_r * (u + ((m_r - mr) + (mz - m_z)) * s_r), 0.0).sum(0)
     log_sz, log_sr = sz.log(), sr.log()
     return mz + log_sz, u_tot / sr - log_sr + log_sz, tz.sum(0), torch.stack([mz, log_sz, mr, log_sr])

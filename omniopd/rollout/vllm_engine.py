@@ -6,6 +6,7 @@ The engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`). Under torc
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -60,7 +61,7 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
             return
         with lock:
             if not abandoned.is_set():
-                box["llm"] = llm
+                box["llm"], llm = llm, None  # see the return below
                 return
         # the caller gave up waiting: free the engine nobody will use
         llm.llm_engine.engine_core.shutdown()
@@ -89,7 +90,9 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
         raise GeneratorStartError(f"vLLM engine for {kwargs['model']} failed to start: "
                                   f"{type(e).__name__}: {e}") from e
     _count_engine(+1)
-    return box["llm"], serving_threads
+    # Neither `start`'s frame nor `box` may keep the engine: that frame stays referenced after the start
+    # (seen: the engine survived close_engine's collection through its local and the closure's `box`).
+    return box.pop("llm"), serving_threads
 
 
 def _count_engine(delta: int) -> int:
@@ -106,6 +109,19 @@ def stop_engine(llm) -> None:
     finally:
         if _count_engine(-1) == 0:
             destroy_process_groups(keep_default_group=_group_was_there)
+
+
+def close_engine(holder) -> None:
+    """Shut down the engine in `holder.llm` and free it now; `holder.llm` becomes None, so a second call,
+    or one on a holder whose engine never started, does nothing."""
+    llm, holder.llm = getattr(holder, "llm", None), None
+    if llm is None:
+        return
+    try:
+        stop_engine(llm)
+    finally:
+        del llm  # the last reference: the collection below frees the engine's memory now, not at exit
+        gc.collect()
 
 
 def _default_group_exists() -> bool:

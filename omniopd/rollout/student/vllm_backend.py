@@ -23,7 +23,6 @@ not been run on a GPU.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Collection, Iterable
@@ -37,7 +36,7 @@ from omniopd.rollout.student.base import (
     chat_prompt_ids,
     check_sampling,
 )
-from omniopd.rollout.vllm_engine import start_engine, stop_engine, torchrun_rank_and_world
+from omniopd.rollout.vllm_engine import close_engine, start_engine, torchrun_rank_and_world
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +192,7 @@ class VLLMGenerator(StudentGenerator):
             self._asleep -= set(todo)
 
     def close(self) -> None:
-        llm, self.llm = getattr(self, "llm", None), None
-        if llm is None:
-            return
-        try:
-            stop_engine(llm)
-        finally:
-            del llm
-            gc.collect()
+        close_engine(self)
 
     @contextlib.contextmanager
     def _threads(self):

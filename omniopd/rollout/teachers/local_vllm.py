@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from omniopd.rollout.teachers.sampling import Sample
-from omniopd.rollout.vllm_engine import start_engine, stop_engine, torchrun_rank_and_world
+from omniopd.rollout.teachers.sampling import Continuation
+from omniopd.rollout.vllm_engine import close_engine, start_engine, torchrun_rank_and_world
 
 
 class VLLMSampler:
@@ -34,7 +34,7 @@ class VLLMSampler:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def sample(self, prompts: list[list[int]], n: list[int], max_tokens: list[int],
-               temperature: list[float], seed: list[int | None]) -> list[list[Sample]]:
+               temperature: list[float], seed: list[int | None]) -> list[list[Continuation]]:
         from vllm import SamplingParams
 
         if self.llm is None:
@@ -54,15 +54,9 @@ class VLLMSampler:
             for o in sorted(out.outputs, key=lambda o: o.index):
                 if o.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"teacher vLLM request {out.request_id} ended with '{o.finish_reason}'")
-                samples.append(Sample(list(o.token_ids), o.finish_reason))
+                samples.append(Continuation(list(o.token_ids), o.finish_reason))
             result.append(samples * k if len(samples) == 1 else samples)
         return result
 
     def close(self) -> None:
-        llm, self.llm = self.llm, None
-        if llm is None:
-            return
-        try:
-            stop_engine(llm)
-        finally:
-            del llm
+        close_engine(self)

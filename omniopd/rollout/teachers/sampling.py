@@ -10,8 +10,9 @@ from omniopd.rollout.padding import pad_rows
 
 
 @dataclass
-class Sample:
-    """One teacher continuation as tokens (the HF and the vLLM sampler both return these)."""
+class Continuation:
+    """One teacher continuation as tokens (the HF and the vLLM sampler both return these). Not a student
+    rollout (`omniopd.rollout.student.Sample`): no prompt, text or log-probs; the teacher decodes it."""
 
     tokens: list[int]
     finish_reason: str  # "stop" (an end-of-sequence token) or "length"
@@ -32,7 +33,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], n: list[int], max_tokens: list[int], temperature: list[float],
-           seed: list[int | None], stop_ids: set[int], pad_id: int) -> list[list[Sample]]:
+           seed: list[int | None], stop_ids: set[int], pad_id: int) -> list[list[Continuation]]:
     """`n[i]` samples continuing token list `prompts[i]`, all in one left-padded batch.
 
     Request i draws from its own `torch.Generator` seeded with `seed[i]` (fresh entropy when None),
@@ -90,8 +91,8 @@ def sample(model, prompts: list[list[int]], n: list[int], max_tokens: list[int],
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         pos = pos[:, -1:] + 1
 
-    samples: list[list[Sample]] = [[] for _ in prompts]
+    samples: list[list[Continuation]] = [[] for _ in prompts]
     for r, i in enumerate(owner):
         hit_stop = len(out[r]) < limit[r]
-        samples[i].append(Sample(out[r], "stop" if hit_stop else "length"))
+        samples[i].append(Continuation(out[r], "stop" if hit_stop else "length"))
     return samples
