@@ -251,6 +251,18 @@ def interval(values: list[float]) -> tuple[float, float]:
     return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion `p` measured on `n` items."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _eval_size(args: list[str]) -> int:
+    sizes = [int(a.split("=", 1)[1]) for a in args if a.startswith("--train.eval_size=")]
+    return sizes[-1] if sizes else 0
+
+
 def _cell(values: list[float], digits: int = 3) -> str:
     mean, half = interval(values)
     return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
@@ -284,6 +296,12 @@ def report(results: dict, out: Path) -> str:
                      f" | {statistics.fmean(x['teacher_tokens'] for x in rs):.0f}"
                      f" | {statistics.fmean(x['step_s_mean'] for x in rs):.1f}"
                      f" | {statistics.fmean(x['wall_s'] for x in rs) / 60:.1f} |")
+    problems = _eval_size(results["budget_args"])
+    if base and problems:
+        lo, hi = wilson(statistics.fmean(base), problems)
+        lines += ["", f"The held-out set itself is a sample: at the base accuracy its 95% Wilson interval over "
+                  f"{problems} problems is [{lo:.3f}, {hi:.3f}], so a single seed's change smaller than that "
+                  "says nothing."]
     total_wall = sum(x["wall_s"] for x in runs)
     total_tokens = sum(x["teacher_tokens"] for x in runs)
     lines += ["", f"{len(runs)} runs finished of {results['planned']} planned; compute so far: "
@@ -317,6 +335,9 @@ def _plots(runs: list[dict], order: list[str], out: Path) -> None:
             if len(rs) > 1:  # the band: lowest to highest seed at each step
                 ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color=colors[name],
                                 alpha=0.15)
+        base = [x["curve"][0][key] for x in runs if x["curve"][0]["step"] == 0 and x["curve"][0][key] is not None]
+        if base:
+            ax.axhline(statistics.fmean(base), color="gray", ls="--", lw=1, label="base student")
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         ax.legend(fontsize=7, ncol=2)

@@ -57,6 +57,8 @@ def test_interval_is_the_95_percent_t_interval():
     assert mean == pytest.approx(0.2)
     assert half == pytest.approx(4.303 * 0.1 / math.sqrt(3))  # t(0.975, 2 dof) * s / sqrt(n)
     assert math.isnan(compare.interval([0.5])[1])
+    lo, hi = compare.wilson(0.1, 100)  # hand-computed: centre 0.1147, half 0.0583
+    assert (lo, hi) == (pytest.approx(0.05523, abs=1e-4), pytest.approx(0.17437, abs=1e-4))
 
 
 def test_a_real_matrix_runs_reports_and_resumes(tmp_path, capsys):
