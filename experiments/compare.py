@@ -178,7 +178,11 @@ def collect(run: Run, wall_s: float) -> dict:
     if not curve or curve[-1]["step"] == 0:
         raise RuntimeError(f"{run.key}: {run.dir / 'metrics.jsonl'} holds no held-out evaluation after training")
     steps = [r for r in rows if r.get("time/step_s") is not None]
+    phi = [r["audit/phi_mean"] for r in steps if r.get("audit/phi_mean") is not None]
     return {"row": run.row, "seed": run.seed, "argv": run.argv, "curve": curve, "final": curve[-1],
+            # the training-side signal: does the student's text move towards the teacher's at the forks?
+            "phi_first5": statistics.fmean(phi[:5]) if phi else None,
+            "phi_last5": statistics.fmean(phi[-5:]) if phi else None,
             "teacher_tokens": tokens_so_far, "train_steps": len(steps),
             "step_s_mean": statistics.mean(r["time/step_s"] for r in steps) if steps else math.nan,
             "wall_s": wall_s}
@@ -280,19 +284,19 @@ def report(results: dict, out: Path) -> str:
              "Final greedy held-out accuracy (mean ± half-width of the 95% t-interval over seeds; one seed: no "
              "interval), its change from the base student in the same runs, repetition (repeated 4-grams) and "
              "length of the held-out responses, teacher tokens generated per run and the run's wall time.", "",
-             "| row | seeds | accuracy | Δ vs base | repetition | length (tokens) | teacher tokens | s / step | "
-             "wall (min) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| row | seeds | accuracy | Δ vs base | repetition | length (tokens) | φ, steps 1–5 → last 5 | "
+             "teacher tokens | s / step | wall (min) |", "|---|---|---|---|---|---|---|---|---|---|"]
     if base:
         lines.append(f"| base student | — | {statistics.fmean(base):.3f} | — | "
                      f"{statistics.fmean(x['curve'][0]['repetition'] for x in runs):.3f} | "
-                     f"{statistics.fmean(x['curve'][0]['response_len'] for x in runs):.1f} | — | — | — |")
+                     f"{statistics.fmean(x['curve'][0]['response_len'] for x in runs):.1f} | — | — | — | — |")
     for name in order:
         rs = sorted((x for x in runs if x["row"] == name), key=lambda x: x["seed"])
         delta = [x["final"]["accuracy"] - x["curve"][0]["accuracy"] for x in rs]
         seeds = ",".join(str(x["seed"]) for x in rs)
         lines.append(f"| {name} | {seeds} | {_cell([x['final']['accuracy'] for x in rs])} | {_cell(delta)}"
                      f" | {_cell([x['final']['repetition'] for x in rs])}"
-                     f" | {_cell([x['final']['response_len'] for x in rs], 1)}"
+                     f" | {_cell([x['final']['response_len'] for x in rs], 1)} | {_phi(rs)}"
                      f" | {statistics.fmean(x['teacher_tokens'] for x in rs):.0f}"
                      f" | {statistics.fmean(x['step_s_mean'] for x in rs):.1f}"
                      f" | {statistics.fmean(x['wall_s'] for x in rs) / 60:.1f} |")
@@ -313,6 +317,13 @@ def report(results: dict, out: Path) -> str:
     (out / "matrix.md").write_text(text)
     _plots(runs, order, out)
     return text
+
+
+def _phi(records: list[dict]) -> str:
+    pairs = [(x["phi_first5"], x["phi_last5"]) for x in records if x.get("phi_first5") is not None]
+    if not pairs:
+        return "—"
+    return f"{statistics.fmean(a for a, _ in pairs):.3f} → {statistics.fmean(b for _, b in pairs):.3f}"
 
 
 def _plots(runs: list[dict], order: list[str], out: Path) -> None:
@@ -414,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report(results, out), flush=True)
 
     if args.report_only:
+        for run in planned:  # what this machine still has on disk is read again (records gain new fields)
+            if run.key in results["runs"] and (run.dir / "metrics.jsonl").is_file():
+                results["runs"][run.key] = collect(run, results["runs"][run.key]["wall_s"])
         write()
         return 0
     todo = [r for r in runs if r.key not in results["runs"]]
