@@ -433,7 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     todo = [r for r in runs if r.key not in results["runs"]]
     print(f"{len(runs) - len(todo)} of {len(runs)} selected runs already done; running {len(todo)}", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the runs like Ctrl-C
-    failures = execute(todo, args.jobs or budget.jobs, write)
+    try:
+        failures = execute(todo, args.jobs or budget.jobs, write)
+    except KeyboardInterrupt:
+        write()
+        print("compare.py: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     write()
     for failure in failures:
         print(f"compare.py: failed: {failure}", file=sys.stderr)
