@@ -282,11 +282,15 @@ class Trainer:
             return self._overlapped_step(timer)
         # 1. Roll out: this rank's slice of the global batch, n samples each, from the current weights.
         problems = self._next_problems()
-        with timer("generate"):
-            rows = self._roll_out(problems)
-        if cfg.objective.name == "sft":  # train on teacher-written responses instead of the student's
+        if cfg.objective.name == "sft":  # the student does not sample: it trains on teacher-written responses
             with timer("teacher"):
-                rows = self._teacher_responses(problems)
+                rows, results = self._teacher_responses(problems)
+            self._check_teacher(results)
+            if parallel.all_reduce_sum([float(not rows)])[0] > 0:
+                return self._skip_without_teacher_rows(results, timer)
+        else:
+            with timer("generate"):
+                rows = self._roll_out(problems)
         batch, rewards, normalizer = self._pack(rows)
 
         # 2. Trainer forward, stopped at the last hidden state: exact full-vocabulary entropy and log-prob of
@@ -525,21 +529,31 @@ class Trainer:
                                    f"row: stopping. Last error: {self.teacher_last_error}")
 
     # ------------------------------------------------------------------------------------------
-    def _teacher_responses(self, problems: list[Problem]) -> list[tuple[Problem, Sample]]:
-        """sft: the teacher writes whole responses (same count as the student's rollouts)."""
+    def _teacher_responses(self, problems: list[Problem]) -> tuple[list[tuple[Problem, Sample]], list[TeacherResult]]:
+        """sft: the teacher writes whole responses (as many as the student's rollouts would be), and the raw
+        results (a failed request contributes no row; `_check_teacher` counts it)."""
         cfg = self.cfg
         requests = [TeacherRequest(messages=teacher_messages(p, cfg.data.system_prompt, cfg.teacher.hint), prefix="",
                                    n=cfg.generation.n, max_tokens=cfg.generation.max_new_tokens,
                                    temperature=cfg.teacher.temperature, seed=stable_seed(cfg.train.seed, p.id, "sft"),
                                    key=f"sft {p.id}") for p in problems]
+        results = self.teacher.generate(requests)
         rows = []
-        for p, result in zip(problems, self.teacher.generate(requests)):
+        for p, result in zip(problems, results):
             prompt_ids = self.generator.prompt_ids(student_messages(p, cfg.data.system_prompt))
-            for text in result.texts or []:  # a failed request contributes nothing (counted by the teacher)
+            for text in result.texts or []:
                 rows.append((p, teacher_sample(prompt_ids, text, self.tokenizer, cfg.generation.max_new_tokens)))
-        if not rows:
-            raise RuntimeError(f"step {self.step}: the teacher returned no response for sft")
-        return rows
+        return rows, results
+
+    def _skip_without_teacher_rows(self, results: list[TeacherResult], timer: _Timer) -> dict[str, float]:
+        """sft with no teacher response on some rank: every rank skips the update together (a rank with no rows
+        cannot join the others' forward and backward), and the step counts as skipped. A teacher that stays dead
+        stops the run in `_check_teacher`."""
+        self.log.print(f"step {self.step}: the teacher answered none of some rank's sft requests; step skipped")
+        metrics = {"train/skipped_no_teacher": maximum(1.0),
+                   "teacher/failed_requests": summed(sum(not r.ok for r in results))}
+        metrics.update(timer.metrics(tokens=0))
+        return self._reduce(metrics)
 
     def _teacher_logprobs(self, batch: Batch) -> torch.Tensor:
         """opd: the white-box teacher's log-probs `[B, T]` of the student's tokens, in the teacher's own context

@@ -56,3 +56,17 @@ def test_dead_teacher_stops_the_run_and_the_count_survives_resume(tmp_path):
     assert "every request for 2 steps in a row" in last_line
     assert "connection error" in last_line and "step 1 rank 0 seq 0 anchor" in last_line, last_line
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1]  # step 2 never completed
+
+
+def test_dead_teacher_stops_an_sft_run_after_skipped_steps(tmp_path):
+    # sft trains on teacher-written responses only: with none, the step is skipped (every rank together) and
+    # counted, and the run stops at the limit with the teacher's error, as an omniopd run does.
+    run = _train(tmp_path, _closed_port(), "--objective.name=sft", "--train.steps=3")
+    assert run.returncode != 0, run.stdout[-3000:]
+    assert "teacher requests failed (1/2)" in run.stdout and "teacher requests failed (2/2)" in run.stdout
+    assert "step skipped" in run.stdout
+    last_line = run.stderr.strip().splitlines()[-1]
+    assert "TeacherDeadError" in last_line and "connection error" in last_line and "sft " in last_line, last_line
+    [row] = read_metrics(tmp_path / "metrics.jsonl")
+    assert row["step"] == 1 and row["train/skipped_no_teacher"] == 1 and row["teacher/failed_requests"] == 1
+    assert "time/generate_s" not in row  # the student samples nothing for sft

@@ -72,8 +72,10 @@ def test_each_objective_trains_a_step(tmp_path, objective):
         assert m["train/grad_norm"] == 0
     else:
         assert m["train/grad_norm"] > 0  # a real gradient reached the weights
-    for phase in ("generate", "forward", "backward_step", "swap"):
+    # sft trains on the teacher's responses: the student samples nothing, the teacher writes instead
+    for phase in ("teacher" if objective == "sft" else "generate", "forward", "backward_step", "swap"):
         assert m[f"time/{phase}_s"] >= 0
+    assert ("time/generate_s" in m) == (objective != "sft")
     if objective == "omniopd":
         assert m["audit/chunks_audited"] + m["audit/chunks_dropped"] >= 1
         assert 0 <= m["audit/pi_hat_mean"] <= 1
