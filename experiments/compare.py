@@ -39,6 +39,7 @@ from omniopd.runlog import read_metrics  # noqa: E402
 CURVE_KEYS = {"eval/accuracy": "accuracy", "eval/repetition_mean": "repetition",
               "eval/response_len_mean": "response_len"}
 # Two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1): the interval over seeds.
+WALL_SAVE_S = 30  # how often a running run's wall time is written beside its log (a kill loses at most this)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -160,17 +161,13 @@ def plan(matrix: Matrix, budget: Budget, runs_dir: Path, rows: list[str] | None 
 def collect(run: Run, wall_s: float) -> dict:
     """A finished run's record: its held-out curve (step 0 = the base student), teacher tokens by step, totals."""
     rows = read_metrics(run.dir / "metrics.jsonl")
-    curve = []
-    spent, offset, last = {}, 0.0, 0.0
-    for r in rows:  # a resumed run's teacher counter restarts from 0: keep the sum monotone
+    curve, tokens_so_far, offset, last = [], 0.0, 0.0, 0.0
+    for r in rows:
         total = r.get("teacher/completion_tokens_total")
-        if total is not None:
+        if total is not None:  # a resumed run's teacher counter restarts from 0: keep the sum monotone
             offset += last if total < last else 0.0
             last = total
-            spent[r["step"]] = offset + total
-    tokens_so_far = 0.0
-    for r in rows:
-        tokens_so_far = spent.get(r["step"], tokens_so_far)
+            tokens_so_far = offset + total
         if r.get("eval/accuracy") is not None:
             point = {"step": r["step"], "teacher_tokens": tokens_so_far}
             point.update({short: r.get(key) for key, short in CURVE_KEYS.items()})
@@ -215,8 +212,10 @@ def execute(todo: list[Run], jobs: int, on_done, python: str = sys.executable) -
             for item in list(active):
                 run, proc, log, start, before = item
                 wall = before + time.time() - start
-                (run.dir / "wall_s.json").write_text(json.dumps({"wall_s": wall}))  # survives an interruption
-                if proc.poll() is None:
+                running = proc.poll() is None
+                if not running or int(wall) // WALL_SAVE_S != int(wall - 2) // WALL_SAVE_S:
+                    (run.dir / "wall_s.json").write_text(json.dumps({"wall_s": wall}))  # survives an interruption
+                if running:
                     continue
                 active.remove(item)
                 log.close()
@@ -231,9 +230,10 @@ def execute(todo: list[Run], jobs: int, on_done, python: str = sys.executable) -
         for run, proc, _, _, _ in active:
             print(f"interrupted: {run.key} saves a checkpoint and stops", flush=True)
             proc.send_signal(signal.SIGINT)
-        for _, proc, log, _, _ in active:
+        for run, proc, log, start, before in active:
             proc.wait()
             log.close()
+            (run.dir / "wall_s.json").write_text(json.dumps({"wall_s": before + time.time() - start}))
         raise
     return failures
 
@@ -260,11 +260,6 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
-
-
-def _eval_size(args: list[str]) -> int:
-    sizes = [int(a.split("=", 1)[1]) for a in args if a.startswith("--train.eval_size=")]
-    return sizes[-1] if sizes else 0
 
 
 def _cell(values: list[float], digits: int = 3) -> str:
@@ -300,7 +295,7 @@ def report(results: dict, out: Path) -> str:
                      f" | {statistics.fmean(x['teacher_tokens'] for x in rs):.0f}"
                      f" | {statistics.fmean(x['step_s_mean'] for x in rs):.1f}"
                      f" | {statistics.fmean(x['wall_s'] for x in rs) / 60:.1f} |")
-    problems = _eval_size(results["budget_args"])
+    problems = results.get("eval_size", 0)
     if base and problems:
         lo, hi = wilson(statistics.fmean(base), problems)
         lines += ["", f"The held-out set itself is a sample: at the base accuracy its 95% Wilson interval over "
@@ -411,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     planned = plan(matrix, budget, args.runs)  # the whole matrix, for "n of m" and what is missing
     results.update(budget=budget.name, budget_args=budget.args, row_order=[r.name for r in matrix.rows],
-                   planned=len(planned))
+                   planned=len(planned), eval_size=load_config(budget.args).train.eval_size)
 
     def write(run: Run | None = None, record: dict | None = None) -> None:
         if run is not None:

@@ -77,6 +77,7 @@ def test_a_real_matrix_runs_reports_and_resumes(tmp_path, capsys):
     assert not any((tmp_path / "runs").rglob("step_*"))  # a finished run's checkpoints are gone
     table = (tmp_path / "results" / "matrix.md").read_text()
     assert "| base student |" in table and "| rl | 0 |" in table and "| sft | 0 |" in table
+    assert results["eval_size"] == 2 and "95% Wilson interval over 2 problems" in table  # from the real config
     for png in ("accuracy.png", "repetition.png", "teacher_tokens.png"):
         assert (tmp_path / "results" / png).stat().st_size > 5_000
     capsys.readouterr()
