@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import typing
 
 import pytest
 
@@ -105,6 +106,14 @@ def test_the_range_rules_cover_the_old_name_sets():
     assert len(rules) == 44  # the 37 of the old name sets + 4 vLLM fields + train.pipeline, max_ratio, eval_every
     assert rules["generation.top_p"] == rules["generation.gpu_memory_utilization"] == "unit_interval"
     assert rules["optim.lr"] == "positive" and rules["checkpoint.every"] == "non_negative"
+
+
+def test_objective_targets_are_the_ones_the_loss_knows():
+    """`objective.target`'s choices (config, no torch) and `losses.TARGETS` (the library's own check) agree."""
+    from omniopd import losses
+    from omniopd.config import ObjectiveConfig
+
+    assert typing.get_args(typing.get_type_hints(ObjectiveConfig)["target"]) == losses.TARGETS
 
 
 def test_sections_check_themselves_when_constructed():
