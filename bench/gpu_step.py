@@ -5,7 +5,7 @@ Builds a random-initialised model of the named shape (`qwen3-1.7b`: vocabulary 1
 vocabulary 49,152; weights only, with the bundled SmolLM2 tokenizer, whose ids a larger vocabulary
 contains), saves it, and runs K real trainer steps with it as student, reference and local teacher: HF
 generation, the local teacher, phi = ned, model.dtype = bfloat16. Reports per step the phase times,
-response tokens/s, the trainer phase (forward + reference forward + backward + optimizer step) against its
+response tokens/s, the trainer phase (forward + reference forward + loss + backward + optimizer step) against its
 FLOP floor 6 · params · tokens / (bf16 matmul rate measured here), and peak allocated / reserved memory.
 
 Prints one markdown table and writes it to bench/results/gpu_step_<card>.md (or --out).
@@ -28,7 +28,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 1 << 30
-PHASES = ["generate", "teacher", "forward", "score", "backward_step", "swap"]
+PHASES = ["generate", "teacher", "forward", "score", "loss", "backward_step", "swap"]
 
 # Architectures of the public checkpoints' config.json (weights are random: shapes are what is measured).
 SHAPES = {
@@ -128,7 +128,7 @@ def table(shape: str, params: int, rate: float, rows: list[dict[str, float]], ar
              "trainer FLOP floor s | trainer / floor | padding | peak alloc GiB | peak reserved GiB |",
              "|---" * (len(PHASES) + 9) + "|"]
     for i, m in enumerate(rows, 1):
-        trainer_s = m.get("time/forward_s", 0.0) + m.get("time/backward_step_s", 0.0)
+        trainer_s = sum(m.get(f"time/{p}_s", 0.0) for p in ("forward", "loss", "backward_step"))
         floor = 6 * params * m["train/forward_tokens"] / rate
         cells = [f"{m.get(f'time/{p}_s', 0.0):.2f}" for p in PHASES]
         cells += [f"{m['time/step_s']:.2f}", f"{m['throughput/tokens_per_s']:.0f}", f"{trainer_s:.2f}",

@@ -26,8 +26,8 @@ from latency_proxy import LatencyProxy  # noqa: E402
 from vllm_server import API_KEY, SERVED_NAME, vllm_server  # noqa: E402, F401 - a fixture
 
 DELAY_S, CONCURRENCY, STEPS = 2.0, 8, 4
-PHASES = ["generate", "anchors", "teacher_submit", "forward", "teacher", "teacher_wait", "score", "backward_step",
-          "swap"]
+PHASES = ["generate", "anchors", "teacher_submit", "forward", "teacher", "teacher_wait", "score", "loss",
+          "backward_step", "swap"]
 # What can bound a step: everything but the waits (teacher_wait is time spent waiting on the teacher phase).
 WORK = [p for p in PHASES if p not in ("teacher_wait", "teacher_submit")]
 MODES = {"pipeline=0, no overlap (today)": [],

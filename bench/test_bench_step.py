@@ -18,7 +18,7 @@ import pytest
 from omniopd.runlog import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ["generate", "forward", "teacher", "score", "backward_step", "swap"]
+PHASES = ["generate", "forward", "teacher", "score", "loss", "backward_step", "swap"]
 ROWS: dict[str, dict[str, float]] = {}
 
 

@@ -310,13 +310,16 @@ class Trainer:
         elif cfg.objective.name == "opd":
             with timer("teacher"):
                 teacher_logprobs = self._teacher_logprobs(batch)
-            loss, obj = losses.opd(head, batch.tokens, batch.response_mask, normalizer=normalizer,
-                                   teacher_logprobs=teacher_logprobs)
+            with timer("loss"):
+                loss, obj = losses.opd(head, batch.tokens, batch.response_mask, normalizer=normalizer,
+                                       teacher_logprobs=teacher_logprobs)
         elif cfg.objective.name == "sft":
-            loss, obj = losses.sft(head, batch.tokens, batch.response_mask, normalizer=normalizer)
+            with timer("loss"):
+                loss, obj = losses.sft(head, batch.tokens, batch.response_mask, normalizer=normalizer)
         else:  # rl
-            loss, obj = losses.rl(head, ref, batch.tokens, batch.response_mask, rewards.to(batch.tokens.device),
-                                  group_size=cfg.generation.n, beta=cfg.objective.beta, normalizer=normalizer)
+            with timer("loss"):
+                loss, obj = losses.rl(head, ref, batch.tokens, batch.response_mask, rewards.to(batch.tokens.device),
+                                      group_size=cfg.generation.n, beta=cfg.objective.beta, normalizer=normalizer)
         metrics.update(obj)
         return self._update(loss, batch, metrics, timer)
 
@@ -503,9 +506,10 @@ class Trainer:
                                 n=cfg.audit.num_continuations, alpha=cfg.audit.alpha, chunk_len=cfg.audit.chunk_len,
                                 entropy=entropy, response_mask=batch.response_mask)
         # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.
-        loss, metrics = losses.omniopd(head, ref, batch.tokens, batch.response_mask, audit,
-                                       beta=cfg.objective.beta, normalizer=normalizer, ratio=ratio,
-                                       target=cfg.objective.target)
+        with timer("loss"):
+            loss, metrics = losses.omniopd(head, ref, batch.tokens, batch.response_mask, audit,
+                                           beta=cfg.objective.beta, normalizer=normalizer, ratio=ratio,
+                                           target=cfg.objective.target)
         metrics["audit/num_chunks_m"] = float(m)
         metrics["teacher/failed_requests"] = summed(sum(not r.ok for r in results))
         return loss, metrics

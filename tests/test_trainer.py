@@ -73,7 +73,7 @@ def test_each_objective_trains_a_step(tmp_path, objective):
     else:
         assert m["train/grad_norm"] > 0  # a real gradient reached the weights
     # sft trains on the teacher's responses: the student samples nothing, the teacher writes instead
-    for phase in ("teacher" if objective == "sft" else "generate", "forward", "backward_step", "swap"):
+    for phase in ("teacher" if objective == "sft" else "generate", "forward", "loss", "backward_step", "swap"):
         assert m[f"time/{phase}_s"] >= 0
     assert ("time/generate_s" in m) == (objective != "sft")
     if objective == "omniopd":
