@@ -223,10 +223,13 @@ class Trainer:
         # process group and FSDP, at the same point (vLLM joins the group: a collective), then waits.
         gen_cfg = dataclasses.replace(cfg.generation, dtype=cfg.model.dtype) if cfg.generation.dtype == "auto" \
             else cfg.generation
+        # On CPU the engines compute with the trainer's threads when nothing runs beside them; a pipelined step
+        # generates (and asks a local teacher) on a thread beside training, where vLLM's 1 thread is fastest.
+        serving = None if cfg.train.pipeline else torch.get_num_threads()
         self.generator = build_generator(gen_cfg, self.student_path, tokenizer=self.tokenizer,
-                                         hf_model=None if self.sharded else self.model)
+                                         hf_model=None if self.sharded else self.model, serving_threads=serving)
         parallel.barrier()
-        self.teacher = build_teacher(cfg.teacher, cache_path=self._rank_cache(),
+        self.teacher = build_teacher(cfg.teacher, cache_path=self._rank_cache(), serving_threads=serving,
                                      tokenizer_path=cfg.teacher.tokenizer or None, dtype=cfg.model.dtype)
         self.similarity = get_similarity(cfg.audit.similarity, trim=cfg.audit.trim, embedder=cfg.audit.embedder) \
             if cfg.objective.name == "omniopd" else None

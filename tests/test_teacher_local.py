@@ -112,6 +112,28 @@ def test_bad_requests_name_the_culprit(teacher):
         teacher.generate([TeacherRequest([{"role": "tool", "content": "x"}], "", n=1, max_tokens=2, temperature=0)])
 
 
+def test_vllm_teacher_computes_with_the_threads_it_is_given(teacher):
+    """`serving_threads=2` (the trainer's threads, unpipelined): the engine samples with 2 torch threads, the
+    caller keeps its own, and greedy text equals the 1-thread engine's."""
+    if teacher.backend != "vllm":
+        pytest.skip("the HF path holds no engine")
+    two = build_teacher(TeacherConfig(kind="local", model="smollm2-135m", local_backend="vllm", kv_cache_gib=0.25),
+                        cache_path=None, serving_threads=2)
+    try:
+        seen, generate = [], two.sampler.llm.generate
+
+        def spy(*args, **kwargs):  # the real engine call, noting the threads it runs with
+            seen.append(torch.get_num_threads())
+            return generate(*args, **kwargs)
+
+        two.sampler.llm.generate = spy
+        request = TeacherRequest(CHAT, "12 + 7 =", n=1, max_tokens=6, temperature=0.0)
+        assert two.generate([request])[0].texts == teacher.generate([request])[0].texts
+        assert seen == [2] and torch.get_num_threads() == 1
+    finally:
+        two.close()
+
+
 def test_closing_the_vllm_sampler_frees_its_engine_once(teacher):
     """Last in this module: it closes the module's engine (the fixture's own close then has nothing to do)."""
     if teacher.backend != "vllm":

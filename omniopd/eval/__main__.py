@@ -78,6 +78,8 @@ def load_all(args: argparse.Namespace) -> dict[tuple[str, str], Problem]:
 
 
 def generate(args: argparse.Namespace, problems: list[Problem]) -> list[dict]:
+    import torch
+
     from omniopd.assets import student_path
     from omniopd.config import GenerationConfig
     from omniopd.rollout.student import build_generator
@@ -86,7 +88,7 @@ def generate(args: argparse.Namespace, problems: list[Problem]) -> list[dict]:
     top_p = args.top_p if args.top_p is not None else (1.0 if temperature == 0 else 0.95)
     cfg = GenerationConfig(backend=args.backend, n=args.k, temperature=temperature, top_p=top_p,
                            max_new_tokens=args.max_new_tokens, seed=args.seed)
-    generator = build_generator(cfg, student_path(args.model))
+    generator = build_generator(cfg, student_path(args.model), serving_threads=torch.get_num_threads())
     print(f"[eval] {len(problems)} problems x {args.k} samples, backend={generator.backend}, "
           f"temperature={temperature}, top_p={top_p}, max_new_tokens={args.max_new_tokens}", flush=True)
     try:

@@ -16,11 +16,12 @@ __all__ = ["GeneratorStartError", "Sample", "StudentGenerator", "build_generator
 
 
 def build_generator(cfg: GenerationConfig, model_path: str, *, hf_model=None,
-                    tokenizer=None) -> StudentGenerator:
+                    tokenizer=None, serving_threads: int | None = None) -> StudentGenerator:
     """The generator `cfg.backend` names; 'auto' takes vLLM when it imports and starts, else HF.
 
     `hf_model` (the trainer's model) is what the HF backend generates with, sharing its weights; without
     it the HF backend loads `model_path` itself. It also sets vLLM's dtype when `cfg.dtype` is 'auto'.
+    `serving_threads`: the torch threads a vLLM engine computes with on CPU (None: vLLM's choice).
     """
     if cfg.backend in ("vllm", "auto"):
         from omniopd.rollout.student.vllm_backend import VLLMGenerator
@@ -31,7 +32,8 @@ def build_generator(cfg: GenerationConfig, model_path: str, *, hf_model=None,
                 enforce_eager=cfg.enforce_eager, kv_cache_gib=cfg.kv_cache_gib,
                 gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
                 start_timeout_s=cfg.start_timeout_s, tokenizer=tokenizer,
-                tensor_parallel_size=cfg.tensor_parallel_size, sleep_level=cfg.sleep_level)
+                tensor_parallel_size=cfg.tensor_parallel_size, sleep_level=cfg.sleep_level,
+                serving_threads=serving_threads)
         except GeneratorStartError as e:
             if cfg.backend == "vllm":
                 raise GeneratorStartError(f"{e} (generation.backend=vllm; set it to 'auto' or 'hf' to "

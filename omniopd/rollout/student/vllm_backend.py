@@ -53,14 +53,15 @@ def _refresh_tied_lm_head(worker) -> bool:
 
 
 class VLLMGenerator(StudentGenerator):
-    """Rollouts from an in-process vLLM engine over the HF folder `model_path`."""
+    """Rollouts from an in-process vLLM engine over the HF folder `model_path`. `serving_threads`: the torch
+    threads it computes with on CPU (None: vLLM's choice, 1; see `_threads`)."""
 
     backend = "vllm"
 
     def __init__(self, model_path: str, *, dtype: str = "float32", seed: int = 0, enforce_eager: bool = True,
                  kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.3, max_model_len: int = 0,
                  start_timeout_s: float = 600.0, tokenizer=None, tensor_parallel_size: int = 1,
-                 sleep_level: int = 0, enable_prefix_caching: bool = True):
+                 sleep_level: int = 0, enable_prefix_caching: bool = True, serving_threads: int | None = None):
         self.model_path = model_path
         self._expected_names = _checkpoint_names(model_path)
         rank, world = torchrun_rank_and_world()
@@ -92,7 +93,8 @@ class VLLMGenerator(StudentGenerator):
             kwargs["enable_sleep_mode"] = True
         # Under torchrun every rank must build its engine (a collective) together: no start thread that
         # could abandon it on one rank; the process group's own timeout bounds a stuck rendezvous.
-        self.llm, self._serving_threads = start_engine(kwargs, start_timeout_s, in_thread=not self.spmd)
+        self.llm, chosen = start_engine(kwargs, start_timeout_s, in_thread=not self.spmd)
+        self._serving_threads = serving_threads or chosen
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
         self.last_swap_s = float("nan")
         self._asleep: set[str] = set()  # memory pools (vLLM sleep-mode tags) now released
@@ -196,10 +198,10 @@ class VLLMGenerator(StudentGenerator):
 
     @contextlib.contextmanager
     def _threads(self):
-        """Torch threads as vLLM set them for serving (1 on CPU) while the engine works, then the caller's.
-
-        Measured here: 2 threads instead of 1 made generation ~8x and a swap ~4x slower on the shared
-        2-core host (OpenMP workers spin-wait between the engine's many small ops).
+        """Torch threads for the engine's work (`serving_threads`, else vLLM's choice: 1 on CPU), then the
+        caller's. On an otherwise idle 2-core host 2 threads generate ~15-25% faster than 1; while other
+        work shares the cores (a pipelined step's training) more threads than free cores are far slower
+        (OpenMP workers spin-wait between the engine's many small ops: ~8x measured on a shared host).
         """
         caller = torch.get_num_threads()
         if caller == self._serving_threads:

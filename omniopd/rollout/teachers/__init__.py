@@ -28,10 +28,12 @@ def resolve_cache_path(cfg: TeacherConfig, log_dir: str | Path) -> str | None:
 
 
 def build_teacher(cfg: TeacherConfig, *, cache_path: str | None,
-                  tokenizer_path: str | None = None, dtype: str = "float32") -> Teacher:
+                  tokenizer_path: str | None = None, dtype: str = "float32",
+                  serving_threads: int | None = None) -> Teacher:
     """The teacher `cfg.kind` names. `cache_path` None: no cache (see `resolve_cache_path`).
 
-    `dtype`: what a local teacher computes in (the trainer passes its compute dtype).
+    `dtype`: what a local teacher computes in (the trainer passes its compute dtype); `serving_threads`: the
+    torch threads its vLLM engine uses on CPU (None: vLLM's choice).
     `tokenizer_path` (an HF folder or alias of the teacher model) lets the OpenAI-compatible teacher
     apply the chat template itself and prefill through `/v1/completions` (exact prefixes).
     """
@@ -40,7 +42,7 @@ def build_teacher(cfg: TeacherConfig, *, cache_path: str | None,
         if cfg.kind == "local":
             from omniopd.rollout.teachers.local import LocalTeacher
 
-            return LocalTeacher(cfg, cache, dtype=dtype)
+            return LocalTeacher(cfg, cache, dtype=dtype, serving_threads=serving_threads)
         if cfg.kind == "openai":
             from omniopd.rollout.teachers.openai_api import OpenAITeacher
 

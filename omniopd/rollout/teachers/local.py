@@ -29,10 +29,10 @@ class LocalTeacher(Teacher):
     kind = "local"
 
     def __init__(self, cfg: TeacherConfig, cache: ResponseCache | None = None, *, device: str | None = None,
-                 model=None, tokenizer=None, dtype: str = "float32"):
+                 model=None, tokenizer=None, dtype: str = "float32", serving_threads: int | None = None):
         super().__init__(cfg, cache)
         self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._dtype = dtype
+        self._dtype, self._serving_threads = dtype, serving_threads
         self._model = model.eval() if model is not None else None
         self.sampler = None if model is not None else self._start_vllm()
         if tokenizer is None:
@@ -56,7 +56,8 @@ class LocalTeacher(Teacher):
 
         try:
             return VLLMSampler(student_path(self.cfg.model), dtype=self._dtype, kv_cache_gib=self.cfg.kv_cache_gib,
-                               gpu_memory_utilization=self.cfg.gpu_memory_utilization)
+                               gpu_memory_utilization=self.cfg.gpu_memory_utilization,
+                               serving_threads=self._serving_threads)
         except GeneratorStartError as e:
             if self.cfg.local_backend == "vllm":
                 raise
