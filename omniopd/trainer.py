@@ -185,13 +185,15 @@ class Trainer:
 
         # Models. The student holds fp32 master weights (AdamW state follows them) and computes in
         # `model.dtype`: FSDP2's mixed-precision policy, or autocast with parallel.fsdp=false on one rank.
-        # The frozen reference (the KL anchor) is held in the compute dtype.
+        # The frozen reference (the KL anchor of omniopd and rl; sft and opd have none) is held in the compute dtype.
         self.compute_dtype = getattr(torch, cfg.model.dtype)
         self.student_path = assets.student_path(cfg.model.student)
         self.model, self.tokenizer = assets.load_student(self.student_path, "float32", str(device))
-        self.ref_model, _ = assets.load_student(cfg.model.reference or self.student_path, cfg.model.dtype,
-                                                str(device))
-        self.ref_model.requires_grad_(False).eval()
+        self.ref_model = None
+        if cfg.objective.name in ("omniopd", "rl"):
+            self.ref_model, _ = assets.load_student(cfg.model.reference or self.student_path, cfg.model.dtype,
+                                                    str(device))
+            self.ref_model.requires_grad_(False).eval()
         checkpointing = cfg.model.activation_checkpointing
         if checkpointing if checkpointing is not None else device.type == "cuda":
             self.model.gradient_checkpointing_enable()
@@ -200,7 +202,8 @@ class Trainer:
         self.sharded = cfg.parallel.fsdp and (self.dist.world_size > 1 or self.compute_dtype != torch.float32)
         if self.sharded:
             parallel.shard(self.model, mixed_precision=self.compute_dtype != torch.float32)
-            parallel.shard(self.ref_model, mixed_precision=False)
+            if self.ref_model is not None:
+                parallel.shard(self.ref_model, mixed_precision=False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps

@@ -181,6 +181,14 @@ def test_fused_step_equals_logits_form_on_the_bundled_student(student_and_refere
         assert m_f[key] == pytest.approx(m_l[key], rel=1e-5, abs=1e-5, nan_ok=True), key
 
 
+@pytest.mark.parametrize("objective", ["rl", "omniopd"])
+def test_the_reference_is_held_frozen_in_the_compute_dtype(tiny, tmp_path, objective):
+    cfg = load_config([f"--model.student={tiny}", f"--teacher.model={tiny}", f"--log.dir={tmp_path}",
+                       f"--objective.name={objective}", "--model.dtype=bfloat16", *STEP])
+    with Trainer(cfg) as trainer:
+        assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in trainer.ref_model.parameters())
+
+
 @pytest.mark.parametrize("fsdp", [True, False])  # one rank: FSDP2's bf16 policy, or autocast
 def test_fp32_master_weights_keep_updates_that_pure_bf16_loses(tiny, tmp_path, fsdp):
     """model.dtype=bfloat16 computes in bf16 but AdamW updates fp32 master weights: an update of ~1e-6 per
@@ -191,7 +199,7 @@ def test_fp32_master_weights_keep_updates_that_pure_bf16_loses(tiny, tmp_path, f
     with Trainer(cfg) as trainer:
         assert trainer.sharded == fsdp
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights
-        assert all(p.dtype == torch.bfloat16 for p in trainer.ref_model.parameters())  # compute dtype
+        assert trainer.ref_model is None  # sft has no KL anchor: no reference copy is held
         start = [p.detach().clone() for p in trainer.model.parameters()]
         metrics = trainer.train_step()
         assert metrics["train/grad_norm"] > 0
