@@ -276,9 +276,10 @@ def report(results: dict, out: Path) -> str:
     order = [r for r in results["row_order"] if any(x["row"] == r for x in runs)]
     base = [x["curve"][0]["accuracy"] for x in runs if x["curve"][0]["step"] == 0]
     lines = [f"Budget `{results['budget']}`: {' '.join(results['budget_args'])}", "",
-             "Final greedy held-out accuracy (mean ± half-width of the 95% t-interval over seeds; one seed: no "
-             "interval), its change from the base student in the same runs, repetition (repeated 4-grams) and "
-             "length of the held-out responses, teacher tokens generated per run and the run's wall time.", "",
+             "Final greedy held-out accuracy (mean ± half-width of the 95% t-interval over seeds, then each "
+             "seed's; one seed: no interval), its change from the base student in the same runs, repetition "
+             "(repeated 4-grams) and length of the held-out responses, teacher tokens generated per run and the "
+             "run's wall time.", "",
              "| row | seeds | accuracy | Δ vs base | repetition | length (tokens) | φ, steps 1–5 → last 5 | "
              "teacher tokens | s / step | wall (min) |", "|---|---|---|---|---|---|---|---|---|---|"]
     if base:
@@ -289,7 +290,9 @@ def report(results: dict, out: Path) -> str:
         rs = sorted((x for x in runs if x["row"] == name), key=lambda x: x["seed"])
         delta = [x["final"]["accuracy"] - x["curve"][0]["accuracy"] for x in rs]
         seeds = ",".join(str(x["seed"]) for x in rs)
-        lines.append(f"| {name} | {seeds} | {_cell([x['final']['accuracy'] for x in rs])} | {_cell(delta)}"
+        accuracy = [x["final"]["accuracy"] for x in rs]
+        each = f" ({', '.join(f'{a:.3f}' for a in accuracy)})" if len(rs) > 1 else ""  # few seeds: show them all
+        lines.append(f"| {name} | {seeds} | {_cell(accuracy)}{each} | {_cell(delta)}"
                      f" | {_cell([x['final']['repetition'] for x in rs])}"
                      f" | {_cell([x['final']['response_len'] for x in rs], 1)} | {_phi(rs)}"
                      f" | {statistics.fmean(x['teacher_tokens'] for x in rs):.0f}"

@@ -61,6 +61,26 @@ def test_interval_is_the_95_percent_t_interval():
     assert (lo, hi) == (pytest.approx(0.05523, abs=1e-4), pytest.approx(0.17437, abs=1e-4))
 
 
+def _record(row: str, seed: int, final: float) -> dict:
+    curve = [{"step": 0, "accuracy": 0.1, "repetition": 0.05, "response_len": 40.0, "teacher_tokens": 0.0},
+             {"step": 10, "accuracy": final, "repetition": 0.04, "response_len": 30.0, "teacher_tokens": 500.0}]
+    return {"row": row, "seed": seed, "curve": curve, "final": curve[-1], "phi_first5": None, "phi_last5": None,
+            "teacher_tokens": 500.0, "step_s_mean": 10.0, "wall_s": 600.0}
+
+
+def test_the_table_shows_every_seed_beside_the_interval(tmp_path):
+    results = {"runs": {"sft/seed0": _record("sft", 0, 0.2), "sft/seed1": _record("sft", 1, 0.3),
+                        "rl/seed0": _record("rl", 0, 0.1)},
+               "budget": "cpu", "budget_args": ["--train.steps=10"], "row_order": ["sft", "rl"], "planned": 4,
+               "eval_size": 128, "missing": ["rl/seed1"]}
+    table = compare.report(results, tmp_path)
+    # mean 0.25, s = 0.0707, half-width t(0.975, 1 dof) * s / sqrt(2) = 12.706 * 0.05 = 0.635
+    assert "| sft | 0,1 | 0.250 ± 0.635 (0.200, 0.300) | 0.150 ± 0.635 |" in table
+    assert "| rl | 0 | 0.100 | 0.000 |" in table  # one seed: the value alone
+    # Wilson at p = 0.1, n = 128: centre 0.11166, half 0.05252 (by hand)
+    assert "over 128 problems is [0.059, 0.164]" in table and "Not run yet: rl/seed1." in table
+
+
 def test_a_real_matrix_runs_reports_and_resumes(tmp_path, capsys):
     path = _matrix(tmp_path, '[[row]]\nname = "rl"\nargs = ["--objective.name=rl"]\n'
                              '[[row]]\nname = "sft"\nargs = ["--objective.name=sft"]\n')
