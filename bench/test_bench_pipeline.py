@@ -4,9 +4,9 @@ step and the pipelined step (`train.pipeline=1`).
 `pytest bench/test_bench_pipeline.py --benchmark-only -s`. The teacher is the bundled SmolLM2 behind a real
 vLLM OpenAI-compatible server set up to serve (tests/vllm_server.py with whole prompts per batch and every core),
 reached through a loopback proxy that adds 2 s to every request (an API's network latency), with 8 requests in
-flight at most. Each mode runs a real 4-step
-`python -m omniopd.train` with the bundled student; steps 2 and 3 are averaged (step 1 warms up, the last
-pipelined step has no next batch to produce). The table lands in bench/results/pipeline_cpu.md.
+flight at most. Each mode runs a real 4-step `python -m omniopd.train` with the bundled student; steps 2 and 3
+are averaged (step 1 warms up, the last pipelined step has no next batch to produce). The table lands in
+bench/results/pipeline_cpu.md.
 """
 
 from __future__ import annotations

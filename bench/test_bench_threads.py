@@ -1,10 +1,11 @@
-"""CPU vLLM engines at 1 torch thread (vLLM's choice) vs the host's threads: the local teacher's fork batch,
-a step's rollouts and a greedy held-out batch, alternating 1 and N threads on the same engines.
+"""CPU vLLM engines at 1 torch thread (what vLLM sets for serving) vs the host's threads: the local teacher's
+fork batch, a step's rollouts and a greedy held-out batch, alternating 1 and N threads on the same engines.
 
-`pytest bench/test_bench_threads.py --benchmark-only -s` (run it with nothing else on the cores: the point is
-what an idle host gains; under load more threads than free cores spin-wait and lose). The work is the CPU
-matrix budget's: 32 hinted forks of 4 problems x 4 rollouts x 2 forks, N=4, 16 tokens each; 4 prompts x 4
-rollouts x 48 tokens; 64 greedy answers of <= 48 tokens. The table lands in bench/results/threads_cpu.md.
+`pytest bench/test_bench_threads.py --benchmark-only -s`, with nothing else on the cores: the point is what an
+idle host gains (under load, threads beyond the free cores spin-wait and lose). OMP_NUM_THREADS=2 and unset gave
+the same table here. The work is the CPU matrix budget's: 32 hinted forks of 4 problems x 4 rollouts x 2 forks,
+N=4, 16 tokens each; 4 prompts x 4 rollouts x 48 tokens; 64 greedy answers of <= 48 tokens. The table lands in
+bench/results/threads_cpu.md.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def teardown_module() -> None:
     threads = os.cpu_count() or 1
     lines = [f"CPU vLLM engines, bundled SmolLM2-135M, float32: seconds per batch at 1 torch thread (vLLM's "
              f"choice) and at {threads} (this host's cores), mean of {TRIALS} alternating trials each, nothing "
-             f"else running. torch {torch.__version__}.", "",
+             f"else running, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. torch {torch.__version__}.",
+             "",
              f"| work | 1 thread | {threads} threads | speed-up |", "|---|---|---|---|"]
     for name, times in RESULTS.items():
         one, many = statistics.fmean(times[1]), statistics.fmean(times[threads])

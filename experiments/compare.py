@@ -38,8 +38,9 @@ from omniopd.runlog import read_metrics  # noqa: E402
 
 CURVE_KEYS = {"eval/accuracy": "accuracy", "eval/repetition_mean": "repetition",
               "eval/response_len_mean": "response_len"}
-# Two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1): the interval over seeds.
+POLL_S = 2  # how often the runner looks at its runs
 WALL_SAVE_S = 30  # how often a running run's wall time is written beside its log (a kill loses at most this)
+# Two-sided 95% Student-t quantiles by degrees of freedom (seeds - 1): the interval over seeds.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -208,12 +209,12 @@ def execute(todo: list[Run], jobs: int, on_done, python: str = sys.executable) -
                       flush=True)
                 proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
                 active.append((run, proc, log, time.time(), _previous_wall(run.dir)))
-            time.sleep(2)
+            time.sleep(POLL_S)
             for item in list(active):
                 run, proc, log, start, before = item
                 wall = before + time.time() - start
                 running = proc.poll() is None
-                if not running or int(wall) // WALL_SAVE_S != int(wall - 2) // WALL_SAVE_S:
+                if not running or int(wall) // WALL_SAVE_S != int(wall - POLL_S) // WALL_SAVE_S:
                     (run.dir / "wall_s.json").write_text(json.dumps({"wall_s": wall}))  # survives an interruption
                 if running:
                     continue

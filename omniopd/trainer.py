@@ -226,9 +226,9 @@ class Trainer:
         # process group and FSDP, at the same point (vLLM joins the group: a collective), then waits.
         gen_cfg = dataclasses.replace(cfg.generation, dtype=cfg.model.dtype) if cfg.generation.dtype == "auto" \
             else cfg.generation
-        # On CPU the engines compute with the trainer's threads when nothing runs beside them; a pipelined step
-        # generates (and asks a local teacher) on a thread beside training, where vLLM's 1 thread is fastest.
-        serving = None if cfg.train.pipeline else torch.get_num_threads()
+        # On CPU the engines compute with the trainer's threads (vLLM would drop its own to 1), pipelined too:
+        # the pipeline bench measured its overlap so.
+        serving = torch.get_num_threads()
         self.generator = build_generator(gen_cfg, self.student_path, tokenizer=self.tokenizer,
                                          hf_model=None if self.sharded else self.model, serving_threads=serving)
         parallel.barrier()
@@ -306,8 +306,7 @@ class Trainer:
                 head = model_head(self.model, batch, self.compute_dtype)
             with torch.no_grad():
                 entropy, logprob = losses.entropy_logprob(head.detach(), batch.tokens, batch.response_mask)
-                ref = model_head(self.ref_model, batch, self.compute_dtype) \
-                    if cfg.objective.name in ("omniopd", "rl") else None
+                ref = model_head(self.ref_model, batch, self.compute_dtype) if self.ref_model is not None else None
         metrics = self._batch_metrics(batch, rewards, logprob, entropy)
 
         # 3-6. The objective (forks, teacher, similarity and targets for omniopd).

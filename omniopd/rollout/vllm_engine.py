@@ -6,6 +6,7 @@ The engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`). Under torc
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -32,6 +33,20 @@ def set_torch_threads(n: int) -> None:
         _set_num_threads(n)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Torch computes with `n` threads inside the block, with the caller's again after it. On an idle 2-core
+    host an engine at 2 threads generates 1.2-1.4x faster than at 1 (bench/test_bench_threads.py); with a test
+    suite sharing both cores, 2 were several times slower than 1 (OpenMP workers spin-wait between the
+    engine's many small ops)."""
+    caller = torch.get_num_threads()
+    set_torch_threads(n)
+    try:
+        yield
+    finally:
+        set_torch_threads(caller)
+
+
 def torchrun_rank_and_world() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -41,8 +56,8 @@ def torchrun_rank_and_world() -> tuple[int, int]:
 
 
 def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
-    """(`vllm.LLM(**kwargs)` in this process, the torch thread count vLLM chose for serving), or
-    GeneratorStartError naming why not, within `timeout_s` (`in_thread=False`: no timeout)."""
+    """`vllm.LLM(**kwargs)` in this process, or GeneratorStartError naming why not, within `timeout_s`
+    (`in_thread=False`: no timeout). The caller's torch threads are left as they were."""
     prev = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     if prev not in (None, "0"):
         log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=%s overridden to 0: weight swaps need the engine "
@@ -85,7 +100,6 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
         thread.join(timeout_s)
     else:
         start()
-    serving_threads = torch.get_num_threads()
     _restore_torch_threads(threads)
     with lock:
         abandoned.set()
@@ -101,7 +115,7 @@ def start_engine(kwargs: dict, timeout_s: float, *, in_thread: bool = True):
     _count_engine(+1)
     # Neither `start`'s frame nor `box` may keep the engine: that frame stays referenced after the start
     # (seen: the engine survived close_engine's collection through its local and the closure's `box`).
-    return box.pop("llm"), serving_threads
+    return box.pop("llm")
 
 
 def _count_engine(delta: int) -> int:

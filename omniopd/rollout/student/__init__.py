@@ -21,7 +21,7 @@ def build_generator(cfg: GenerationConfig, model_path: str, *, hf_model=None,
 
     `hf_model` (the trainer's model) is what the HF backend generates with, sharing its weights; without
     it the HF backend loads `model_path` itself. It also sets vLLM's dtype when `cfg.dtype` is 'auto'.
-    `serving_threads`: the torch threads a vLLM engine computes with on CPU (None: vLLM's choice).
+    `serving_threads`: the torch threads a vLLM engine computes with on CPU (None: the constructing thread's).
     """
     if cfg.backend in ("vllm", "auto"):
         from omniopd.rollout.student.vllm_backend import VLLMGenerator

@@ -22,7 +22,6 @@ not been run on a GPU.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Collection, Iterable
@@ -36,7 +35,7 @@ from omniopd.rollout.student.base import (
     chat_prompt_ids,
     check_sampling,
 )
-from omniopd.rollout.vllm_engine import close_engine, set_torch_threads, start_engine, torchrun_rank_and_world
+from omniopd.rollout.vllm_engine import close_engine, start_engine, torch_threads, torchrun_rank_and_world
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def _refresh_tied_lm_head(worker) -> bool:
 
 class VLLMGenerator(StudentGenerator):
     """Rollouts from an in-process vLLM engine over the HF folder `model_path`. `serving_threads`: the torch
-    threads it computes with on CPU (None: vLLM's choice, 1; see `_threads`)."""
+    threads it computes with on CPU (None: the constructing thread's)."""
 
     backend = "vllm"
 
@@ -93,8 +92,8 @@ class VLLMGenerator(StudentGenerator):
             kwargs["enable_sleep_mode"] = True
         # Under torchrun every rank must build its engine (a collective) together: no start thread that
         # could abandon it on one rank; the process group's own timeout bounds a stuck rendezvous.
-        self.llm, chosen = start_engine(kwargs, start_timeout_s, in_thread=not self.spmd)
-        self._serving_threads = serving_threads or chosen
+        self.llm = start_engine(kwargs, start_timeout_s, in_thread=not self.spmd)
+        self._serving_threads = serving_threads or torch.get_num_threads()
         self.tokenizer = tokenizer if tokenizer is not None else self.llm.get_tokenizer()
         self.last_swap_s = float("nan")
         self._asleep: set[str] = set()  # memory pools (vLLM sleep-mode tags) now released
@@ -196,22 +195,10 @@ class VLLMGenerator(StudentGenerator):
     def close(self) -> None:
         close_engine(self)
 
-    @contextlib.contextmanager
     def _threads(self):
-        """Torch threads for the engine's work (`serving_threads`, else vLLM's choice: 1 on CPU), then the
-        caller's. On an otherwise idle 2-core host 2 threads generate ~15-25% faster than 1; while other
-        work shares the cores (a pipelined step's training) more threads than free cores are far slower
-        (OpenMP workers spin-wait between the engine's many small ops: ~8x measured on a shared host).
-        """
-        caller = torch.get_num_threads()
-        if caller == self._serving_threads:
-            yield
-            return
-        set_torch_threads(self._serving_threads)
-        try:
-            yield
-        finally:
-            set_torch_threads(caller)
+        """Torch threads for the engine's work (`serving_threads`), then the caller's (see
+        `vllm_engine.torch_threads`)."""
+        return torch_threads(self._serving_threads)
 
     def _llm(self):
         if self.llm is None:

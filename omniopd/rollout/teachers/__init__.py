@@ -33,7 +33,7 @@ def build_teacher(cfg: TeacherConfig, *, cache_path: str | None,
     """The teacher `cfg.kind` names. `cache_path` None: no cache (see `resolve_cache_path`).
 
     `dtype`: what a local teacher computes in (the trainer passes its compute dtype); `serving_threads`: the
-    torch threads its vLLM engine uses on CPU (None: vLLM's choice).
+    torch threads its vLLM engine uses on CPU (None: the constructing thread's).
     `tokenizer_path` (an HF folder or alias of the teacher model) lets the OpenAI-compatible teacher
     apply the chat template itself and prefill through `/v1/completions` (exact prefixes).
     """

@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 
 from omniopd.rollout.teachers.sampling import Continuation
-from omniopd.rollout.vllm_engine import close_engine, set_torch_threads, start_engine, torchrun_rank_and_world
+from omniopd.rollout.vllm_engine import close_engine, start_engine, torch_threads, torchrun_rank_and_world
 
 
 class VLLMSampler:
     """`sample(prompts, n, max_tokens, temperature)` over token-id prompts, for `LocalTeacher`.
-    `serving_threads`: torch threads on CPU (None: vLLM's choice, 1)."""
+    `serving_threads`: torch threads on CPU (None: the constructing thread's)."""
 
     def __init__(self, model_path: str, *, dtype: str, seed: int = 0, kv_cache_gib: float = 0.5,
                  gpu_memory_utilization: float = 0.2, max_model_len: int = 4096, start_timeout_s: float = 600.0,
@@ -32,8 +32,8 @@ class VLLMSampler:
                          else {"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}))
         if self.spmd:  # every rank starts its own teacher engine at the same point, as for the student
             kwargs["distributed_executor_backend"] = "external_launcher"
-        self.llm, chosen = start_engine(kwargs, start_timeout_s, in_thread=not self.spmd)
-        self._serving_threads = serving_threads or chosen  # see VLLMGenerator._threads
+        self.llm = start_engine(kwargs, start_timeout_s, in_thread=not self.spmd)
+        self._serving_threads = serving_threads or torch.get_num_threads()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def sample(self, prompts: list[list[int]], n: list[int], max_tokens: list[int],
@@ -45,12 +45,8 @@ class VLLMSampler:
         # vLLM refuses n > 1 when greedy: one sample, repeated below (greedy samples are all equal).
         params = [SamplingParams(n=k if t > 0 else 1, max_tokens=m, temperature=t, top_p=1.0, top_k=0, seed=s)
                   for k, m, t, s in zip(n, max_tokens, temperature, seed, strict=True)]
-        caller = torch.get_num_threads()
-        set_torch_threads(self._serving_threads)
-        try:
+        with torch_threads(self._serving_threads):
             outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        finally:
-            set_torch_threads(caller)
         result = []
         for out, k in zip(outputs, n, strict=True):
             samples = []
