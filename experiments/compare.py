@@ -10,12 +10,14 @@ arguments and the row's flags; `--jobs` of them run at once (the cores split bet
 is recorded in `experiments/results/<budget>/matrix.json` (its held-out curve, teacher tokens, wall time)
 and never run again, so a matrix interrupted at any point, or continued from a fresh clone, resumes where it
 stopped; a run interrupted mid-way resumes from its last checkpoint (`runs/compare/...`, same machine).
-Writes `matrix.json`, `matrix.md` and the PNGs next to it after every finished run.
+Writes `matrix.json`, `matrix.md` and the PNGs next to it after every finished run. Runners on other rows or
+seeds may share one results folder: each write keeps the runs the others recorded meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -417,11 +419,16 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][run.key] = record
             print(f"done {run.key}: accuracy {record['curve'][0]['accuracy']:.3f} -> {record['final']['accuracy']:.3f}"
                   f" ({record['wall_s'] / 60:.1f} min)", flush=True)
-        results["missing"] = [r.key for r in planned if r.key not in results["runs"]]
-        tmp = results_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(results_path)  # atomic: an interrupted write never loses finished runs
-        print(report(results, out), flush=True)
+        # Another compare.py may share this folder (other rows, same budget): keep what it recorded meanwhile.
+        with open(out / "matrix.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if results_path.is_file():
+                results["runs"] = {**json.loads(results_path.read_text())["runs"], **results["runs"]}
+            results["missing"] = [r.key for r in planned if r.key not in results["runs"]]
+            tmp = results_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(results, indent=1))
+            tmp.replace(results_path)  # atomic: an interrupted write never loses finished runs
+            print(report(results, out), flush=True)
 
     if args.report_only:
         for run in planned:  # what this machine still has on disk is read again (records gain new fields)

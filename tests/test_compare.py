@@ -107,3 +107,33 @@ def test_a_real_matrix_runs_reports_and_resumes(tmp_path, capsys):
     other = _matrix(tmp_path, '[[row]]\nname = "rl"\nargs = ["--objective.name=rl"]\n',
                     [a for a in TINY if a != "--train.steps=2"] + ["--train.steps=3"])
     assert compare.main(["--matrix", str(other), *argv[2:]]) == 2
+
+
+def test_two_runners_sharing_a_results_folder_keep_each_others_runs(tmp_path, monkeypatch):
+    """Two compare.py processes on other rows of one matrix: a run the other one recorded after this one read
+    matrix.json is still there after this one writes."""
+    path = _matrix(tmp_path, '[[row]]\nname = "rl"\nargs = ["--objective.name=rl"]\n'
+                             '[[row]]\nname = "sft"\nargs = ["--objective.name=sft"]\n')
+    results_path = tmp_path / "results" / "matrix.json"
+    results_path.parent.mkdir()
+    results_path.write_text(json.dumps({"runs": {}}))
+    def record(row: str, accuracy: float) -> dict:  # the shape `collect` makes
+        curve = [{"step": step, "teacher_tokens": 0.0, "accuracy": acc, "repetition": 0.0, "response_len": 9.0}
+                 for step, acc in ((0, 0.25), (2, accuracy))]
+        return {"row": row, "seed": 0, "argv": [], "curve": curve, "final": curve[-1], "phi_first5": None,
+                "phi_last5": None, "teacher_tokens": 0.0, "train_steps": 2, "step_s_mean": 0.5, "wall_s": 1.0}
+
+    def execute(todo, jobs, on_done):
+        assert [r.key for r in todo] == ["sft/seed0"]
+        other = json.loads(results_path.read_text())  # the other runner finishes rl meanwhile
+        other["runs"]["rl/seed0"] = record("rl", 0.5)
+        results_path.write_text(json.dumps(other))
+        on_done(todo[0], record("sft", 0.75))
+        return []
+
+    monkeypatch.setattr(compare, "execute", execute)
+    argv = ["--matrix", str(path), "--out", str(results_path.parent), "--runs", str(tmp_path / "runs")]
+    assert compare.main([*argv, "--rows", "sft"]) == 0
+    results = json.loads(results_path.read_text())
+    assert sorted(results["runs"]) == ["rl/seed0", "sft/seed0"] and results["missing"] == []
+    assert "| rl | 0 |" in (results_path.parent / "matrix.md").read_text()
