@@ -327,13 +327,25 @@ def _phi(records: list[dict]) -> str:
     return f"{statistics.fmean(a for a, _ in pairs):.3f} → {statistics.fmean(b for _, b in pairs):.3f}"
 
 
+def line_styles(order: list[str]) -> tuple[dict[str, tuple], dict[str, str]]:
+    """Each row's colour and line style: tab10 has ten colours, so rows past every tenth reuse them with the
+    next style, and no two rows draw alike."""
+    import matplotlib
+
+    palette, patterns = matplotlib.colormaps["tab10"], ("-", "--", ":", "-.")
+    if len(order) > 10 * len(patterns):
+        raise ValueError(f"{len(order)} rows: the plots tell at most {10 * len(patterns)} apart")
+    return ({name: palette(i % 10) for i, name in enumerate(order)},
+            {name: patterns[i // 10] for i, name in enumerate(order)})
+
+
 def _plots(runs: list[dict], order: list[str], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(order)}
+    colors, styles = line_styles(order)
     for key, label, fname in (("accuracy", "held-out accuracy (greedy)", "accuracy.png"),
                               ("repetition", "repeated 4-grams in held-out responses", "repetition.png")):
         fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -343,7 +355,8 @@ def _plots(runs: list[dict], order: list[str], out: Path) -> None:
             by_step = [[p[key] for x in rs for p in x["curve"] if p["step"] == s and p[key] is not None]
                        for s in steps]
             mean = [statistics.fmean(v) for v in by_step]
-            ax.plot(steps, mean, marker="o", ms=3, color=colors[name], label=f"{name} ({len(rs)} seeds)")
+            ax.plot(steps, mean, marker="o", ms=3, color=colors[name], ls=styles[name],
+                    label=f"{name} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
             if len(rs) > 1:  # the band: lowest to highest seed at each step
                 ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color=colors[name],
                                 alpha=0.15)
@@ -362,7 +375,7 @@ def _plots(runs: list[dict], order: list[str], out: Path) -> None:
         for x in (x for x in runs if x["row"] == name):
             if x["teacher_tokens"] > 0:
                 ax.plot([p["teacher_tokens"] for p in x["curve"]], [p["accuracy"] for p in x["curve"]], marker="o",
-                        ms=3, color=colors[name], alpha=0.7, label=name if x["seed"] == min(
+                        ms=3, color=colors[name], ls=styles[name], alpha=0.7, label=name if x["seed"] == min(
                             y["seed"] for y in runs if y["row"] == name) else None)
     ax.set_xlabel("teacher tokens generated (cumulative)")
     ax.set_ylabel("held-out accuracy (greedy)")

@@ -81,6 +81,17 @@ def test_the_table_shows_every_seed_beside_the_interval(tmp_path):
     assert "over 128 problems is [0.059, 0.164]" in table and "Not run yet: rl/seed1." in table
 
 
+def test_every_row_of_a_large_matrix_draws_alike_to_no_other():
+    """The committed matrix has 11 rows and tab10 ten colours: the eleventh once drew exactly like the first."""
+    for n in (11, 40):
+        rows = [f"row{i}" for i in range(n)]
+        colors, styles = compare.line_styles(rows)
+        assert len({(colors[r], styles[r]) for r in rows}) == n
+    assert compare.line_styles(["a", "b"])[1] == {"a": "-", "b": "-"}  # few rows: solid lines only
+    with pytest.raises(ValueError, match="41 rows"):
+        compare.line_styles([f"row{i}" for i in range(41)])
+
+
 def test_a_real_matrix_runs_reports_and_resumes(tmp_path, capsys):
     path = _matrix(tmp_path, '[[row]]\nname = "rl"\nargs = ["--objective.name=rl"]\n'
                              '[[row]]\nname = "sft"\nargs = ["--objective.name=sft"]\n')
