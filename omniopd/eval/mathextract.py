@@ -1,0 +1,353 @@
+r"""Where a math response's final answer is, and what it is: always a whole expression or number.
+
+`extract_answer` looks, in order, for
+1. the last complete `\boxed{}` / `\fbox{}` (a box opened and never closed: no answer, the response was cut);
+2. GSM8K's "#### X", then the last answer phrase ("The (final) answer is X", "Answer: X", "Final Answer: X",
+   markdown bold allowed), which takes the expression or number it introduces: a `$…$`-style span, or the
+   plain expression up to the first word, so units and trailing words are dropped ("113 apples." -> 113);
+   when the phrase introduces a sentence ("The largest $n$ is 34."), that sentence's last span or standalone
+   number, whichever ends later;
+3. the last bold number `**X**`;
+4. the last whole math span (`$…$`, `$$…$$`, `\(…\)`, `\[…\]`), or the whole response when it is one bare
+   expression with no words (`\frac{1}{3}`). `\$15` and a currency `$15` open no span; a span left open at
+   the end of a cut-off response gives no answer, as a cut-off box does;
+5. the last standalone number: a number run bounded by whitespace, the start or end, `=`, a currency `$`
+   before it or sentence punctuation after it. A number inside a word (`AZYUK2A`), inside braces or brackets
+   (`\frac{1}{3}`, `(3, 4)`) or glued to letters (`2x`) is never one; a known unit glued after it is
+   dropped (`2cm` -> 2).
+Number runs are read whole wherever they are found (`read_number_run`): `1,000` and `1 000` are 1000,
+`4 4/9`, `-4 4/9` and `+11 5/6` are mixed numbers; any other run of space-separated numbers (`12 34`,
+`11 6/6`) is ambiguous, is no number and is kept as written (graded equal only to the same spelling).
+Everything here is linear in the response length.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_HASH_RE = re.compile(r"####[ \t]*([^\n]+)")
+# "answer" then "is" / ":" / "=", markdown bold allowed around it ("**Final Answer:** 42", "**Answer**: 42");
+# "isn't" opens no phrase.
+_ANSWER_RE = re.compile(r"(?:final answer|answer)[*_]*\s*(?:is(?![\w'\u2019])|:|=)[*_]*\s*:?", re.IGNORECASE)
+_MINUS = "\u2212"  # Unicode minus: a model writing "−5" means -5
+_SPACES = " \u00a0\u2009\u202f"  # a space, no-break space, thin spaces: SI digit-group separators
+
+# One number token (digits, decimal point, `,` groups, `/`, an exponent), and a run of them joined by a space.
+_TOKEN = r"\d(?:[\d,./]*\d)?(?:[eE][-+]?\d+)?"
+_RUN_RE = re.compile(rf"[-+{_MINUS}]?{_TOKEN}(?:[{_SPACES}]{_TOKEN})*")
+_SINGLE_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+/\d+)")
+_GROUPED_RE = re.compile(r"(-?\d{1,3})((?: \d{3})+)(\.\d+)?")
+_MIXED_RE = re.compile(r"(-?)(\d+) (\d+)/(\d+)")
+# Units read as dropped when glued to a number ("2cm") or following it as a word ("34 cm", "5 m").
+UNITS = frozenset({"mm", "cm", "dm", "km", "m", "mg", "g", "kg", "ml", "mL", "L", "l", "s", "ms", "sec", "min", "h",
+                   "hr", "hrs", "ft", "in", "yd", "mi", "lb", "lbs", "oz"})
+# Letter tokens that are mathematics, not words ("2 pi", "sqrt(2)").
+_MATH_WORDS = frozenset({"pi", "sqrt", "sin", "cos", "tan", "cot", "log", "ln", "exp", "inf", "infinity", "mod"})
+_COMMAND_RE = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathbf|operatorname|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_LETTERS_RE = re.compile(r"[A-Za-z]{2,}")
+_TRAILING_PUNCT = ".,;:!?*_\"'"
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """For every grouping `{` that is closed, the index of its `}`: one linear pass with a stack.
+
+    `\\{` and `\\}` are literal braces, not grouping. One pass for all boxes keeps extraction linear even on
+    a long response full of unclosed `\\boxed{` (each box scanning to the end would be quadratic).
+    """
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for m in re.finditer(r"\\\\.|[{}]", text, re.DOTALL):
+        ch = m.group(0)
+        if ch == "{":
+            stack.append(m.start())
+        elif ch == "}" and stack:
+            closing[stack.pop()] = m.start()
+    return closing
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete `\\boxed{...}` or `\\fbox{...}` (also `\\boxed 5`), or None."""
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    closing = _closing_braces(text)
+    for match in reversed(matches):
+        i = match.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            end = closing.get(i)
+            if end is not None:
+                return text[i + 1:end].strip()
+        elif i > match.end():  # "\boxed 5": the token after the space
+            token = re.match(r"[^\s$]{1,1000}", text[i:i + 1000])
+            if token:
+                return token.group(0)
+    return None
+
+
+# ---- numbers ---------------------------------------------------------------------------------------
+
+def read_number_run(run: str) -> str | None:
+    """The number a run of number tokens spells, canonically ("1,000" -> "1000", "+11 5/6" -> "11 5/6"),
+    or None when the run is not one number ("12 34", "11 6/6", "1,00", "1.2.3").
+
+    Digit groups (`,` or a space, groups of three after the first) are one number; a whole number, a space and
+    a proper fraction is a mixed number (kept as "W N/D", which `normalize` reads as W + N/D).
+    """
+    s = run.replace(_MINUS, "-")
+    for space in _SPACES[1:]:
+        s = s.replace(space, " ")
+    if s.startswith("+"):
+        s = s[1:]
+    if " " not in s:
+        if not _SINGLE_RE.fullmatch(s):
+            return None
+        return s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) else s
+    grouped = _GROUPED_RE.fullmatch(s)
+    if grouped:
+        return s.replace(" ", "")
+    mixed = _MIXED_RE.fullmatch(s)
+    if mixed and int(mixed.group(3)) < int(mixed.group(4)):
+        return s
+    return None
+
+
+def _glued_unit_end(text: str, i: int) -> int:
+    """End of a known unit glued at text[i] ("cm" in "2cm"), or i when none (or when letters go on)."""
+    m = re.match(r"[A-Za-z]+", text[i:i + 8])
+    if m and m.group(0) in UNITS:
+        return i + m.end()
+    return i
+
+
+def _standalone_numbers(text: str) -> list[tuple[int, str]]:
+    """(start, number) of every standalone number run of `text`, spelled by `read_number_run` (an ambiguous
+    run as written)."""
+    found = []
+    for m in _RUN_RE.finditer(text):
+        s, e = m.start(), m.end()
+        j = s  # left: markdown emphasis, then a currency dollar, then whitespace / start / "="
+        while j > 0 and s - j < 2 and text[j - 1] in "*_":
+            j -= 1
+        if j > 0 and text[j - 1] == "$":
+            j -= 1 + (j > 1 and text[j - 2] == "\\")
+        if j > 0 and not (text[j - 1].isspace() or (j == s and text[j - 1] == "=")):
+            continue
+        k = e  # right: a percent sign or a glued unit, sentence punctuation, then whitespace / end
+        if k < len(text) and text[k] == "%":
+            k += 1
+        elif k < len(text) and text[k].isalpha():
+            k = _glued_unit_end(text, k)
+            if k == e:
+                continue  # "2x", "2nd": the digits belong to a larger token
+        while k < len(text) and text[k] in _TRAILING_PUNCT:
+            k += 1
+        if k < len(text) and not text[k].isspace():
+            continue
+        run = m.group(0)
+        found.append((s, read_number_run(run) or run))
+    return found
+
+
+# ---- math spans ------------------------------------------------------------------------------------
+
+_SPAN_TOKEN_RE = re.compile(r"\\\\|\\\$|\$|\\\(|\\\)|\\\[|\\\]|\n[ \t]*\n")
+_CURRENCY_RE = re.compile(r"[ \t]?\d[\d,]*(?:\.\d+)?[ \t]*")
+_CLOSER = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
+
+
+def _is_currency(text: str, i: int) -> bool:
+    """Is the `$` at text[i] a currency sign ("costs $15", "$3 and $4") rather than the start of math?
+
+    It is when a number follows it and the number is not followed by the span's end, LaTeX (`\\ ^ _ { }`) or an
+    operator with more math after it ("$15 + 3$" is math, "$15 + $3" is money).
+    """
+    m = _CURRENCY_RE.match(text, i + 1)
+    if m is None:
+        return False
+    k = m.end()
+    nxt = text[k] if k < len(text) else ""
+    if nxt == "$" or (nxt and nxt in "\\^_{}"):
+        return False
+    if nxt and nxt in "+-*/=<>":
+        rest = text[k + 1:k + 4].lstrip()
+        return rest.startswith("$")
+    return True
+
+
+def math_spans(text: str) -> tuple[list[tuple[int, str]], bool]:
+    """([(start, content)] of every closed math span in order, whether a span is left open at the end).
+
+    Escaped `\\$` and currency dollars open nothing; an inline `$` span never crosses a blank line (a stray
+    `$` before it opened nothing).
+    """
+    spans: list[tuple[int, str]] = []
+    opener, start, content_start = None, 0, 0
+    skip_to = 0
+    for m in _SPAN_TOKEN_RE.finditer(text):
+        i, tok = m.start(), m.group(0)
+        if i < skip_to or tok in ("\\\\", "\\$"):
+            continue
+        if opener is None:
+            if tok == "$":
+                if text.startswith("$$", i):
+                    opener, start, content_start, skip_to = "$$", i, i + 2, i + 2
+                elif not _is_currency(text, i):
+                    opener, start, content_start = "$", i, i + 1
+            elif tok in ("\\(", "\\["):
+                opener, start, content_start = tok, i, i + 2
+            continue
+        if tok.startswith("\n"):
+            if opener == "$":
+                opener = None  # a stray `$`: the paragraph it "opened" was plain text
+            continue
+        if opener == "$$" and tok == "$" and text.startswith("$$", i):
+            spans.append((start, text[content_start:i].strip()))
+            opener, skip_to = None, i + 2
+        elif tok == _CLOSER[opener]:  # "$" closing "$", "\\)" closing "\\(", "\\]" closing "\\["
+            spans.append((start, text[content_start:i].strip()))
+            opener = None
+    return spans, opener is not None
+
+
+# ---- expressions in plain text ---------------------------------------------------------------------
+
+def _is_word(token: str) -> bool:
+    """A token of prose ("apples.", "cm", "AZYUK2A"), as opposed to mathematics ("x+1", "2\\sqrt{3}", "5")."""
+    bare = token.strip(_TRAILING_PUNCT + "()")
+    if bare in UNITS:
+        return True
+    bare = _COMMAND_RE.sub(" ", bare)
+    return any(w.lower() not in _MATH_WORDS for w in _LETTERS_RE.findall(bare))
+
+
+class _Cut(Exception):
+    """The answer phrase introduces a math span that never closes: the response was cut off."""
+
+
+def _introduced(tail: str) -> str | None:
+    """The expression or number `tail` (the text after an answer phrase) starts with, or None.
+
+    A leading math span is taken whole; else plain tokens up to the first word, sentence punctuation or unit.
+    A list ("2 or 3", "3, 4") is kept whole so that it never grades equal to one of its items. A tail that
+    starts with words gives its sentence's last span or standalone number. Raises `_Cut` on an unclosed span.
+    """
+    tail = tail.lstrip(" \t\n*_:")
+    if tail.startswith(("$", "\\(", "\\[")) and not _is_currency(tail, 0):
+        spans, unclosed = math_spans(tail)
+        if spans and spans[0][0] == 0:
+            return spans[0][1]
+        if unclosed:
+            raise _Cut
+    line = tail.split("\n", 1)[0]
+    tokens = line.split()
+    taken: list[str] = []
+    for n, token in enumerate(tokens):
+        if _is_word(token) or (len(token) == 1 and token.isalpha() and n + 1 < len(tokens)
+                               and _is_word(tokens[n + 1]) and not taken):
+            if taken and token.lower() in ("and", "or") and n + 1 < len(tokens) and not _is_word(tokens[n + 1]):
+                return _sentence(line)  # "2 or 3": a list, kept whole
+            break
+        taken.append(token)
+        if token[-1] in ".,;:!?":
+            if token[-1] == "," and n + 1 < len(tokens) and not _is_word(tokens[n + 1]):
+                return _sentence(line)  # "3, 4": a list, kept whole
+            break
+    if taken:
+        expression = " ".join(taken).rstrip(_TRAILING_PUNCT).strip()
+        return re.sub(r"^\\?\$(?=\s?\d)", "", expression).strip() or None  # currency: "$15" -> 15
+    sentence = _sentence(line)
+    spans, unclosed = math_spans(sentence)
+    if unclosed and not spans:
+        raise _Cut
+    items = spans + _standalone_numbers(sentence)
+    return max(items)[1] if items else None
+
+
+def _sentence(line: str) -> str:
+    """`line` up to its first full stop (not a decimal point), without trailing punctuation."""
+    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip().rstrip(_TRAILING_PUNCT).strip()
+
+
+def _bare_expression(text: str) -> str | None:
+    """The whole response when it is one expression without words (`\\frac{1}{3}`, a matrix), else None."""
+    stripped = text.strip().rstrip(".").strip()
+    if not stripped or len(stripped) > 1000 or any(_is_word(t) for t in stripped.split()):
+        return None
+    return stripped
+
+
+def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
+    last = None
+    for last in pattern.finditer(text):  # noqa: B007 - the loop only walks to the last match
+        pass
+    return last
+
+
+def _last_answer_phrase(response: str) -> str | None:
+    """The text after the last answer phrase, nested phrases included (Minerva's
+    "Final Answer: The final answer is $42$. I hope it is correct.")."""
+    last = _last_match(_ANSWER_RE, response)
+    if last is None:
+        return None
+    tail = response[last.end():]
+    for _ in range(10):  # each step strictly shortens `tail`; a few suffice for any real response
+        head = tail.split("\n", 1)[0]
+        inner = _last_match(_ANSWER_RE, head)
+        if inner is None:
+            break
+        tail = tail[inner.end():]
+    return tail
+
+
+def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
+    """The final answer written in `response` (see the module docstring), or None when there is none.
+
+    `boxed_only`: no fallbacks — a weak model's last number can match the reference by accident.
+    """
+    boxed = last_boxed(response)
+    if boxed is not None:
+        return boxed
+    if boxed_only or _BOX_RE.search(response):
+        return None  # a box was opened but never closed: the response was cut off before its answer
+    try:
+        found = _HASH_RE.findall(response)
+        if found:
+            answer = _introduced(found[-1])
+            if answer:
+                return answer
+        tail = _last_answer_phrase(response)
+        if tail is not None:
+            answer = _introduced(tail)
+            if answer:
+                return answer
+    except _Cut:
+        return None
+    for bold in reversed(_BOLD_RE.findall(response)):  # "so the total is **42**."
+        number = read_number_run(bold.strip().rstrip("."))
+        if number is not None:
+            return number
+    spans, unclosed = math_spans(response)
+    if unclosed:
+        return None  # cut off inside a math span
+    if spans:
+        return spans[-1][1] or None
+    bare = _bare_expression(response)
+    if bare is not None:
+        return bare
+    numbers = _standalone_numbers(response)
+    return numbers[-1][1] if numbers else None
+
+
+_BOLD_RE = re.compile(r"\*\*\s*\$?\s*([^*\n$]{1,100}?)\s*\$?\s*\*\*")
+
+
+def gold_from_solution(solution: str) -> str | None:
+    """Reference answer of a worked solution: its last box, else a GSM8K-style "#### N"."""
+    boxed = last_boxed(solution)
+    if boxed is not None:
+        return boxed
+    found = _HASH_RE.findall(solution)
+    return found[-1].strip().replace(",", "") if found else None
