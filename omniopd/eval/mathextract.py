@@ -154,27 +154,27 @@ def _standalone_numbers(text: str) -> list[tuple[int, str]]:
 # ---- math spans ------------------------------------------------------------------------------------
 
 _SPAN_TOKEN_RE = re.compile(r"\\\\|\\\$|\$|\\\(|\\\)|\\\[|\\\]|\n[ \t]*\n")
-_CURRENCY_RE = re.compile(r"[ \t]?\d[\d,]*(?:\.\d+)?[ \t]*")
+_CURRENCY_RE = re.compile(r"[ \t]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?[ \t]*")
 _CLOSER = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
 
 
 def _is_currency(text: str, i: int) -> bool:
-    """Is the `$` at text[i] a currency sign ("costs $15", "$3 and $4") rather than the start of math?
+    """Is the `$` at text[i] a currency sign ("costs $15.", "$3 and $4") rather than the start of math?
 
-    It is when a number follows it and the number is not followed by the span's end, LaTeX (`\\ ^ _ { }`) or an
-    operator with more math after it ("$15 + 3$" is math, "$15 + $3" is money).
+    It is when a plain number follows it and then prose: whitespace then a word, sentence punctuation, the
+    end. A letter, LaTeX (`\\ ^ _ { }`), the span's end or a list ("$3, 5, 7$") after the number make it math,
+    and so does an operator with more math after it ("$15 + 3$" is math, "$15 + $3" is money).
     """
     m = _CURRENCY_RE.match(text, i + 1)
     if m is None:
         return False
     k = m.end()
     nxt = text[k] if k < len(text) else ""
-    if nxt == "$" or (nxt and nxt in "\\^_{}"):
+    if nxt == "$" or nxt.isalpha() or (nxt and nxt in "\\^_{}%"):
         return False
     if nxt and nxt in "+-*/=<>":
-        rest = text[k + 1:k + 4].lstrip()
-        return rest.startswith("$")
-    return True
+        return text[k + 1:k + 4].lstrip().startswith("$")
+    return not (nxt and nxt in ",;" and re.match(r"[,;][ \t]*[-+\d\\(\[{]", text[k:k + 4]))
 
 
 def math_spans(text: str) -> tuple[list[tuple[int, str]], bool]:
@@ -216,10 +216,7 @@ def math_spans(text: str) -> tuple[list[tuple[int, str]], bool]:
 
 def _is_word(token: str) -> bool:
     """A token of prose ("apples.", "cm", "AZYUK2A"), as opposed to mathematics ("x+1", "2\\sqrt{3}", "5")."""
-    bare = token.strip(_TRAILING_PUNCT + "()")
-    if bare in UNITS:
-        return True
-    bare = _COMMAND_RE.sub(" ", bare)
+    bare = _COMMAND_RE.sub(" ", token.strip(_TRAILING_PUNCT + "()"))
     return any(w.lower() not in _MATH_WORDS for w in _LETTERS_RE.findall(bare))
 
 
@@ -245,8 +242,10 @@ def _introduced(tail: str) -> str | None:
     tokens = line.split()
     taken: list[str] = []
     for n, token in enumerate(tokens):
-        if _is_word(token) or (len(token) == 1 and token.isalpha() and n + 1 < len(tokens)
-                               and _is_word(tokens[n + 1]) and not taken):
+        unit = taken and token.rstrip(_TRAILING_PUNCT) in UNITS  # "34 cm", "5 m."
+        article = (not taken and len(token) == 1 and token.isalpha() and n + 1 < len(tokens)
+                   and _is_word(tokens[n + 1]))  # "a prime", "I think"
+        if _is_word(token) or unit or article:
             if taken and token.lower() in ("and", "or") and n + 1 < len(tokens) and not _is_word(tokens[n + 1]):
                 return _sentence(line)  # "2 or 3": a list, kept whole
             break
@@ -272,9 +271,9 @@ def _sentence(line: str) -> str:
 
 
 def _bare_expression(text: str) -> str | None:
-    """The whole response when it is one expression without words (`\\frac{1}{3}`, a matrix), else None."""
-    stripped = text.strip().rstrip(".").strip()
-    if not stripped or len(stripped) > 1000 or any(_is_word(t) for t in stripped.split()):
+    """The response's last paragraph when it is one expression without words (`\\frac{1}{3}`, a matrix)."""
+    stripped = re.split(r"\n[ \t]*\n", text.strip())[-1].strip().rstrip(".").strip()
+    if not stripped or len(stripped) > 1000 or any(_is_word(t) for t in _COMMAND_RE.sub(" ", stripped).split()):
         return None
     return stripped
 
