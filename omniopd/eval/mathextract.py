@@ -154,7 +154,7 @@ def _standalone_numbers(text: str) -> list[tuple[int, str]]:
 # ---- math spans ------------------------------------------------------------------------------------
 
 _SPAN_TOKEN_RE = re.compile(r"\\\\|\\\$|\$|\\\(|\\\)|\\\[|\\\]|\n[ \t]*\n")
-_CURRENCY_RE = re.compile(r"[ \t]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?[ \t]*")
+_CURRENCY_RE = re.compile(r"[ \t]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _CLOSER = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
 
 
@@ -169,8 +169,14 @@ def _is_currency(text: str, i: int) -> bool:
     if m is None:
         return False
     k = m.end()
+    if k < len(text) and text[k].isalpha():
+        return False  # "$2k+2$", "$4.5e33$"
+    while k < len(text) and text[k] in " \t":
+        k += 1
+    if re.match(r"[A-Za-z][ \t]*[$^_{}+\-*/=<>()\\]", text[k:k + 40]):
+        return False  # a variable after the number: "$3 n$", "$100 p^{2}$" (but "$5 a day" is money)
     nxt = text[k] if k < len(text) else ""
-    if nxt == "$" or nxt.isalpha() or (nxt and nxt in "\\^_{}%"):
+    if nxt == "$" or (nxt and nxt in "\\^_{}%"):
         return False
     if nxt and nxt in "+-*/=<>":
         return text[k + 1:k + 4].lstrip().startswith("$")
@@ -275,7 +281,7 @@ def _bare_expression(text: str) -> str | None:
     stripped = re.split(r"\n[ \t]*\n", text.strip())[-1].strip().rstrip(".").strip()
     if not stripped or len(stripped) > 1000 or any(_is_word(t) for t in _COMMAND_RE.sub(" ", stripped).split()):
         return None
-    return stripped
+    return read_number_run(stripped) or stripped
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
