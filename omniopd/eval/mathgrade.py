@@ -1,12 +1,13 @@
 """Math grading: pull the final answer out of a response, decide whether it equals the reference.
 
-`extract_answer` takes the last `\\boxed{}` / `\\fbox{}` (nested braces), else "#### X", else the last
-"The (final) answer is X" / "Answer: X" (markdown bold allowed), else the last bold number `**X**`, else the
-last number. Extraction is linear in the response length. Grading never raises on model output: an integer
-of any length, any text up to megabytes, is a verdict (rules for ambiguous spellings: see `normalize`).
-`grade_math` first tries a fast exact path (normalized strings, plain numbers) and only then asks
-math-verify, which runs in a helper process (`MathVerifier`) that is killed and restarted when a
-comparison exceeds its time limit — so a pathological answer such as `9^{9^{9^9}}` can never hang the
+`extract_answer` (in `mathextract`) finds a whole expression or number, never a number pulled out of a larger
+expression or word: the last box, an answer phrase's expression, a bold number, the last math span or bare
+expression, the last standalone number. Grading never raises on model output: an integer of any length, any
+text up to megabytes, is a verdict (rules for ambiguous spellings: see `normalize` and the README).
+`grade_math` first tries a fast exact path (normalized strings, plain numbers; ambiguous digit runs and
+identifiers such as `AZYUK2A` equal only their own spelling) and only then asks math-verify to parse both
+answers as whole LaTeX expressions. It runs in a helper process (`MathVerifier`) that is killed and restarted
+when a comparison exceeds its time limit — so a pathological answer such as `9^{9^{9^9}}` can never hang the
 caller, and callers may be threads.
 """
 
