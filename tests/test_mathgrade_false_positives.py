@@ -209,3 +209,13 @@ def test_every_reference_answer_grades_equal_to_itself(verifier):
     per_case = (time.process_time() - start) / cases
     assert wrong == []
     assert per_case < 2e-3, per_case
+
+
+def test_huge_mixed_numbers_are_graded_not_raised(verifier):
+    """Reading `W N/D` as a mixed number compares N with D: digit strings past Python's 4,300-digit int limit
+    must not raise (the first version of this reading called int() on them)."""
+    big = "9" * 5000
+    assert grade_math(f"so we get 1 {big}/{big}8", "7", verifier) is False
+    assert grade_math(f"The answer is 3 {big}/{big}.", "7", verifier) is False
+    assert grade_math(rf"\boxed{{2 {big}/1{big}}}", rf"2 {big}/1{big}", verifier) is True
+    assert extract_answer(f"so we get 1 {big}/{big}8") == f"1 {big}/{big}8"

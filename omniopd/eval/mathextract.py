@@ -109,9 +109,15 @@ def read_number_run(run: str) -> str | None:
     if grouped:
         return s.replace(" ", "")
     mixed = _MIXED_RE.fullmatch(s)
-    if mixed and int(mixed.group(3)) < int(mixed.group(4)):
+    if mixed and proper_fraction(mixed.group(3), mixed.group(4)):
         return s
     return None
+
+
+def proper_fraction(numerator: str, denominator: str) -> bool:
+    """numerator < denominator, for digit strings of any length (no int(): 4,300 digits would raise)."""
+    n, d = numerator.lstrip("0"), denominator.lstrip("0")
+    return (len(n), n) < (len(d), d)
 
 
 def _glued_unit_end(text: str, i: int) -> int:

@@ -22,7 +22,14 @@ import threading
 from fractions import Fraction
 from pathlib import Path
 
-from omniopd.eval.mathextract import UNITS, extract_answer, gold_from_solution, last_boxed, read_number_run
+from omniopd.eval.mathextract import (
+    UNITS,
+    extract_answer,
+    gold_from_solution,
+    last_boxed,
+    proper_fraction,
+    read_number_run,
+)
 
 __all__ = ["MAX_ANSWER_CHARS", "MathVerifier", "answers_match", "default_verifier", "extract_answer",
            "fast_verdict", "gold_from_solution", "grade_math", "last_boxed", "normalize", "read_number_run"]
@@ -54,7 +61,7 @@ _MAX_DIGITS = 4000  # below Python's int-from-string limit (4300): longer digit 
 
 def _typed_mixed(m: re.Match) -> str:
     whole, num, den = m.groups()
-    if int(num) < int(den):
+    if proper_fraction(num, den):
         return rf"{whole}\frac{{{num}}}{{{den}}}"
     return f"{whole}\u2009{num}/{den}"  # "11 6/6" is not a mixed number: ambiguous, kept apart (text only)
 
@@ -244,7 +251,7 @@ def _cas_spelling(answer: str) -> str:
     s = _CONSTANT_RE.sub(r"\1", answer.strip().replace(_MINUS, "-"))
     s = _BARE_UNIT_RE.sub(r"\1", _UNIT_RE.sub("", s))
     number = read_number_run(s)
-    if number is not None and " " in number:
+    if number is not None and " " in number and len(number) <= _MAX_DIGITS:
         whole, frac = number.rsplit(" ", 1)
         num, den = (int(x) for x in frac.split("/"))
         value = (-1 if whole.startswith("-") else 1) * (abs(int(whole)) + Fraction(num, den))
