@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from omniopd.data import builtin_task
 from omniopd.eval.data import load_problems
-from omniopd.eval.mathgrade import UNITS, MathVerifier, extract_answer, grade_math, read_number_run
+from omniopd.eval.mathgrade import ORDINALS, UNITS, MathVerifier, extract_answer, grade_math, read_number_run
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "math"
 
@@ -38,7 +38,6 @@ ISSUE29_TABLE = [
     (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", "4", False),
     ("12 34", "34", False),  # an ambiguous run is no number, and 34 is not a number of its own inside it
     ("so (3, 4)", "4", False),  # a tuple's entry
-    ("He came 2nd", "2", False),
     # ... and a bare LaTeX answer is read whole (the old grader read its last number)
     (r"\frac{1}{3}", r"\frac{1}{3}", True),
     (r"$\frac{1}{3}$", r"\frac{1}{3}", True),
@@ -85,10 +84,21 @@ KEPT_TABLE = [
     ("The total is $27 + 86 = 113$.", "113", True),
     ("It costs $15 and then $3 more, so 18 in total", "18", True),
     ("The answer is $5.", "5", True),
+    ("Each costs $5*3 = $15", "15", True),  # GSM8K-style money arithmetic opens no span
+    ("She pays $5*3=$<<5*3=15>>15", "15", True),
+    ("3 * $5 = $15 in all.", "15", True),
+    ("He earns $1,200.", "1200", True),
+    (r"The price is $\$15$", "15", True),
     ("price is 50%", "50", True),
     ("The answer is 2 or 3.", "2", False),  # a list is kept whole: never equal to one of its items
     ("The answer is 3, 4", "3", False),
     ("The answer is 2x.", "2", False),
+    ("She finished 7-1=<<7-1=6>>6th place", "6", True),  # an ordinal is its number
+    ("Marie ordered $17/$8.50 = <<17/8.5=2>>2 boxes of pizza.", "2", True),
+    ("the balance will be $2200 - $1980 = $<<2200-1980=220>>220.", "220", True),
+    ("It will take him $8 / $2/day = <<8/2=4>>4 days to save the rest.", "4", True),
+    ("If each book sells at 20$, then she earned 20*65 = $<<20*65=1300>>1300 in the second year", "1300", True),
+    ("the popcorn would cost $19-$12-$3=$4", "4", True),
 ]
 
 
@@ -123,13 +133,25 @@ EXTRACTION_TABLE = [
     ("we get $\\frac{1}{2", None),
     # standalone numbers only
     ("So 27 + 86 = 113.", "113"),
-    ("AZYUK2A", None),
+    ("AZYUK2A", "AZYUK2A"),  # a bare identifier: an expression that equals only its own spelling
+    ("the code was azyuk2a", None),
     ("so we get 2x", None),
     ("so (3, 4)", None),
     ("2x", "2x"),  # a response that is one bare expression is that expression
     ("(3, 4)", "(3, 4)"),
     ("2cm", "2"),
     ("Total: **1,000**", "1000"),
+    ("she finished 6th.", "6"),
+    ("costs $15 + \\frac{", None),  # a span cut off on the last line
+    ("$8.50 = 2 boxes", "2"),
+    # what a span states: trailing punctuation off, a lone variable is a mention, an align's last row, the
+    # number arithmetic arrives at (an equation with a variable stays whole)
+    ("The smallest such value is $3.$", "3"),
+    ("so there are $7$ possible values of $n$.", "7"),
+    ("\\begin{align*}\n2x &= 4 \\\\\nx &= 2.\n\\end{align*}", "x = 2"),
+    ("$2\\cdot5!\\cdot5!=2\\cdot120\\cdot120=28800$", "28800"),
+    ("$5x - 7y + 11z + 4 = 0$", "5x - 7y + 11z + 4 = 0"),
+    ("worth $54(\\$0.15)+27(\\$0.40)=\\$18.90$.", "\\$18.90"),
 ]
 
 
@@ -174,10 +196,11 @@ _NOT_CONSTANTS = "".join(c for c in string.ascii_letters if c not in "eEiI")
                                                      st.text(_NOT_CONSTANTS, min_size=1, max_size=4)),
        form=st.sampled_from(["{t}", r"\boxed{{{t}}}", "so we get {t}."]))
 def test_letters_after_the_digits_are_correct_only_as_a_unit(gold, suffix, form, verifier):
-    """The documented reading of a number with letters glued after it: a known unit (`2cm`) is dropped;
-    any other letters make a product (`2x` = 2·x, never 2). Constants e and i are left out: `2iiii` = 2."""
+    """The documented reading of a number with letters glued after it: a known unit (`2cm`) or an ordinal
+    suffix (`6th`) is dropped; any other letters make a product (`2x` = 2·x, never 2). Constants e and i
+    are left out: `2iiii` = 2."""
     response = form.format(t=f"{gold}{suffix}")
-    assert grade_math(response, str(gold), verifier) is (suffix in UNITS), response
+    assert grade_math(response, str(gold), verifier) is (suffix in UNITS | ORDINALS), response
 
 
 # ---- every reference answer we ship grades equal to itself ---------------------------------------------

@@ -40,12 +40,13 @@ _SINGLE_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE]
 _GROUPED_RE = re.compile(r"(-?\d{1,3})((?: \d{3})+)(\.\d+)?")
 _MIXED_RE = re.compile(r"(-?)(\d+) (\d+)/(\d+)")
 # Units read as dropped when glued to a number ("2cm") or following it as a word ("34 cm", "5 m").
+ORDINALS = frozenset({"st", "nd", "rd", "th"})  # "6th" is 6 ("she finished 6th")
 UNITS = frozenset({"mm", "cm", "dm", "km", "m", "mg", "g", "kg", "ml", "mL", "L", "l", "s", "ms", "sec", "min", "h",
                    "hr", "hrs", "ft", "in", "yd", "mi", "lb", "lbs", "oz"})
 # Letter tokens that are mathematics, not words ("2 pi", "sqrt(2)").
 _MATH_WORDS = frozenset({"pi", "sqrt", "sin", "cos", "tan", "cot", "log", "ln", "exp", "inf", "infinity", "mod"})
 _COMMAND_RE = re.compile(r"\\(?:text|mbox|mathrm|textbf|mathbf|operatorname|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
-_LETTERS_RE = re.compile(r"[A-Za-z]{2,}")
+_LETTERS_RE = re.compile(r"[A-Za-z]*[a-z][A-Za-z]*")  # a run with a lower-case letter ("ABC" is points)
 _TRAILING_PUNCT = ".,;:!?*_\"'"
 
 
@@ -123,7 +124,7 @@ def proper_fraction(numerator: str, denominator: str) -> bool:
 def _glued_unit_end(text: str, i: int) -> int:
     """End of a known unit glued at text[i] ("cm" in "2cm"), or i when none (or when letters go on)."""
     m = re.match(r"[A-Za-z]+", text[i:i + 8])
-    if m and m.group(0) in UNITS:
+    if m and (m.group(0) in UNITS or m.group(0) in ORDINALS):
         return i + m.end()
     return i
 
@@ -139,15 +140,18 @@ def _standalone_numbers(text: str) -> list[tuple[int, str]]:
             j -= 1
         if j > 0 and text[j - 1] == "$":
             j -= 1 + (j > 1 and text[j - 2] == "\\")
-        if j > 0 and not (text[j - 1].isspace() or (j == s and text[j - 1] == "=")):
+        if j > 0 and not (text[j - 1].isspace() or text[j - 1] == "="):
             continue
-        k = e  # right: a percent sign or a glued unit, sentence punctuation, then whitespace / end
-        if k < len(text) and text[k] == "%":
+        k = e  # right: a percent or dollar sign, a glued unit or rate, sentence punctuation, then space / end
+        rate = re.match(r"/[A-Za-z]{2,}", text[k:k + 30])  # "18,000/year", "70/quiz"
+        if k < len(text) and text[k] in "%$":
             k += 1
+        elif rate:
+            k += rate.end()
         elif k < len(text) and text[k].isalpha():
             k = _glued_unit_end(text, k)
             if k == e:
-                continue  # "2x", "2nd": the digits belong to a larger token
+                continue  # "2x", "2a": the digits belong to a larger token
         while k < len(text) and text[k] in _TRAILING_PUNCT:
             k += 1
         if k < len(text) and not text[k].isspace():
@@ -159,41 +163,49 @@ def _standalone_numbers(text: str) -> list[tuple[int, str]]:
 
 # ---- math spans ------------------------------------------------------------------------------------
 
-_SPAN_TOKEN_RE = re.compile(r"\\\\|\\\$|\$|\\\(|\\\)|\\\[|\\\]|\n[ \t]*\n")
-_CURRENCY_RE = re.compile(r"[ \t]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_ENVIRONMENTS = "align|aligned|equation|gather|gathered|eqnarray|multline"
+_SPAN_TOKEN_RE = re.compile(rf"\\\\|\\\$|\$|\\\(|\\\)|\\\[|\\\]|\n|\\(?:begin|end)\{{(?:{_ENVIRONMENTS})\*?\}}")
+_ENV_RE = re.compile(rf"\\begin\{{({_ENVIRONMENTS})\*?\}}(.*)\\end\{{\1\*?\}}", re.DOTALL)
+_UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+_CURRENCY_RE = re.compile(r"[ \t]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?<=\d)")
 _CLOSER = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
 
 
 def _is_currency(text: str, i: int) -> bool:
-    """Is the `$` at text[i] a currency sign ("costs $15.", "$3 and $4") rather than the start of math?
+    """Is the `$` at text[i] money ("costs $15.", "$3 and $4", "$8 / $2/day = 4 days", "20$") rather than
+    the start of math?
 
-    It is when a plain number follows it and then prose: whitespace then a word, sentence punctuation, the
-    end. A letter, LaTeX (`\\ ^ _ { }`), the span's end or a list ("$3, 5, 7$") after the number make it math,
-    and so does an operator with more math after it ("$15 + 3$" is math, "$15 + $3" is money).
+    Money when the `$` follows a number ("20$, then"), or when a number follows it and no `$` closes it on
+    its line (on the response's last line, unless LaTeX follows: "$15 + \\frac{" is a cut-off span), or the
+    next `$` is money too ("$5*3 = $15"), or the text up to the next `$` has a word in it.
     """
+    if text.startswith("<<", i + 1):
+        return True  # GSM8K's "$<<5*3=15>>15"
+    if i > 0 and text[i - 1].isdigit() and (i + 1 == len(text) or text[i + 1] in " \t\n.,;:!?)"):
+        return True
     m = _CURRENCY_RE.match(text, i + 1)
     if m is None:
         return False
     k = m.end()
-    if k < len(text) and text[k].isalpha():
-        return False  # "$2k+2$", "$4.5e33$"
-    while k < len(text) and text[k] in " \t":
-        k += 1
-    if re.match(r"[A-Za-z][ \t]*[$^_{}+\-*/=<>()\\]", text[k:k + 40]):
-        return False  # a variable after the number: "$3 n$", "$100 p^{2}$" (but "$5 a day" is money)
-    nxt = text[k] if k < len(text) else ""
-    if nxt == "$" or (nxt and nxt in "\\^_{}%"):
-        return False
-    if nxt and nxt in "+-*/=<>":
-        return text[k + 1:k + 4].lstrip().startswith("$")
-    return not (nxt and nxt in ",;" and re.match(r"[,;][ \t]*[-+\d\\(\[{]", text[k:k + 4]))
+    line_end = text.find("\n", k)
+    closing = _UNESCAPED_DOLLAR_RE.search(text, k, line_end if line_end >= 0 else len(text))
+    close = closing.start() if closing else -1
+    if close < 0:
+        if line_end >= 0:
+            return True  # nothing closes it on its line
+        return not re.match(r"[\\^_{]|[ \t]*[-+*/=<>][ \t]*[\\{]", text[k:k + 40])  # LaTeX follows: cut off
+    if re.match(r"\$[ \t]?(?:\.?\d|<<)", text[close:close + 4]):
+        return True  # the next `$` is money too ("$5*3 = $15", "$15 + $3")
+    if text[k].isalpha():
+        return False  # a letter glued to the number: "$2k+2$", "$2RC+R+C$", "$4.5e33$"
+    return _has_prose(text[i + 1:close])  # "$15 and then $x$" is money, "$3, 5, 7$" and "$3 n$" are math
 
 
 def math_spans(text: str) -> tuple[list[tuple[int, str]], bool]:
     """([(start, content)] of every closed math span in order, whether a span is left open at the end).
 
-    Escaped `\\$` and currency dollars open nothing; an inline `$` span never crosses a blank line (a stray
-    `$` before it opened nothing).
+    Escaped `\\$` and currency dollars open nothing; an inline `$` span never crosses a line break (a stray
+    `$` before it opened nothing); `$$`, `\\(`, `\\[` and display environments (`align*`, ...) may.
     """
     spans: list[tuple[int, str]] = []
     opener, start, content_start = None, 0, 0
@@ -210,18 +222,58 @@ def math_spans(text: str) -> tuple[list[tuple[int, str]], bool]:
                     opener, start, content_start = "$", i, i + 1
             elif tok in ("\\(", "\\["):
                 opener, start, content_start = tok, i, i + 2
+            elif tok.startswith("\\begin"):  # a display environment: its text, \begin and \end included
+                opener, start, content_start = "\\end" + tok[len("\\begin"):], i, i
             continue
-        if tok.startswith("\n"):
+        if tok == "\n":
             if opener == "$":
-                opener = None  # a stray `$`: the paragraph it "opened" was plain text
+                opener = None  # a stray `$`: the line it "opened" was plain text
             continue
         if opener == "$$" and tok == "$" and text.startswith("$$", i):
             spans.append((start, text[content_start:i].strip()))
             opener, skip_to = None, i + 2
-        elif tok == _CLOSER[opener]:  # "$" closing "$", "\\)" closing "\\(", "\\]" closing "\\["
+        elif opener.startswith("\\end") and tok == opener:
+            spans.append((start, text[content_start:m.end()].strip()))
+            opener = None
+        elif tok == _CLOSER.get(opener):  # "$" closing "$", "\\)" closing "\\(", "\\]" closing "\\["
             spans.append((start, text[content_start:i].strip()))
             opener = None
     return spans, opener is not None
+
+
+def span_answer(content: str) -> str:
+    """The answer a math span states: a display environment's last row ("x &= 2" of an `align*`), without a
+    leading arrow or "=", trailing punctuation ("$3.$" -> 3) or alignment marks; the number that
+    arithmetic arrives at ("2 \\cdot 120 = 240" -> 240; an equation with a variable, "x = 3", stays whole and
+    is compared by its right-hand side)."""
+    env = _ENV_RE.fullmatch(content.strip())
+    if env:
+        rows = [row for row in re.split(r"\\\\(?:\[[^\]]*\])?", env.group(2)) if row.strip()]
+        content = rows[-1].replace("&", "") if rows else ""
+    content = re.sub(r"^\s*(?:\\(?:Rightarrow|Longrightarrow|implies|therefore)\b|=)\s*", "", content)
+    content = content.strip().rstrip(".,;:").strip()
+    arithmetic, _, value = content.rpartition("=")  # "2\cdot 5! = 240": the value the arithmetic arrives at
+    if (arithmetic and not re.search(r"[A-Za-z]", _COMMAND_RE.sub(" ", arithmetic))
+            and read_number_run(re.sub(r",\\!\s*|\{,\}", ",", value.strip()).removeprefix("\\$")) is not None):
+        return value.strip()
+    return content
+
+
+_LONE_VARIABLE_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?")
+
+
+def _last_stated_span(spans: list[tuple[int, str]]) -> str | None:
+    """The last span that states something: "there are $7$ values of $n$" gives 7, not the variable n
+    (a lone variable is a mention; it is the answer only when every span is one)."""
+    answers = [span_answer(c) for _, c in spans]
+    stated = [a for a in answers if a and not _LONE_VARIABLE_RE.fullmatch(a)]
+    if stated:
+        return stated[-1]
+    return next((a for a in reversed(answers) if a), None)
+
+
+def _has_prose(text: str) -> bool:
+    return any(_is_word(t) for t in _COMMAND_RE.sub(" ", text).split())
 
 
 # ---- expressions in plain text ---------------------------------------------------------------------
@@ -229,7 +281,7 @@ def math_spans(text: str) -> tuple[list[tuple[int, str]], bool]:
 def _is_word(token: str) -> bool:
     """A token of prose ("apples.", "cm", "AZYUK2A"), as opposed to mathematics ("x+1", "2\\sqrt{3}", "5")."""
     bare = _COMMAND_RE.sub(" ", token.strip(_TRAILING_PUNCT + "()"))
-    return any(w.lower() not in _MATH_WORDS for w in _LETTERS_RE.findall(bare))
+    return any(len(w) > 1 and w.lower() not in _MATH_WORDS for w in _LETTERS_RE.findall(bare))
 
 
 class _Cut(Exception):
@@ -247,7 +299,7 @@ def _introduced(tail: str) -> str | None:
     if tail.startswith(("$", "\\(", "\\[")) and not _is_currency(tail, 0):
         spans, unclosed = math_spans(tail)
         if spans and spans[0][0] == 0:
-            return spans[0][1]
+            return span_answer(spans[0][1]) or None
         if unclosed:
             raise _Cut
     line = tail.split("\n", 1)[0]
@@ -273,7 +325,7 @@ def _introduced(tail: str) -> str | None:
     spans, unclosed = math_spans(sentence)
     if unclosed and not spans:
         raise _Cut
-    items = spans + _standalone_numbers(sentence)
+    items = [(start, span_answer(c)) for start, c in spans] + _standalone_numbers(sentence)
     return max(items)[1] if items else None
 
 
@@ -285,7 +337,7 @@ def _sentence(line: str) -> str:
 def _bare_expression(text: str) -> str | None:
     """The response's last paragraph when it is one expression without words (`\\frac{1}{3}`, a matrix)."""
     stripped = re.split(r"\n[ \t]*\n", text.strip())[-1].strip().rstrip(".").strip()
-    if not stripped or len(stripped) > 1000 or any(_is_word(t) for t in _COMMAND_RE.sub(" ", stripped).split()):
+    if not stripped or len(stripped) > 1000 or _has_prose(stripped):
         return None
     return read_number_run(stripped) or stripped
 
@@ -323,6 +375,7 @@ def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
         return boxed
     if boxed_only or _BOX_RE.search(response):
         return None  # a box was opened but never closed: the response was cut off before its answer
+    response = _CALCULATOR_RE.sub("", response)  # GSM8K's "<<5*3=15>>15": the annotation is not text
     try:
         found = _HASH_RE.findall(response)
         if found:
@@ -344,7 +397,7 @@ def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
     if unclosed:
         return None  # cut off inside a math span
     if spans:
-        return spans[-1][1] or None
+        return _last_stated_span(spans)
     bare = _bare_expression(response)
     if bare is not None:
         return bare
@@ -352,6 +405,7 @@ def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
     return numbers[-1][1] if numbers else None
 
 
+_CALCULATOR_RE = re.compile(r"<<[^<>\n]{0,200}>>")
 _BOLD_RE = re.compile(r"\*\*\s*\$?\s*([^*\n$]{1,100}?)\s*\$?\s*\*\*")
 
 

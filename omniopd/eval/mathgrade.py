@@ -23,6 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from omniopd.eval.mathextract import (
+    ORDINALS,
     UNITS,
     extract_answer,
     gold_from_solution,
@@ -31,8 +32,9 @@ from omniopd.eval.mathextract import (
     read_number_run,
 )
 
-__all__ = ["MAX_ANSWER_CHARS", "MathVerifier", "answers_match", "default_verifier", "extract_answer",
-           "fast_verdict", "gold_from_solution", "grade_math", "last_boxed", "normalize", "read_number_run"]
+__all__ = ["MAX_ANSWER_CHARS", "ORDINALS", "UNITS", "MathVerifier", "answers_match", "default_verifier",
+           "extract_answer", "fast_verdict", "gold_from_solution", "grade_math", "last_boxed", "normalize",
+           "read_number_run"]
 
 _MINUS = "\u2212"  # Unicode minus: a model writing "−5" means -5
 MAX_ANSWER_CHARS = 1000
@@ -42,16 +44,17 @@ would spend its whole deadline parsing it, and no reference answer is that long.
 
 # ---- fast path -------------------------------------------------------------------------------------
 
-_DROP = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "$", "~", r"\displaystyle"]
+_DROP = [r"\$", r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "$", "~", r"\displaystyle"]
 # A trailing unit in \text/\mbox/\mathrm after a number ("10\text{ cm}", "5\mathrm{m}^2"); but \mathrm{i}
 # and \mathrm{e} are the imaginary unit and Euler's number, never units (`4\mathrm{i}` is not 4).
 _UNIT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\{(?!\s*[ie]\s*\})\s*[A-Za-z ]+\}(?:\^\{?\d\}?)?$")
 # "1 4/5" typed with a space is the mixed number 1 4/5 = 9/5 (a careful grader's reading), not 14/5
 _CONSTANT_RE = re.compile(r"\\(?:text|mbox|mathrm|operatorname)\{\s*([ie])\s*\}")
 _MIXED_TYPED_RE = re.compile(r"(?<![\d.,/])(\d+)[ \t]+(\d+)[ \t]*/[ \t]*(\d+)(?![\d./])")
-# The whole answer a number then a known unit ("2cm", "5 m", "3 kg."): the number. Only as the whole answer,
-# since inside an expression `5m` is 5 times m.
-_BARE_UNIT_RE = re.compile(rf"^\s*([-+]?[\d.,/ ]*\d)\s*(?:{'|'.join(sorted(UNITS, key=len, reverse=True))})\.?\s*$")
+# The whole answer a number then a known unit or an ordinal suffix ("2cm", "5 m", "3 kg.", "6th"): the
+# number. Only as the whole answer, since inside an expression `5m` is 5 times m.
+_SUFFIXES = "|".join(sorted(UNITS | ORDINALS, key=len, reverse=True))
+_BARE_UNIT_RE = re.compile(rf"^\s*([-+]?[\d.,/ ]*\d)\s*(?:{_SUFFIXES})\.?\s*$")
 # A letter glued before a digit (`AZYUK2A`, `x2`, `2A3`; LaTeX commands and exponents `1e5` aside) makes an
 # identifier, never a number times letters: such an answer equals only the same spelling.
 _IDENTIFIER_RE = re.compile(r"(?<![\d.])[A-Za-z]\d|(?<=[\d.])[A-DF-Za-df-z]\d")
