@@ -1,6 +1,6 @@
 r"""Where a math response's final answer is, and what it is: always a whole expression or number.
 
-`extract_answer` looks, in order, for
+`extract_answer` looks, in order (GSM8K's calculator annotations `<<5*3=15>>` removed first), for
 1. the last complete `\boxed{}` / `\fbox{}` (a box opened and never closed: no answer, the response was cut);
 2. GSM8K's "#### X", then the last answer phrase ("The (final) answer is X", "Answer: X", "Final Answer: X",
    markdown bold allowed), which takes the expression or number it introduces: a `$…$`-style span, or the
@@ -8,13 +8,14 @@ r"""Where a math response's final answer is, and what it is: always a whole expr
    when the phrase introduces a sentence ("The largest $n$ is 34."), that sentence's last span or standalone
    number, whichever ends later;
 3. the last bold number `**X**`;
-4. the last whole math span (`$…$`, `$$…$$`, `\(…\)`, `\[…\]`), or the whole response when it is one bare
-   expression with no words (`\frac{1}{3}`). `\$15` and a currency `$15` open no span; a span left open at
-   the end of a cut-off response gives no answer, as a cut-off box does;
-5. the last standalone number: a number run bounded by whitespace, the start or end, `=`, a currency `$`
-   before it or sentence punctuation after it. A number inside a word (`AZYUK2A`), inside braces or brackets
-   (`\frac{1}{3}`, `(3, 4)`) or glued to letters (`2x`) is never one; a known unit glued after it is
-   dropped (`2cm` -> 2).
+4. the last whole math span (`$…$`, `$$…$$`, `\(…\)`, `\[…\]`, `align*`-style environments) that states
+   something (`span_answer`; a lone variable `$n$` is a mention), or the last paragraph when it is one bare
+   expression with no words (`\frac{1}{3}`). `\$15` and money dollars (`_is_currency`) open no span; a span
+   left open at the end of a cut-off response gives no answer, as a cut-off box does;
+5. the last standalone number: a number run bounded by whitespace, the start, `=` or a money `$` before it
+   and whitespace, the end or sentence punctuation after it (a `%`, `$`, known unit `2cm`, ordinal `6th` or
+   rate `18,000/year` may follow). A number inside a word (`AZYUK2A`), inside braces or brackets
+   (`\frac{1}{3}`, `(3, 4)`) or glued to other letters (`2x`) is never one.
 Number runs are read whole wherever they are found (`read_number_run`): `1,000` and `1 000` are 1000,
 `4 4/9`, `-4 4/9` and `+11 5/6` are mixed numbers; any other run of space-separated numbers (`12 34`,
 `11 6/6`) is ambiguous, is no number and is kept as written (graded equal only to the same spelling).
