@@ -36,6 +36,7 @@ _SPACES = " \u00a0\u2009\u202f"  # a space, no-break space, thin spaces: SI digi
 
 # One number token (digits, decimal point, `,` groups, `/`, an exponent), and a run of them joined by a space.
 _TOKEN = r"\d(?:[\d,./]*\d)?(?:[eE][-+]?\d+)?"
+_RATE_RE = re.compile(r"/[A-Za-z]{2,}")
 _RUN_RE = re.compile(rf"[-+{_MINUS}]?{_TOKEN}(?:[{_SPACES}]{_TOKEN})*")
 _SINGLE_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+/\d+)")
 _GROUPED_RE = re.compile(r"(-?\d{1,3})((?: \d{3})+)(\.\d+)?")
@@ -130,36 +131,37 @@ def _glued_unit_end(text: str, i: int) -> int:
     return i
 
 
-def _standalone_numbers(text: str) -> list[tuple[int, str]]:
-    """(start, number) of every standalone number run of `text`, spelled by `read_number_run` (an ambiguous
-    run as written)."""
-    found = []
-    for m in _RUN_RE.finditer(text):
-        s, e = m.start(), m.end()
-        j = s  # left: markdown emphasis, then a currency dollar, then whitespace / start / "="
-        while j > 0 and s - j < 2 and text[j - 1] in "*_":
-            j -= 1
-        if j > 0 and text[j - 1] == "$":
-            j -= 1 + (j > 1 and text[j - 2] == "\\")
-        if j > 0 and not (text[j - 1].isspace() or text[j - 1] == "="):
-            continue
-        k = e  # right: a percent or dollar sign, a glued unit or rate, sentence punctuation, then space / end
-        rate = re.match(r"/[A-Za-z]{2,}", text[k:k + 30])  # "18,000/year", "70/quiz"
-        if k < len(text) and text[k] in "%$":
-            k += 1
-        elif rate:
-            k += rate.end()
-        elif k < len(text) and text[k].isalpha():
-            k = _glued_unit_end(text, k)
-            if k == e:
-                continue  # "2x", "2a": the digits belong to a larger token
-        while k < len(text) and text[k] in _TRAILING_PUNCT:
-            k += 1
-        if k < len(text) and not text[k].isspace():
-            continue
-        run = m.group(0)
-        found.append((s, read_number_run(run) or run))
-    return found
+def _is_standalone(text: str, s: int, e: int) -> bool:
+    """Is the number run text[s:e] standalone (see the module docstring), not part of a larger token?"""
+    j = s  # left: markdown emphasis, then a money dollar, then whitespace / start / "="
+    while j > 0 and s - j < 2 and text[j - 1] in "*_":
+        j -= 1
+    if j > 0 and text[j - 1] == "$":
+        j -= 1 + (j > 1 and text[j - 2] == "\\")
+    if j > 0 and not (text[j - 1].isspace() or text[j - 1] == "="):
+        return False
+    k = e  # right: a percent or dollar sign, a glued unit or rate, sentence punctuation, then space / end
+    rate = _RATE_RE.match(text, k, k + 30)  # "18,000/year", "70/quiz"
+    if k < len(text) and text[k] in "%$":
+        k += 1
+    elif rate:
+        k = rate.end()
+    elif k < len(text) and text[k].isalpha():
+        k = _glued_unit_end(text, k)
+        if k == e:
+            return False  # "2x", "2a": the digits belong to a larger token
+    while k < len(text) and text[k] in _TRAILING_PUNCT:
+        k += 1
+    return k == len(text) or text[k].isspace()
+
+
+def _last_standalone_number(text: str) -> tuple[int, str] | None:
+    """(start, number) of the last standalone number run of `text`, spelled by `read_number_run` (an
+    ambiguous run as written), or None."""
+    for m in reversed(list(_RUN_RE.finditer(text))):
+        if _is_standalone(text, m.start(), m.end()):
+            return m.start(), read_number_run(m.group(0)) or m.group(0)
+    return None
 
 
 # ---- math spans ------------------------------------------------------------------------------------
@@ -167,6 +169,8 @@ def _standalone_numbers(text: str) -> list[tuple[int, str]]:
 _ENVIRONMENTS = "align|aligned|equation|gather|gathered|eqnarray|multline"
 _SPAN_TOKEN_RE = re.compile(rf"\\\\|\\\$|\$|\\\(|\\\)|\\\[|\\\]|\n|\\(?:begin|end)\{{(?:{_ENVIRONMENTS})\*?\}}")
 _ENV_RE = re.compile(rf"\\begin\{{({_ENVIRONMENTS})\*?\}}(.*)\\end\{{\1\*?\}}", re.DOTALL)
+_LATEX_FOLLOWS_RE = re.compile(r"[\\^_{]|[ \t]*[-+*/=<>][ \t]*[\\{]")
+_MONEY_NEXT_RE = re.compile(r"\$[ \t]?(?:\.?\d|<<)")
 _UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
 _CURRENCY_RE = re.compile(r"[ \t]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?<=\d)")
 _CLOSER = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
@@ -188,14 +192,15 @@ def _is_currency(text: str, i: int) -> bool:
     if m is None:
         return False
     k = m.end()
-    line_end = text.find("\n", k)
-    closing = _UNESCAPED_DOLLAR_RE.search(text, k, line_end if line_end >= 0 else len(text))
-    close = closing.start() if closing else -1
+    # Each search stops at the next `$` (or newline before it): linear over all the dollars of a response.
+    closing = _UNESCAPED_DOLLAR_RE.search(text, k)
+    line_end = text.find("\n", k, closing.start() if closing else len(text))
+    close = closing.start() if closing and line_end < 0 else -1
     if close < 0:
         if line_end >= 0:
             return True  # nothing closes it on its line
-        return not re.match(r"[\\^_{]|[ \t]*[-+*/=<>][ \t]*[\\{]", text[k:k + 40])  # LaTeX follows: cut off
-    if re.match(r"\$[ \t]?(?:\.?\d|<<)", text[close:close + 4]):
+        return not _LATEX_FOLLOWS_RE.match(text, k, k + 40)  # LaTeX follows: a cut-off span
+    if _MONEY_NEXT_RE.match(text, close, close + 4):
         return True  # the next `$` is money too ("$5*3 = $15", "$15 + $3")
     if text[k].isalpha():
         return False  # a letter glued to the number: "$2k+2$", "$2RC+R+C$", "$4.5e33$"
@@ -266,11 +271,13 @@ _LONE_VARIABLE_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?")
 def _last_stated_span(spans: list[tuple[int, str]]) -> str | None:
     """The last span that states something: "there are $7$ values of $n$" gives 7, not the variable n
     (a lone variable is a mention; it is the answer only when every span is one)."""
-    answers = [span_answer(c) for _, c in spans]
-    stated = [a for a in answers if a and not _LONE_VARIABLE_RE.fullmatch(a)]
-    if stated:
-        return stated[-1]
-    return next((a for a in reversed(answers) if a), None)
+    fallback = None
+    for _, content in reversed(spans):
+        answer = span_answer(content)
+        if answer and not _LONE_VARIABLE_RE.fullmatch(answer):
+            return answer
+        fallback = fallback or answer
+    return fallback or None
 
 
 def _has_prose(text: str) -> bool:
@@ -326,7 +333,8 @@ def _introduced(tail: str) -> str | None:
     spans, unclosed = math_spans(sentence)
     if unclosed and not spans:
         raise _Cut
-    items = [(start, span_answer(c)) for start, c in spans] + _standalone_numbers(sentence)
+    number = _last_standalone_number(sentence)
+    items = [(start, span_answer(c)) for start, c in spans] + ([number] if number else [])
     return max(items)[1] if items else None
 
 
@@ -402,8 +410,8 @@ def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
     bare = _bare_expression(response)
     if bare is not None:
         return bare
-    numbers = _standalone_numbers(response)
-    return numbers[-1][1] if numbers else None
+    number = _last_standalone_number(response)
+    return number[1] if number else None
 
 
 _CALCULATOR_RE = re.compile(r"<<[^<>\n]{0,200}>>")
