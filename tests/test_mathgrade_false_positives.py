@@ -193,9 +193,9 @@ _NOT_CONSTANTS = "".join(c for c in string.ascii_letters if c not in "eEiI")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(gold=st.integers(1, 10**6), suffix=st.one_of(st.sampled_from(sorted(UNITS)),
+@given(gold=st.integers(1, 10**6), suffix=st.one_of(st.sampled_from(sorted(UNITS | ORDINALS)),
                                                      st.text(_NOT_CONSTANTS, min_size=1, max_size=4)),
-       form=st.sampled_from(["{t}", r"\boxed{{{t}}}", "so we get {t}."]))
+       form=st.sampled_from(["{t}", r"\boxed{{{t}}}", "so we get {t}.", "The answer is {t}."]))
 def test_letters_after_the_digits_are_correct_only_as_a_unit(gold, suffix, form, verifier):
     """The documented reading of a number with letters glued after it: a known unit (`2cm`) or an ordinal
     suffix (`6th`) is dropped; any other letters make a product (`2x` = 2·x, never 2). Constants e and i
