@@ -39,10 +39,10 @@ _TOKEN = r"\d(?:[\d,./]*\d)?(?:[eE][-+]?\d+)?"
 _RATE_RE = re.compile(r"/[A-Za-z]{2,}")
 _RUN_RE = re.compile(rf"[-+{_MINUS}]?{_TOKEN}(?:[{_SPACES}]{_TOKEN})*")
 _SINGLE_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+/\d+)")
-_GROUPED_RE = re.compile(r"(-?\d{1,3})((?: \d{3})+)(\.\d+)?")
+_GROUPED_RE = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _MIXED_RE = re.compile(r"(-?)(\d+) (\d+)/(\d+)")
-# Units read as dropped when glued to a number ("2cm") or following it as a word ("34 cm", "5 m").
 ORDINALS = frozenset({"st", "nd", "rd", "th"})  # "6th" is 6 ("she finished 6th")
+# Units read as dropped when glued to a number ("2cm") or following it as a word ("34 cm", "5 m").
 UNITS = frozenset({"mm", "cm", "dm", "km", "m", "mg", "g", "kg", "ml", "mL", "L", "l", "s", "ms", "sec", "min", "h",
                    "hr", "hrs", "ft", "in", "yd", "mi", "lb", "lbs", "oz"})
 # Letter tokens that are mathematics, not words ("2 pi", "sqrt(2)").
@@ -108,8 +108,7 @@ def read_number_run(run: str) -> str | None:
         if not _SINGLE_RE.fullmatch(s):
             return None
         return s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) else s
-    grouped = _GROUPED_RE.fullmatch(s)
-    if grouped:
+    if _GROUPED_RE.fullmatch(s):
         return s.replace(" ", "")
     mixed = _MIXED_RE.fullmatch(s)
     if mixed and proper_fraction(mixed.group(3), mixed.group(4)):
