@@ -80,7 +80,7 @@ EXTRACTION_TABLE = [
     (r"the result is \boxed 5$.", "5"),
     ("rationale\n#### 1,234", "1,234"),
     ("The final answer is $x+1$. Thanks", "x+1"),
-    ("Answer: 12 apples. Also 5", "12 apples"),
+    ("Answer: 12 apples. Also 5", "12"),  # issue 29: the phrase takes the number, trailing words dropped
     ("we had 3, then 4.5", "4.5"),
     ("costs 1,250 dollars", "1250"),
     ("nothing numeric here", None),

@@ -1,14 +1,23 @@
 """Helper process of `mathgrade.MathVerifier`: one JSON request per line in, one verdict per line out.
 
-Run as a script (imports only math-verify). Each request gets one deadline (argv[1] seconds) covering
-parse and verify; the parent kills this process if even that does not return in time (code stuck in C).
+Run as a script (imports only math-verify). Both answers are parsed as whole LaTeX expressions: an answer
+that does not parse is not equal to anything (the caller has already compared identical spellings). Each
+request gets one deadline (argv[1] seconds) covering parse and verify; the parent kills this process if
+even that does not return in time (code stuck in C).
 """
 
 import json
 import signal
 import sys
+from dataclasses import replace
 
-from math_verify import parse, verify
+from latex2sympy2_extended.latex2sympy2 import normalize_latex
+from math_verify import verify
+from math_verify.parser import LatexExtractionConfig, parse_latex_cached
+
+# math-verify's LaTeX normalization, without its unit list (which drops `c`, `d`, `t`, `ab`, `apple`s, ...
+# after a number: `2ab` would equal 2). `mathgrade` drops the units it documents before asking.
+_NORMALIZATION = replace(LatexExtractionConfig().normalization_config, units=False)
 
 
 class _Deadline(BaseException):  # not an Exception: math-verify's handlers must not swallow it
@@ -19,10 +28,15 @@ def _alarm(signum, frame):
     raise _Deadline
 
 
+def _expression(answer: str):
+    """`answer` parsed as one LaTeX expression. Never math-verify's `parse`, whose extraction falls back to
+    any number it finds inside text it cannot parse (`\\bigl(3, 4\\bigr)` became 4, `x \\mapsto 2x` 2).
+    Raises on an answer that is not an expression."""
+    return parse_latex_cached(normalize_latex(answer, config=_NORMALIZATION))
+
+
 def _equal(pred: str, gold: str) -> bool:
-    gold_parsed = parse(f"$\\boxed{{{gold}}}$", parsing_timeout=None)
-    pred_parsed = parse(f"$\\boxed{{{pred}}}$", parsing_timeout=None)
-    return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=None))
+    return bool(verify([_expression(gold)], [_expression(pred)], timeout_seconds=None))
 
 
 def main() -> None:

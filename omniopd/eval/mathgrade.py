@@ -1,12 +1,13 @@
 """Math grading: pull the final answer out of a response, decide whether it equals the reference.
 
-`extract_answer` takes the last `\\boxed{}` / `\\fbox{}` (nested braces), else "#### X", else the last
-"The (final) answer is X" / "Answer: X" (markdown bold allowed), else the last bold number `**X**`, else the
-last number. Extraction is linear in the response length. Grading never raises on model output: an integer
-of any length, any text up to megabytes, is a verdict (rules for ambiguous spellings: see `normalize`).
-`grade_math` first tries a fast exact path (normalized strings, plain numbers) and only then asks
-math-verify, which runs in a helper process (`MathVerifier`) that is killed and restarted when a
-comparison exceeds its time limit — so a pathological answer such as `9^{9^{9^9}}` can never hang the
+`extract_answer` (in `mathextract`) finds a whole expression or number, never a number pulled out of a larger
+expression or word: the last box, an answer phrase's expression, a bold number, the last math span or bare
+expression, the last standalone number. Grading never raises on model output: an integer of any length, any
+text up to megabytes, is a verdict (rules for ambiguous spellings: see `normalize` and the README).
+`grade_math` first tries a fast exact path (normalized strings, plain numbers; ambiguous digit runs and
+identifiers such as `AZYUK2A` equal only their own spelling) and only then asks math-verify to parse both
+answers as whole LaTeX expressions. It runs in a helper process (`MathVerifier`) that is killed and restarted
+when a comparison exceeds its time limit — so a pathological answer such as `9^{9^{9^9}}` can never hang the
 caller, and callers may be threads.
 """
 
@@ -21,127 +22,51 @@ import threading
 from fractions import Fraction
 from pathlib import Path
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_HASH_RE = re.compile(r"####\s*([^\n]+)")
-# "answer" then "is" / ":" / "=", markdown bold allowed around it ("**Final Answer:** 42", "**Answer**: 42")
-_ANSWER_RE = re.compile(r"(?:final answer|answer)[*_]*\s*(?:is\b|:|=)[*_]*\s*:?\s*([^\n]+)", re.IGNORECASE)
+from omniopd.eval.mathextract import (
+    ORDINALS,
+    UNITS,
+    extract_answer,
+    gold_from_solution,
+    last_boxed,
+    proper_fraction,
+    read_number_run,
+)
+
+__all__ = ["MAX_ANSWER_CHARS", "ORDINALS", "UNITS", "MathVerifier", "answers_match", "default_verifier",
+           "extract_answer", "fast_verdict", "gold_from_solution", "grade_math", "last_boxed", "normalize",
+           "read_number_run"]
+
 _MINUS = "\u2212"  # Unicode minus: a model writing "−5" means -5
-_NUMBER_RE = re.compile(r"[-\u2212]?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?|[-\u2212]?\.\d+")
-_BOLD_RE = re.compile(r"\*\*\s*\$?\s*([^*\n$]{1,100}?)\s*\$?\s*\*\*")
 MAX_ANSWER_CHARS = 1000
 """An extracted answer longer than this is graded by exact (normalized) comparison only: math-verify
 would spend its whole deadline parsing it, and no reference answer is that long."""
 
 
-def _closing_braces(text: str) -> dict[int, int]:
-    """For every grouping `{` that is closed, the index of its `}`: one linear pass with a stack.
-
-    `\\{` and `\\}` are literal braces, not grouping. One pass for all boxes keeps extraction linear even on
-    a long response full of unclosed `\\boxed{` (each box scanning to the end would be quadratic).
-    """
-    closing: dict[int, int] = {}
-    stack: list[int] = []
-    for m in re.finditer(r"\\\\.|[{}]", text, re.DOTALL):
-        ch = m.group(0)
-        if ch == "{":
-            stack.append(m.start())
-        elif ch == "}" and stack:
-            closing[stack.pop()] = m.start()
-    return closing
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete `\\boxed{...}` or `\\fbox{...}` (also `\\boxed 5`), or None."""
-    matches = list(_BOX_RE.finditer(text))
-    if not matches:
-        return None
-    closing = _closing_braces(text)
-    for match in reversed(matches):
-        i = match.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            end = closing.get(i)
-            if end is not None:
-                return text[i + 1:end].strip()
-        elif i > match.end():  # "\boxed 5": the token after the space
-            token = re.match(r"[^\s$]{1,1000}", text[i:i + 1000])
-            if token:
-                return token.group(0)
-    return None
-
-
-def _clean(answer: str) -> str:
-    answer = answer.strip().strip("*_`").strip()  # markdown bold/italic/code around the answer
-    if answer.startswith("$"):  # "$\frac{1}{2}$." -> the math between the first pair of $
-        end = answer.find("$", 1)
-        answer = answer[1:end] if end > 0 else answer[1:]
-    answer = re.split(r"\.(?:\s|$)", answer)[0]  # up to the end of the sentence
-    return answer.strip().strip("*_`").strip().rstrip(".").strip()
-
-
-def _last_answer_phrase(response: str) -> str | None:
-    """The text after the last "answer is" / "Answer:", nested phrases included (Minerva's
-    "Final Answer: The final answer is $42$. I hope it is correct.")."""
-    found = _ANSWER_RE.findall(response)
-    if not found:
-        return None
-    tail = found[-1]
-    for _ in range(10):  # each step strictly shortens `tail`; a few suffice for any real response
-        inner = _ANSWER_RE.findall(tail)
-        if not inner:
-            break
-        tail = inner[-1]
-    return tail
-
-
-def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
-    """The final answer written in `response`, or None when there is none (e.g. no number at all).
-
-    `boxed_only`: no fallbacks — a weak model's last number can match the reference by accident.
-    """
-    boxed = last_boxed(response)
-    if boxed is not None:
-        return boxed
-    if boxed_only or _BOX_RE.search(response):
-        return None  # a box was opened but never closed: the response was cut off before its answer
-    found = _HASH_RE.findall(response)
-    phrases = [found[-1]] if found else []
-    phrase = _last_answer_phrase(response)
-    if phrase is not None:
-        phrases.append(phrase)
-    for candidate in phrases:
-        answer = _clean(candidate)
-        if answer:
-            return answer
-    for bold in reversed(_BOLD_RE.findall(response)):  # "so the total is **42**."
-        bold = bold.strip().rstrip(".")
-        if _NUMBER_RE.fullmatch(bold):
-            return bold.replace(",", "").replace(_MINUS, "-")
-    numbers = _NUMBER_RE.findall(response)
-    return numbers[-1].replace(",", "").replace(_MINUS, "-") if numbers else None
-
-
-def gold_from_solution(solution: str) -> str | None:
-    """Reference answer of a worked solution: its last box, else a GSM8K-style "#### N"."""
-    boxed = last_boxed(solution)
-    if boxed is not None:
-        return boxed
-    found = _HASH_RE.findall(solution)
-    return found[-1].strip().replace(",", "") if found else None
-
-
 # ---- fast path -------------------------------------------------------------------------------------
 
-_DROP = [r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "$", "~", r"\displaystyle"]
+_DROP = [r"\$", r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "$", "~", r"\displaystyle"]
 # A trailing unit in \text/\mbox/\mathrm after a number ("10\text{ cm}", "5\mathrm{m}^2"); but \mathrm{i}
 # and \mathrm{e} are the imaginary unit and Euler's number, never units (`4\mathrm{i}` is not 4).
 _UNIT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\{(?!\s*[ie]\s*\})\s*[A-Za-z ]+\}(?:\^\{?\d\}?)?$")
 # "1 4/5" typed with a space is the mixed number 1 4/5 = 9/5 (a careful grader's reading), not 14/5
 _CONSTANT_RE = re.compile(r"\\(?:text|mbox|mathrm|operatorname)\{\s*([ie])\s*\}")
 _MIXED_TYPED_RE = re.compile(r"(?<![\d.,/])(\d+)[ \t]+(\d+)[ \t]*/[ \t]*(\d+)(?![\d./])")
+# The whole answer a number then a known unit or an ordinal suffix ("2cm", "5 m", "3 kg.", "6th"): the
+# number. Only as the whole answer, since inside an expression `5m` is 5 times m.
+_SUFFIXES = "|".join(sorted(UNITS | ORDINALS, key=len, reverse=True))
+_BARE_UNIT_RE = re.compile(rf"^\s*([-+]?[\d.,/ ]*\d)\s*(?:{_SUFFIXES})\.?\s*$")
+# A letter glued before a digit (`AZYUK2A`, `x2`, `2A3`; LaTeX commands and exponents `1e5` aside) makes an
+# identifier, never a number times letters: such an answer equals only the same spelling.
+_IDENTIFIER_RE = re.compile(r"(?<![\d.])[A-Za-z]\d|(?<=[\d.])[A-DF-Za-df-z]\d")
 _MIXED_RE = re.compile(r"(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 _MAX_DIGITS = 4000  # below Python's int-from-string limit (4300): longer digit strings compare as text
+
+
+def _typed_mixed(m: re.Match) -> str:
+    whole, num, den = m.groups()
+    if proper_fraction(num, den):
+        return rf"{whole}\frac{{{num}}}{{{den}}}"
+    return f"{whole}\u2009{num}/{den}"  # "11 6/6" is not a mixed number: ambiguous, kept apart (text only)
 
 
 def normalize(answer: str) -> str:
@@ -149,7 +74,9 @@ def normalize(answer: str) -> str:
 
     Rules for ambiguous spellings: `1 4/5` and `1\frac{4}{5}` (a whole number then a proper fraction)
     are mixed numbers; `1 000 000` (groups of three) is one number; other digits separated by a space
-    are not a single number and are left to math-verify; `\mathrm{i}` / `\mathrm{e}` are constants.
+    (`12 34`, `11 6/6`) are not a single number and are kept apart by a thin space, which `fast_verdict`
+    compares as text only; `\mathrm{i}` / `\mathrm{e}` are constants; a number then a known unit (`2cm`,
+    `5 m`), as the whole answer, is the number.
     """
     s = answer.strip().replace(_MINUS, "-").replace("{,}", ",")
     for token in _DROP:
@@ -159,7 +86,9 @@ def normalize(answer: str) -> str:
     s = _UNIT_RE.sub("", s)
     s = re.sub(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = _MIXED_TYPED_RE.sub(r"\1\\frac{\2}{\3}", s)
+    s = _BARE_UNIT_RE.sub(r"\1", s)
+    s = re.sub(r"^\+(?=\d)", "", s.strip())
+    s = _MIXED_TYPED_RE.sub(_typed_mixed, s)
     s = re.sub(r"\s+", " ", s).strip()
     if re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):  # SI thousands: "1 000 000"
         s = s.replace(" ", "")
@@ -213,6 +142,8 @@ def fast_verdict(pred: str, gold: str) -> bool | None:
     p, g = normalize(pred), normalize(gold)
     if p == g:
         return True
+    if "\u2009" in p or _IDENTIFIER_RE.search(re.sub(r"\\[A-Za-z]+", " ", pred)):
+        return False  # an ambiguous digit run ("12 34") or an identifier ("AZYUK2A"): text only
     pi, gi = _integer_text(p), _integer_text(g)
     if pi is not None and gi is not None:  # two integers, however long: compare their digits
         return pi == gi
@@ -313,9 +244,22 @@ def answers_match(pred: str, gold: str, verifier: MathVerifier | None = None) ->
     verdict = fast_verdict(pred, gold)
     if verdict is not None:
         return verdict
-    # math-verify drops `\mathrm{i}` like a unit (it finds `4\mathrm{i}` equal to 4): spell constants bare
-    pred, gold = _CONSTANT_RE.sub(r"\1", pred), _CONSTANT_RE.sub(r"\1", gold)
-    return (verifier or default_verifier()).verify(pred, gold)
+    return (verifier or default_verifier()).verify(_cas_spelling(pred), _cas_spelling(gold))
+
+
+def _cas_spelling(answer: str) -> str:
+    """`answer` as math-verify should read it: the README's number spellings made explicit (it reads `1 000`
+    as 0 and `4 4/9` as 8/9), units dropped by our rules only (its own list drops `c`, `d`, `ab`, ...),
+    constants bare (it drops `\\mathrm{i}` like a unit)."""
+    s = _CONSTANT_RE.sub(r"\1", answer.strip().replace(_MINUS, "-"))
+    s = _BARE_UNIT_RE.sub(r"\1", _UNIT_RE.sub("", s))
+    number = read_number_run(s)
+    if number is not None and " " in number and len(number) <= _MAX_DIGITS:
+        whole, frac = number.rsplit(" ", 1)
+        num, den = (int(x) for x in frac.split("/"))
+        value = (-1 if whole.startswith("-") else 1) * (abs(int(whole)) + Fraction(num, den))
+        return rf"\frac{{{value.numerator}}}{{{value.denominator}}}"
+    return number if number is not None else s
 
 
 def grade_math(response: str, answer: str, verifier: MathVerifier | None = None, *,
