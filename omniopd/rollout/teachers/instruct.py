@@ -9,7 +9,8 @@ changed (whitespace at the joint is kept as the model wrote it, since only it kn
 1. Wrapping: one code fence around the whole reply (```lang ... ```) is removed, unless the partial answer is
    itself inside an open fence (then the fence is content); so are the <partial> tags if the model echoes
    them, and one pair of matching quotes ("", '', “”, ‘’) around the whole reply.
-2. A repeated prefix: a reply that starts with the whole partial answer (up to leading whitespace) loses it;
+2. A repeated prefix: a reply that starts with the whole partial answer (up to leading whitespace) loses it
+   (and the whitespace after it, when the partial answer already ends in whitespace);
    otherwise the longest tail of the partial answer that the reply starts with is dropped when it is at least
    `MIN_OVERLAP` characters long (shorter overlaps are as likely to be a real continuation, e.g. "the").
 A reply that restarts the answer in other words is kept as it is: the similarity scores it low, as it should.
@@ -70,7 +71,8 @@ def _drop_repeat(text: str, prefix: str) -> str:
     head = prefix.strip()
     stripped = text.lstrip()
     if head and stripped.startswith(head):
-        return stripped[len(head):]
+        rest = stripped[len(head):]
+        return rest.lstrip() if prefix[-1].isspace() else rest  # the prefix's own whitespace is the joint
     for k in range(min(len(prefix), len(text)), MIN_OVERLAP - 1, -1):
         if text.startswith(prefix[-k:]):
             return text[k:]
