@@ -298,6 +298,8 @@ class TrainConfig(Section):
                         "and 1 are implemented.", 0, rule=pipeline_depth)
     max_ratio: float = doc("Truncation of the importance ratio π_θ/π_rollout of a pipelined step.", 2.0,
                            rule=positive)
+    dry_run: bool = doc("Print the teacher's expected calls, tokens and cost per step and per run from one real "
+                        "rollout batch, then exit without training (also `--dry-run`).", False)
 
 
 @dataclass

@@ -136,6 +136,7 @@ class RemoteTeacher(Teacher):
         self._seen_chars = 0  # prompt characters and tokens of the replies that reported usage
         self._seen_prompt_tokens = 0
         self._rng = random.Random()
+        self._calls = 0  # HTTP calls sent, retries included
 
     # -- the backend's job ---------------------------------------------------------------------
     async def _attempt(self, req: TeacherRequest, n: int) -> Reply:
@@ -162,8 +163,9 @@ class RemoteTeacher(Teacher):
         return normalise(text, req.prefix) if text is not None and self.mode == "instruct" else text
 
     def usage(self) -> dict:
-        """The base counters plus the rate budget's: seconds calls waited for it, and 429 pauses."""
-        return {**super().usage(), "budget_wait_s": round(self._budget.stats.waited_s, 4),
+        """The base counters plus HTTP calls sent (retries included) and the rate budget's: seconds calls waited
+        for it, and 429 pauses."""
+        return {**super().usage(), "calls": self._calls, "budget_wait_s": round(self._budget.stats.waited_s, 4),
                 "rate_limit_pauses": self._budget.stats.pauses}
 
     def estimate_tokens(self, req: TeacherRequest, n: int) -> int:
@@ -285,6 +287,7 @@ class RemoteTeacher(Teacher):
         call that failed, or whose reply reports none, keeps its estimate)."""
         estimate = self.estimate_split(req, n)
         await self._budget.acquire(*estimate, deadline)
+        self._calls += 1
         used = estimate
         try:
             reply = await asyncio.wait_for(self._attempt(req, n), timeout=self.cfg.timeout_s)
