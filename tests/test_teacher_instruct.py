@@ -29,6 +29,7 @@ def test_the_partial_answer_goes_in_the_last_user_turn_with_the_instruction():
 
 @pytest.mark.parametrize("reply, prefix, expected", [
     ("19.", "12 + 7 = ", "19."),                                        # a plain continuation: unchanged
+    (" 19.", "12 + 7 = ", "19."),                                       # the prefix's space is the joint
     (" 19.", "12 + 7 =", " 19."),                                       # the joint's space as written
     ("12 + 7 = 19.", "12 + 7 = ", "19."),                               # the whole prefix repeated
     ("  12 + 7 = 19.", "12 + 7 = ", "19."),
@@ -70,6 +71,33 @@ def test_restarts():
     assert restarts("First, we add the ones: 2 + 7 = 9", "First,  we add the ones and then")
     assert not restarts(" = 9, then the tens", "First, we add the ones")
     assert not restarts("anything", "")
+
+
+def test_anthropic_in_instruct_mode_sends_no_prefill_and_keys_the_cache_apart(monkeypatch, tmp_path):
+    """The real `anthropic` SDK against a loopback replay of a recorded Messages reply: the partial answer goes in
+    the user turn (no assistant turn), and the instruct reply is cached apart from a prefill reply."""
+    from loopback import api_teachers
+    from replay import Replay
+
+    from omniopd.rollout.teachers import TeacherRequest
+
+    server = Replay("anthropic")
+    server.push("message_prefill", "message_prefill")
+    cache = str(tmp_path / "cache.sqlite")
+    try:
+        with api_teachers(monkeypatch, "OMNIOPD_TEST_ANTHROPIC_KEY", "sk-ant-test-instruct", kind="anthropic",
+                          model="claude-haiku-4-5", base_url=server.url, max_retries=0, timeout_s=10) as make:
+            ask = [TeacherRequest(CHAT, "12 + 7 = ", n=1, max_tokens=32, temperature=0.7)]
+            [result] = make(cache_path=cache, completion_mode="instruct").generate(ask)
+            [prefill] = make(cache_path=cache).generate(ask)  # same request, prefill mode: not the cached reply
+    finally:
+        server.close()
+    first, second = (r["body"] for r in server.requests)
+    assert first["system"] == "Be brief." and [m["role"] for m in first["messages"]] == ["user"]
+    assert first["messages"][0]["content"].endswith(f"{OPEN}12 + 7 = {CLOSE}")
+    assert second["messages"][-1] == {"role": "assistant", "content": "12 + 7 ="}
+    assert result.texts == ["19, so the answer is \\boxed{19}."]  # the prefix's trailing space is the joint
+    assert not prefill.cached and prefill.texts == ["19, so the answer is \\boxed{19}."]
 
 
 # -- instruct vs prefill on the real vLLM server -----------------------------------------------------------------

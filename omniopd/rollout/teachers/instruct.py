@@ -5,14 +5,15 @@ The teacher gets the chat as it is, with the partial answer and an instruction a
 only what comes next. An empty prefix needs no instruction: the chat goes as it is.
 
 A chat model does not always obey, so its reply is normalised (`normalise`), in this order; nothing else is
-changed (whitespace at the joint is kept as the model wrote it, since only it knows whether a word goes on):
+changed:
 1. Wrapping: one code fence around the whole reply (```lang ... ```) is removed, unless the partial answer is
    itself inside an open fence (then the fence is content); so are the <partial> tags if the model echoes
    them, and one pair of matching quotes ("", '', “”, ‘’) around the whole reply.
-2. A repeated prefix: a reply that starts with the whole partial answer (up to leading whitespace) loses it
-   (and the whitespace after it, when the partial answer already ends in whitespace);
+2. A repeated prefix: a reply that starts with the whole partial answer (up to leading whitespace) loses it;
    otherwise the longest tail of the partial answer that the reply starts with is dropped when it is at least
    `MIN_OVERLAP` characters long (shorter overlaps are as likely to be a real continuation, e.g. "the").
+3. The joint: when the partial answer ends in whitespace, the reply's leading whitespace goes (the prefix's
+   is the joint); otherwise the joint is kept as the model wrote it.
 A reply that restarts the answer in other words is kept as it is: the similarity scores it low, as it should.
 
 `INSTRUCT_VERSION` names the wording and the rules above: it is part of the teacher cache key, so a changed
@@ -71,8 +72,7 @@ def _drop_repeat(text: str, prefix: str) -> str:
     head = prefix.strip()
     stripped = text.lstrip()
     if head and stripped.startswith(head):
-        rest = stripped[len(head):]
-        return rest.lstrip() if prefix[-1].isspace() else rest  # the prefix's own whitespace is the joint
+        return stripped[len(head):]
     for k in range(min(len(prefix), len(text)), MIN_OVERLAP - 1, -1):
         if text.startswith(prefix[-k:]):
             return text[k:]
@@ -81,7 +81,8 @@ def _drop_repeat(text: str, prefix: str) -> str:
 
 def normalise(reply: str, prefix: str) -> str:
     """The continuation of `prefix` in an instruct-mode `reply` (the module docstring lists the rules)."""
-    return _drop_repeat(_unwrap(reply, prefix), prefix)
+    text = _drop_repeat(_unwrap(reply, prefix), prefix)
+    return text.lstrip() if prefix[-1:].isspace() else text
 
 
 def restarts(continuation: str, prefix: str, probe: int = 16) -> bool:
