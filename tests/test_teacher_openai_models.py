@@ -96,6 +96,7 @@ def test_reasoning_that_leaves_no_text_fails_at_once(replay, teacher_for):
     replay.push("reasoning_no_text", "reasoning_two_choices")
     result = ask(teacher_for(model="gpt-5-mini"))
     assert result.texts is None and len(replay.requests) == 1 and "audit.chunk_len" in result.error
+    assert (result.prompt_tokens, result.completion_tokens) == (52, 16)  # billed all the same
 
 
 def test_a_429_is_retried_after_retry_after_ms(replay, teacher_for):

@@ -177,7 +177,8 @@ class OpenAITeacher(RemoteTeacher):
         if is_reasoning_model(self.cfg.model) and any(
                 t == "" and getattr(c, "finish_reason", None) == "length" for t, c in zip(texts, choices)):
             raise CallError(f"{self.cfg.model} spent all {completion_tokens} completion tokens on reasoning and "
-                            "wrote no text (raise audit.chunk_len or use a non-reasoning model)", retryable=False)
+                            "wrote no text (raise audit.chunk_len or use a non-reasoning model)", retryable=False,
+                            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         if len({c.index for c in choices}) != len(choices):
             raise CallError("malformed response: duplicate choice indices", retryable=True)
         return Reply(texts, prompt_tokens, completion_tokens)
