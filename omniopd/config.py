@@ -150,9 +150,10 @@ class GenerationConfig(Section):
 class TeacherConfig(Section):
     section: ClassVar[str] = "teacher"
 
-    kind: Literal["local", "openai", "anthropic"] = doc(
+    kind: Literal["local", "openai", "anthropic", "gemini"] = doc(
         "'local': an in-process model sampled with vLLM (HF when vLLM is unavailable), with HF log-probs "
-        "for `opd`; 'openai': any OpenAI-compatible server; 'anthropic': the Messages API.", "local")
+        "for `opd`; 'openai': any OpenAI-compatible server or OpenAI itself; 'anthropic': the Messages API; "
+        "'gemini': the Gemini API (google-genai).", "local")
     local_backend: Literal["auto", "vllm", "hf"] = doc(
         "Local teacher's sampler: 'vllm' (prefix caching, n samples per prefill), 'hf', or 'auto' (vLLM "
         "when it imports and starts, else HF, logged).", "auto")
@@ -170,6 +171,13 @@ class TeacherConfig(Section):
         "them; 0 = unlimited). Each call is charged prompt + n * max_tokens before it goes and corrected "
         "with the usage the reply reports; a call larger than the whole budget still goes, alone.",
         0, rule=non_negative)
+    input_tokens_per_minute: int = doc(
+        "API teachers: the provider's input-token budget per minute where it limits input and output "
+        "separately (Anthropic's ITPM; 0 = unlimited). Charged the prompt estimate, corrected with the usage.",
+        0, rule=non_negative)
+    output_tokens_per_minute: int = doc(
+        "API teachers: the provider's output-token budget per minute (Anthropic's OTPM; 0 = unlimited). Charged "
+        "n * max_tokens before a call goes, corrected with the usage.", 0, rule=non_negative)
     requests_per_minute: int = doc("API teachers: the provider's HTTP-request budget per minute (0 = unlimited).",
                                    0, rule=non_negative)
     rate_burst_s: float = doc(
@@ -189,9 +197,17 @@ class TeacherConfig(Section):
     retry_backoff_s: float = doc("First retry delay in seconds; doubles per retry, with jitter (a "
                                  "server's Retry-After wins).", 0.5, rule=non_negative)
     step_deadline_s: float = doc("Deadline for all teacher requests of one step, seconds.", 600.0, rule=positive)
-    completion_mode: Literal["auto", "completions", "chat"] = doc(
-        "OpenAI-compatible prefill: raw completions with the chat template applied locally, or chat "
-        "with continue_final_message (vLLM/SGLang).", "auto")
+    completion_mode: Literal["auto", "completions", "chat", "instruct"] = doc(
+        "How an API teacher continues the partial answer. 'completions': raw completions with the chat template "
+        "applied locally (OpenAI-compatible servers); 'chat': a final assistant turn it continues (vLLM/SGLang "
+        "continue_final_message; Gemini's final model turn); 'instruct': any chat API, the partial answer and "
+        "an instruction to continue it in the user turn, the reply normalised; 'auto': completions with "
+        "teacher.tokenizer, chat with a base_url, instruct on OpenAI's and Gemini's own endpoints, native "
+        "prefill on Anthropic.", "auto")
+    thinking_budget: int = doc("Gemini: thinking tokens per call (0 = thinking off; billed as output).", 0,
+                               rule=non_negative)
+    candidates_per_call: int = doc("Gemini: most candidates asked in one call (the API caps candidate_count); "
+                                   "a request's n is split over calls, each billed its prompt.", 8, rule=positive)
     tokenizer: str = doc("OpenAI-compatible teacher: its tokenizer (HF folder or alias) to apply the chat "
                          "template locally; enables 'completions' prefill with exact prefixes.", "")
     price_in_per_mtok: float = doc("Price per million prompt tokens (cost estimate).", 0.0, rule=non_negative)
@@ -282,6 +298,8 @@ class TrainConfig(Section):
                         "and 1 are implemented.", 0, rule=pipeline_depth)
     max_ratio: float = doc("Truncation of the importance ratio π_θ/π_rollout of a pipelined step.", 2.0,
                            rule=positive)
+    dry_run: bool = doc("Print the teacher's expected calls, tokens and cost per step and per run from one real "
+                        "rollout batch, then exit without training (also `--dry-run`).", False)
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""Entry point: `python -m omniopd.train [--config FILE] [--section.key=value ...]`, or under torchrun.
+"""Entry point: `python -m omniopd.train [--config FILE] [--section.key=value ...] [--dry-run]`, or under torchrun.
+
+`--dry-run` (or `--train.dry_run=true`) prints what the teacher will cost, from one real rollout batch, and exits
+without training (omniopd/dryrun.py).
 
 With no arguments it runs the built-in offline default (bundled SmolLM2 student and teacher, bundled
 MiniLM for phi, the built-in addition task) and writes logs, a checkpoint, an HF export and plots.
@@ -18,16 +21,24 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), end="\n\n")
         print(help_text())
         return 0
+    if "--dry-run" in argv:
+        argv = [a for a in argv if a != "--dry-run"] + ["--train.dry_run=true"]
     try:
         cfg = load_config(argv)
     except ConfigError as e:
         print(f"omniopd.train: error: {e}", file=sys.stderr)
         return 2
     quiet_libraries(cfg.log.verbosity)  # before vLLM and transformers are imported: they read it then
+    from omniopd import dryrun
+
+    if cfg.train.dry_run:
+        return dryrun.run(cfg)
     from omniopd.trainer import Trainer  # heavy imports only once the config is valid
 
     with Trainer(cfg) as trainer:
-        trainer.fit()
+        summary = trainer.fit()
+        if trainer.dist.is_main:
+            dryrun.report_beside(cfg, summary)
     return 0
 
 

@@ -256,6 +256,35 @@ def test_a_429_restarts_the_token_budget_from_empty(endpoint, teacher_for):
     assert after[-1] >= 0.5 + (9 * 15 - 30) / 60 - 0.2, after
 
 
+def test_input_and_output_tokens_are_budgeted_apart(endpoint, teacher_for):
+    """Anthropic-style limits: 100 input tokens/s (at most 100 at once) and a loose output budget. Replies
+    report 50 input and 1,000 output tokens; one call at a time, so each estimate has learnt from the replies
+    before it. The input budget alone paces the 10 calls: the first two at once, then one per 0.5 s (~4 s);
+    a total-token budget would have had to allow 1,050 tokens a call."""
+    server = endpoint(prompt_tokens=50, completion_tokens=1000)
+    teacher = teacher_for(server.root, kind="anthropic", input_tokens_per_minute=6000,
+                          output_tokens_per_minute=6_000_000, rate_burst_s=1.0, max_concurrency=1)
+    results = teacher.generate(requests(10, max_tokens=8))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    times = sorted(server.times())
+    for k, t in enumerate(times):  # never ahead of the input budget (the first estimate is from characters)
+        assert (k + 1) * 50 <= 100 + 100 * (t - times[0]) + 100 * 0.05 + 50, (k, t - times[0])
+    assert (10 * 50 - 100) / 100 - 1.0 <= times[-1] - times[0] <= 2 * (10 * 50 - 100) / 100 + 1.0
+
+
+def test_output_budget_is_charged_what_the_calls_ask_for(endpoint, teacher_for):
+    """An output budget of 100 tokens/s, at most 100 at once; calls ask for up to 80 and report 60, one at a
+    time. Each is charged 80 before it goes and refunded 20: the second waits ~0.4 s (80 needed, 40 left), the
+    third ~0.6 s. The input budget is unlimited."""
+    server = endpoint(prompt_tokens=10, completion_tokens=60)
+    teacher = teacher_for(server.root, kind="anthropic", output_tokens_per_minute=6000, rate_burst_s=1.0,
+                          max_concurrency=1)
+    results = teacher.generate(requests(3, max_tokens=80))
+    assert all(r.ok for r in results), [r.error for r in results]
+    first, second, third = sorted(server.times())
+    assert 0.3 <= second - first <= 1.5 and 0.9 <= third - first <= 3.0, (second - first, third - first)
+
+
 # -- the real vLLM server of the bundled model (tests/vllm_server.py) -------------------------------------
 
 def test_real_server_usage_paces_the_budget_and_teaches_the_estimate(vllm_server, teacher_for, monkeypatch):

@@ -1,4 +1,4 @@
-"""Teachers that only return text: OpenAI-compatible servers, Anthropic, or a local model.
+"""Teachers that only return text: OpenAI-compatible servers, Anthropic, Gemini, or a local model.
 
     teacher = build_teacher(cfg.teacher, cache_path=..., tokenizer_path=...)
     results = teacher.generate([TeacherRequest(messages, prefix, n=4, max_tokens=16, temperature=0.7)])
@@ -51,7 +51,11 @@ def build_teacher(cfg: TeacherConfig, *, cache_path: str | None,
             from omniopd.rollout.teachers.anthropic_api import AnthropicTeacher
 
             return AnthropicTeacher(cfg, cache)
-        raise ValueError(f"teacher.kind={cfg.kind!r}: must be 'local', 'openai' or 'anthropic'")
+        if cfg.kind == "gemini":
+            from omniopd.rollout.teachers.gemini_api import GeminiTeacher
+
+            return GeminiTeacher(cfg, cache)
+        raise ValueError(f"teacher.kind={cfg.kind!r}: must be 'local', 'openai', 'anthropic' or 'gemini'")
     except BaseException:
         if cache is not None:
             cache.close()

@@ -8,7 +8,8 @@ System turns are joined into the top-level `system` parameter.
 
 `temperature` is sent (in the body; SDK 2.x no longer types it) only when it differs from the API's
 default of 1.0, so `teacher.temperature=1.0` also works with models that refuse sampling parameters.
-Models without prefill support answer HTTP 400; such requests are reported failed, never retried.
+Models without prefill support answer HTTP 400; such requests are reported failed, never retried: use
+`teacher.completion_mode=instruct` with them (the partial answer goes in the user turn, `instruct.py`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from __future__ import annotations
 from omniopd.config import TeacherConfig
 from omniopd.rollout.teachers.base import TeacherRequest
 from omniopd.rollout.teachers.cache import ResponseCache
+from omniopd.rollout.teachers.instruct import instruct_messages
 from omniopd.rollout.teachers.remote import CallError, RemoteTeacher, Reply
 from omniopd.rollout.teachers.secrets import read_api_key
 
 
-def build_messages_params(model: str, req: TeacherRequest) -> tuple[dict, str]:
-    """Keyword arguments of `messages.create` for `req`, and the prefix whitespace held back."""
-    system = "\n\n".join(m["content"] for m in req.messages if m["role"] == "system")
-    turns = [{"role": m["role"], "content": m["content"]} for m in req.messages if m["role"] != "system"]
-    head = req.prefix.rstrip()
+def build_messages_params(model: str, req: TeacherRequest, *, instruct: bool = False) -> tuple[dict, str]:
+    """Keyword arguments of `messages.create` for `req`, and the prefix whitespace held back. `instruct`: the
+    partial answer goes in the user turn (`instruct.py`), nothing is prefilled."""
+    chat = instruct_messages(req.messages, req.prefix) if instruct else req.messages
+    system = "\n\n".join(m["content"] for m in chat if m["role"] == "system")
+    turns = [{"role": m["role"], "content": m["content"]} for m in chat if m["role"] != "system"]
+    head = "" if instruct else req.prefix.rstrip()
     if head:
         turns.append({"role": "assistant", "content": head})
     params: dict = {"model": model, "max_tokens": req.max_tokens, "messages": turns}
@@ -32,7 +36,7 @@ def build_messages_params(model: str, req: TeacherRequest) -> tuple[dict, str]:
         params["system"] = system
     if req.temperature != 1.0:
         params["extra_body"] = {"temperature": req.temperature}
-    return params, req.prefix[len(head):]
+    return params, "" if instruct else req.prefix[len(head):]
 
 
 def continuation_text(content: list, held_back: str) -> str:
@@ -51,6 +55,8 @@ class AnthropicTeacher(RemoteTeacher):
         import anthropic
 
         self.sdk = anthropic
+        # Every mode but 'instruct' is the native prefill (a final assistant turn the API continues).
+        self.mode = "instruct" if cfg.completion_mode == "instruct" else "prefill"
         key = read_api_key(cfg.api_key_env, required=True)
         super().__init__(cfg, cache)
         self._client = anthropic.AsyncAnthropic(api_key=key, base_url=cfg.base_url or None,
@@ -60,13 +66,13 @@ class AnthropicTeacher(RemoteTeacher):
         return [1] * req.n
 
     async def _attempt(self, req: TeacherRequest, n: int) -> Reply:
-        params, held_back = build_messages_params(self.cfg.model, req)
+        params, held_back = build_messages_params(self.cfg.model, req, instruct=self.mode == "instruct")
         message = await self._client.messages.create(**params)
         try:
             if message.stop_reason is None or not isinstance(message.content, list):
                 raise CallError("malformed response: no stop_reason or content", retryable=True)
-            return Reply([continuation_text(message.content, held_back)], message.usage.input_tokens or 0,
-                         message.usage.output_tokens or 0)
+            text = self.continuation(continuation_text(message.content, held_back), req)
+            return Reply([text], message.usage.input_tokens or 0, message.usage.output_tokens or 0)
         except (AttributeError, TypeError) as e:  # a body that is not a message at all
             raise CallError(f"malformed response ({type(e).__name__}: {e})", retryable=True) from e
 

@@ -151,6 +151,12 @@ class Teacher:
 
     kind = "base"
 
+    @property
+    def cache_tag(self) -> str:
+        """The backend's part of the cache key: its kind, plus anything that changes what the same request
+        returns (instruct mode and its version)."""
+        return self.kind
+
     def __init__(self, cfg: TeacherConfig, cache: ResponseCache | None = None):
         self.cfg = cfg
         self.cache = cache
@@ -204,7 +210,7 @@ class Teacher:
                   emit: Callable[[int, TeacherResult], None]) -> list[TeacherResult]:
         """`generate`'s work on validated requests; `emit(i, final result)` as each one is known."""
         start = time.perf_counter()
-        keys = [cache_key(self.kind, self.cfg.model, r.messages, r.prefix, r.n, r.max_tokens, r.temperature,
+        keys = [cache_key(self.cache_tag, self.cfg.model, r.messages, r.prefix, r.n, r.max_tokens, r.temperature,
                           r.seed) for r in requests]
         results: list[TeacherResult | None] = [None] * len(requests)
         if self.cache is not None:

@@ -1,5 +1,8 @@
 """A provider's rate limits, kept on our side: tokens per minute, requests per minute, and a pause after a 429.
 
+Tokens are budgeted as a total (`tokens_per_minute`), and, for providers that limit them separately
+(Anthropic's input- and output-tokens-per-minute), as input and output tokens each in its own bucket.
+
 One `SendBudget` is shared by every HTTP call of one teacher. Each budget is a token bucket that refills
 continuously at `per_minute / 60` per second and holds at most `per_minute * burst_s / 60` (the
 Anthropic-documented shape; a smaller `burst_s` suits providers that enforce a minute's limit over
@@ -84,8 +87,11 @@ class BudgetStats:
 class SendBudget:
     """The shared gate in front of every HTTP call of one teacher. Use on the teacher's event loop only."""
 
-    def __init__(self, tokens_per_minute: float = 0, requests_per_minute: float = 0, burst_s: float = 60.0):
+    def __init__(self, tokens_per_minute: float = 0, requests_per_minute: float = 0, burst_s: float = 60.0,
+                 input_tokens_per_minute: float = 0, output_tokens_per_minute: float = 0):
         self.tokens = TokenBucket(tokens_per_minute, burst_s)
+        self.inputs = TokenBucket(input_tokens_per_minute, burst_s)
+        self.outputs = TokenBucket(output_tokens_per_minute, burst_s)
         self.requests = TokenBucket(requests_per_minute, burst_s)
         self.paused_until = -math.inf
         self.stats = BudgetStats()
@@ -97,8 +103,9 @@ class SendBudget:
     def _now() -> float:
         return asyncio.get_running_loop().time()
 
-    async def acquire(self, tokens: int, deadline: float) -> None:
-        """Wait (FIFO) until a call estimated at `tokens` may go, then charge it; `settle` it afterwards.
+    async def acquire(self, inputs: int, outputs: int, deadline: float) -> None:
+        """Wait (FIFO) until a call estimated at `inputs` prompt and `outputs` completion tokens may go, then
+        charge it; `settle` it afterwards.
 
         Raises BudgetExceeded as soon as the wait is sure to end after `deadline` (loop time): at once
         when no call in flight can give tokens back, else when the deadline comes.
@@ -109,8 +116,11 @@ class SendBudget:
         async with self._lock:  # the head of the queue waits; everyone else waits behind it
             while True:
                 now = self._now()
+                tokens = inputs + outputs
                 waits = {"a 429 from the provider": self.paused_until - now,
                          f"teacher.tokens_per_minute ({tokens} tokens estimated)": self.tokens.wait_s(tokens, now),
+                         f"teacher.input_tokens_per_minute ({inputs} estimated)": self.inputs.wait_s(inputs, now),
+                         f"teacher.output_tokens_per_minute ({outputs} asked)": self.outputs.wait_s(outputs, now),
                          "teacher.requests_per_minute": self.requests.wait_s(1, now)}
                 reason, wait = max(waits.items(), key=lambda kv: kv[1])
                 if wait <= 0:
@@ -123,23 +133,29 @@ class SendBudget:
                 # A correction or a 429 may change the wait: look again when one arrives.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=wait)
-            self.tokens.take(tokens, now)
+            self.tokens.take(inputs + outputs, now)
+            self.inputs.take(inputs, now)
+            self.outputs.take(outputs, now)
             self.requests.take(1, now)
             self._in_flight += 1
             self.stats.waited_s += now - start
 
-    def settle(self, estimated: int, used: int) -> None:
-        """Once per acquired call, however it ended: it counted `used` tokens (the estimate when unknown)."""
+    def settle(self, estimated: tuple[int, int], used: tuple[int, int]) -> None:
+        """Once per acquired call, however it ended: it counted `used` (input, output) tokens against the
+        `estimated` ones it was charged (pass the estimate when the usage is unknown)."""
         self._in_flight -= 1
-        self.tokens.give_back(estimated - used, self._now())
+        now = self._now()
+        self.tokens.give_back(sum(estimated) - sum(used), now)
+        self.inputs.give_back(estimated[0] - used[0], now)
+        self.outputs.give_back(estimated[1] - used[1], now)
         self._wake()
 
     def pause(self, seconds: float) -> None:
         """A 429: nobody sends for `seconds`, and the token budget restarts from empty."""
         now = self._now()
         self.paused_until = max(self.paused_until, now + seconds)
-        self.tokens.empty(now)
-        self.requests.empty(now)
+        for bucket in (self.tokens, self.inputs, self.outputs, self.requests):
+            bucket.empty(now)
         self.stats.pauses += 1
         self._wake()
 

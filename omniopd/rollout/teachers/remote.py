@@ -34,6 +34,7 @@ from types import ModuleType
 from omniopd.config import TeacherConfig
 from omniopd.rollout.teachers.base import Teacher, TeacherRequest, TeacherResult
 from omniopd.rollout.teachers.cache import ResponseCache
+from omniopd.rollout.teachers.instruct import INSTRUCT_VERSION, instruct_messages, normalise
 from omniopd.rollout.teachers.ratelimit import BudgetExceeded, SendBudget
 from omniopd.rollout.teachers.secrets import scrub
 
@@ -46,11 +47,13 @@ class CallError(Exception):
     """One failed HTTP call, classified: retry it or give up."""
 
     def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None,
-                 status: int | None = None):
+                 status: int | None = None, prompt_tokens: int = 0, completion_tokens: int = 0):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
+        """What a reply that was then rejected still billed."""
 
 
 class _Failed(Exception):
@@ -118,6 +121,8 @@ class RemoteTeacher(Teacher):
     """Base of the HTTP teachers. Subclasses implement `_attempt` and may override `_split`."""
 
     sdk: ModuleType  # set by subclasses: the SDK module whose exceptions `_attempt` raises
+    mode = "prefill"
+    """How the partial answer reaches the model: a backend's prefill mode, or 'instruct' (`instruct.py`)."""
 
     def __init__(self, cfg: TeacherConfig, cache: ResponseCache | None = None):
         super().__init__(cfg, cache)
@@ -126,10 +131,12 @@ class RemoteTeacher(Teacher):
                                         daemon=True)
         self._thread.start()
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
-        self._budget = SendBudget(cfg.tokens_per_minute, cfg.requests_per_minute, cfg.rate_burst_s)
+        self._budget = SendBudget(cfg.tokens_per_minute, cfg.requests_per_minute, cfg.rate_burst_s,
+                                  cfg.input_tokens_per_minute, cfg.output_tokens_per_minute)
         self._seen_chars = 0  # prompt characters and tokens of the replies that reported usage
         self._seen_prompt_tokens = 0
         self._rng = random.Random()
+        self._calls = 0  # HTTP calls sent, retries included
 
     # -- the backend's job ---------------------------------------------------------------------
     async def _attempt(self, req: TeacherRequest, n: int) -> Reply:
@@ -143,15 +150,32 @@ class RemoteTeacher(Teacher):
     async def _aclose(self) -> None:
         """Close the SDK client (runs on the engine's loop)."""
 
+    @property
+    def cache_tag(self) -> str:
+        return f"{self.kind}+instruct-v{INSTRUCT_VERSION}" if self.mode == "instruct" else self.kind
+
+    def instructed(self, req: TeacherRequest) -> list[dict[str, str]]:
+        """Instruct mode: the chat carrying the partial answer and the instruction to continue it."""
+        return instruct_messages(req.messages, req.prefix)
+
+    def continuation(self, text: str | None, req: TeacherRequest) -> str | None:
+        """A reply's text as the continuation of `req.prefix` (normalised in instruct mode; None stays None)."""
+        return normalise(text, req.prefix) if text is not None and self.mode == "instruct" else text
+
     def usage(self) -> dict:
-        """The base counters plus the rate budget's: seconds calls waited for it, and 429 pauses."""
-        return {**super().usage(), "budget_wait_s": round(self._budget.stats.waited_s, 4),
+        """The base counters plus HTTP calls sent (retries included) and the rate budget's: seconds calls waited
+        for it, and 429 pauses."""
+        return {**super().usage(), "calls": self._calls, "budget_wait_s": round(self._budget.stats.waited_s, 4),
                 "rate_limit_pauses": self._budget.stats.pauses}
 
     def estimate_tokens(self, req: TeacherRequest, n: int) -> int:
         """What one call for `n` samples will count against the budget, at most: prompt + n * max_tokens."""
+        return sum(self.estimate_split(req, n))
+
+    def estimate_split(self, req: TeacherRequest, n: int) -> tuple[int, int]:
+        """(prompt tokens, at most n * max_tokens completion tokens) of one call, estimated before it goes."""
         ratio = self._seen_chars / self._seen_prompt_tokens if self._seen_prompt_tokens else _FIRST_CHARS_PER_TOKEN
-        return math.ceil(_prompt_chars(req) / ratio) + n * req.max_tokens
+        return math.ceil(_prompt_chars(req) / ratio), n * req.max_tokens
 
     # -- engine --------------------------------------------------------------------------------
     def _start(self, work: Callable[[], None]) -> None:
@@ -238,6 +262,8 @@ class RemoteTeacher(Teacher):
                 error = CallError(f"timed out after {self.cfg.timeout_s:g}s", retryable=True)
             except Exception as e:  # noqa: BLE001 - classified below; nothing escapes unreported
                 error = classify_sdk_error(e, self.sdk)
+                p.prompt_tokens += error.prompt_tokens
+                p.completion_tokens += error.completion_tokens
             if error.retry_after is not None:
                 delay = error.retry_after
             else:
@@ -259,15 +285,17 @@ class RemoteTeacher(Teacher):
     async def _budgeted_attempt(self, req: TeacherRequest, n: int, deadline: float) -> Reply:
         """One HTTP call once the budget allows it; the budget is then corrected with the reply's usage (a
         call that failed, or whose reply reports none, keeps its estimate)."""
-        estimate = self.estimate_tokens(req, n)
-        await self._budget.acquire(estimate, deadline)
+        estimate = self.estimate_split(req, n)
+        await self._budget.acquire(*estimate, deadline)
+        self._calls += 1
         used = estimate
         try:
             reply = await asyncio.wait_for(self._attempt(req, n), timeout=self.cfg.timeout_s)
             if reply.prompt_tokens > 0:
                 self._seen_chars += _prompt_chars(req)
                 self._seen_prompt_tokens += reply.prompt_tokens
-            used = reply.prompt_tokens + reply.completion_tokens or estimate
+            if reply.prompt_tokens + reply.completion_tokens:
+                used = (reply.prompt_tokens, reply.completion_tokens)
             return reply
         finally:
             self._budget.settle(estimate, used)
