@@ -59,7 +59,7 @@ ISSUE29_TABLE = [
     ("-4 4/9", r"-\frac{40}{9}", True),
     ("+11 5/6", r"\frac{71}{6}", True),
     ("+11 5/6", r"\frac{5}{6}", False),
-    ("1 and 2 000", "2000", True),
+    ("1 and 2 000", "1000", False),  # a list: never its last item (was read as 2000 before the review)
     # an answer phrase that introduces a sentence: its last number, not the sentence
     ("Final Answer: The largest $n$ is 34.", "34", True),
     # the last whole math span; escaped and currency dollars open none
@@ -112,7 +112,7 @@ EXTRACTION_TABLE = [
     # ambiguous runs, read as the README states
     ("12 34", "12 34"),
     ("11 6/6", "11 6/6"),
-    ("1 and 2 000", "2000"),
+    ("1 and 2 000", None),  # a list ends the text: no single answer
     ("we get 12 345 marbles", "12345"),
     ("+11 5/6", "11 5/6"),
     ("\u22124 4/9", "-4 4/9"),
