@@ -527,6 +527,8 @@ def _introduced(tail: str) -> tuple[str | None, int]:
         expression = re.sub(r"^\\?\$(?=\s?\d)", "", stripped.strip()).strip()  # currency: "$15" -> 15
         return expression or None, offset + tokens[len(taken) - 1].end()
     sentence = _sentence_text(line)
+    if re.fullmatch(r"[A-Za-z]+", sentence) and sentence.lower() not in QUANTITY_WORDS:
+        return sentence, sentence_end  # a word answer: "The answer is Evelyn."
     lead = re.match(r"[^\d$\\]*", sentence).group(0)
     if _NEGATION_RE.search(lead):
         return None, sentence_end  # "The answer is not 2.", "clearly not $3$", "at least 2"
