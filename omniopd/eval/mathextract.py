@@ -3,19 +3,24 @@ r"""Where a math response's final answer is, and what it is: always a whole expr
 `extract_answer` looks, in order (GSM8K's calculator annotations `<<5*3=15>>` removed first), for
 1. the last complete `\boxed{}` / `\fbox{}` (a box opened and never closed: no answer, the response was cut);
 2. GSM8K's "#### X", then the last answer phrase ("The (final) answer is X", "Answer: X", "Final Answer: X",
-   markdown bold allowed), which takes the expression or number it introduces: a `$…$`-style span, or the
-   plain expression up to the first word, so units and trailing words are dropped ("113 apples." -> 113);
+   markdown bold allowed; not after "If ..."), which takes the expression or number it introduces: a `$…$`-style
+   span, or the plain expression up to the first word; unit and noun words after it are dropped ("113
+   apples." -> 113), quantity/operation/comparison words are not ("2 million", "2 or more": no answer);
    when the phrase introduces a sentence ("The largest $n$ is 34."), that sentence's last span or standalone
-   number, whichever ends later;
-3. the last bold number `**X**`;
+   number when it ends the sentence, none after a negation or comparison ("not 2", "at least 2"). A phrase
+   that gives no answer leaves only the text after it to the fallbacks;
+3. the last bold number `**X**` (not a list marker `**1.**`);
 4. the last whole math span (`$…$`, `$$…$$`, `\(…\)`, `\[…\]`, `align*`-style environments) that states
-   something (`span_answer`; a lone variable `$n$` is a mention), or the last paragraph when it is one bare
-   expression with no words (`\frac{1}{3}`). `\$15` and money dollars (`_is_currency`) open no span; a span
-   left open at the end of a cut-off response gives no answer, as a cut-off box does;
-5. the last standalone number: a number run bounded by whitespace, the start, `=` or a money `$` before it
-   and whitespace, the end or sentence punctuation after it (a `%`, `$`, known unit `2cm`, ordinal `6th` or
-   rate `18,000/year` may follow). A number inside a word (`AZYUK2A`), inside braces or brackets
-   (`\frac{1}{3}`, `(3, 4)`) or glued to other letters (`2x`) is never one.
+   something (`span_answer`; a lone variable `$n$` is a mention; a value ending a list `$2$ and $3$` is none)
+   or the last standalone number after it, whichever ends later; with no span, the last paragraph when it is
+   one bare expression with no words (`\frac{1}{3}`). `\$15` and money dollars (`_is_currency`) open no
+   span; a span left open at the end of a cut-off response gives no answer, as a cut-off box does;
+5. the last standalone number: a number run bounded by whitespace, the start, an operator or a money `$`
+   before it and whitespace, the end, an operator or sentence punctuation after it (a `%`, `$`, known unit
+   `2cm`, ordinal `6th` or rate `18,000/year` may follow). A number inside a word (`AZYUK2A`), inside braces
+   or brackets (`\frac{1}{3}`, `(3, 4)`) or glued to other letters (`2x`) is never one. Next to an operator,
+   relation or function word it is an operand: the whole expression is the answer (`_expression_around`),
+   or none when it cannot be read or is a list ("2 and 3" is never 3).
 Number runs are read whole wherever they are found (`read_number_run`): `1,000` and `1 000` are 1000,
 `4 4/9`, `-4 4/9` and `+11 5/6` are mixed numbers; any other run of space-separated numbers (`12 34`,
 `11 6/6`) is ambiguous, is no number and is kept as written (graded equal only to the same spelling).
@@ -209,7 +214,8 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
                                and op_start > 0 and text[op_start - 1].isalpha()):
             if token in (":", "="):
                 break  # "Total = 12", "Step 2: 3" stays a number after its label
-            if token in _UNARY:
+            binary = token in _MINUS_CHARS and before.rstrip(" \t")[-1:] not in ("", *_OPERATOR_CHARS)
+            if token in _UNARY and not binary:  # "= - 2", "minus 2"; "apples + 2" is binary
                 pieces.insert(0, token)
                 start, operators = op_start, True
                 continue
