@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_OPEN_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASH_RE = re.compile(r"####[ \t]*([^\n]+)")
 # "answer" then "is" / ":" / "=", markdown bold allowed around it ("**Final Answer:** 42", "**Answer**: 42");
 # "isn't" opens no phrase.
@@ -41,7 +42,7 @@ _SPACES = " \u00a0\u2009\u202f"  # a space, no-break space, thin spaces: SI digi
 
 # One number token (digits, decimal point, `,` groups, `/`, an exponent), and a run of them joined by a space.
 _TOKEN = r"\d(?:[\d,./]*\d)?(?:[eE][-+]?\d+)?"
-_RATE_RE = re.compile(r"/[A-Za-z]{2,}")
+_RATE_RE = re.compile(r"/(?:[A-Za-z]{3,}|hr|yr|wk|mo|km|kg|mi|ft|lb|oz|ml|mL|in|mm|cm)(?![A-Za-z])")
 _RUN_RE = re.compile(rf"[-+{_MINUS}]?{_TOKEN}(?:[{_SPACES}]{_TOKEN})*")
 _SINGLE_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+/\d+)")
 _GROUPED_RE = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
@@ -163,9 +164,10 @@ def _is_standalone(text: str, s: int, e: int) -> bool:
 # Operators and relations that make a number an operand ("3 + 2", "x >= 2", "2 : 5", "√ 2"), and words that
 # do ("sqrt 2", "minus 2", "2 times 3"). A number next to one (spaces aside) is never an answer of its own.
 _MINUS_CHARS = "-+" + _MINUS
-_OPERATOR_CHARS = "+-*/^=<>:\u00d7\u00f7\u2264\u2265\u2260\u221a\u00b7" + _MINUS
-_OP = r"\*\*|!=|>=|<=|=>|[-+*/^=<>:\u00d7\u00f7\u2264\u2265\u2260\u221a\u00b7\u2212]"
-_FUNCTION_WORDS = ("sqrt|log|ln|sin|cos|tan|exp|minus|plus|times|over|divided by|multiplied by|squared|cubed"
+_OPERATOR_CHARS = "+-*/^=<>:~\u2248\u00d7\u00f7\u2264\u2265\u2260\u221a\u00b7" + _MINUS
+_OP = r"\*\*|!=|>=|<=|=>|[-+*/^=<>:~\u2248\u00d7\u00f7\u2264\u2265\u2260\u221a\u00b7\u2212]"
+_FUNCTION_WORDS = ("sqrt|log|ln|sin|cos|tan|exp|minus|negative|plus|times|over|divided by|multiplied by|squared"
+                   "|cubed|x"
                    "|to the power of|root of|square root of")
 _LEFT_OP_RE = re.compile(rf"(?:({_OP})|(?<![A-Za-z])({_FUNCTION_WORDS}))[ \t]*\Z", re.IGNORECASE)
 _RIGHT_OP_RE = re.compile(rf"[ \t]*(?:({_OP})|({_FUNCTION_WORDS})(?![A-Za-z]))", re.IGNORECASE)
@@ -177,14 +179,23 @@ _LEFT_OPERAND_RE = re.compile(rf"(?:(?<![\d.,]){_NUMBER_OPERAND}|{_VARIABLE_OPER
 _RIGHT_OPERAND_RE = re.compile(rf"[ \t]*(?:{_NUMBER_OPERAND}|(?:[A-Za-z]|pi|\u03c0)(?![A-Za-z]))")
 _LIST_BEFORE_RE = re.compile(r"(?:\d[%$]?|(?<![A-Za-z])[A-Za-z]|\$)"
                              r"(?:[ \t]*,[ \t]*(?:(?:and|or)[ \t])?|[ \t]+(?:and|or)[ \t])[ \t]*\Z")
-_SPOKEN = {"minus": "-", "plus": "+", "times": "*", "over": "/", "divided by": "/", "multiplied by": "*",
+_SPOKEN = {"negative": "-", "x": "\\times", "~": "\u2248",
+           "minus": "-", "plus": "+", "times": "*", "over": "/", "divided by": "/", "multiplied by": "*",
            "sqrt": "\\sqrt ", "square root of": "\\sqrt ", "root of": "\\sqrt ", "log": "\\log ", "ln": "\\ln ",
            "sin": "\\sin ", "cos": "\\cos ", "tan": "\\tan ", "exp": "\\exp ", "squared": "^2", "cubed": "^3",
            "to the power of": "^", "**": "^", "\u00d7": "*", "\u00b7": "*", "\u00f7": "/", "\u2264": "\\le",
            "\u2265": "\\ge", "\u2260": "\\ne", "!=": "\\ne", ">=": "\\ge", "<=": "\\le", "=>": "\\ge",
            "\u221a": "\\sqrt ", "\u2212": "-", ":": "/", "\u03c0": "\\pi ", "pi": "\\pi "}
-_UNARY = frozenset({"-", "+", "\u2212", "minus", "plus", "sqrt", "square root of", "root of", "log", "ln", "sin",
+_UNARY = frozenset({"-", "+", "\u2212", "minus", "negative", "plus",
+                    "sqrt", "square root of", "root of", "log", "ln", "sin",
                     "cos", "tan", "exp", "\u221a"})
+
+
+# "2 to 5", "1 in 2", "1 out of 2": a range or a ratio, never its last number.
+_RANGE_BEFORE_RE = re.compile(r"\d[%$]?[ \t]+(?:to|in|out of|through)[ \t]+\Z", re.IGNORECASE)
+# "Step 2", "Case 2.", "box 2": a label's number is no answer.
+_LABEL_BEFORE_RE = re.compile(r"(?<![A-Za-z])(?:step|case|section|part|question|problem|chapter|example|line|box|"
+                              r"option|choice|figure|table|equation|no\.?|number)[ \t]*\**[ \t]*\Z", re.IGNORECASE)
 
 
 class _NotAnOperand(Exception):
@@ -208,6 +219,8 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
             break
         token = (op.group(1) or op.group(2)).lower()
         op_start = start - (len(window) - op.start())
+        if token in ("*", "**") and op_start > 0 and (text[op_start - 1].isalnum() or text[op_start - 1] == "*"):
+            break  # "**Final Answer** 5": markdown bold, not a product
         before = text[max(0, op_start - 40):op_start]
         operand = _LEFT_OPERAND_RE.search(before)
         if operand is None or (token in (":", "=") and operand.group(0).strip()[:1].isalpha()
@@ -216,7 +229,7 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
                 break  # "Total = 12", "Step 2: 3" stays a number after its label
             binary = token in _MINUS_CHARS and before.rstrip(" \t")[-1:] not in ("", *_OPERATOR_CHARS)
             if token in _UNARY and not binary:  # "= - 2", "minus 2"; "apples + 2" is binary
-                pieces.insert(0, token)
+                pieces.insert(0, _SPOKEN.get(token, token))
                 start, operators = op_start, True
                 continue
             if "=" in pieces:  # "8 lessons * 3 cleans = 24": words in the arithmetic, the "=" states the value
@@ -225,7 +238,10 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
                 start = text.rfind("=", 0, s) + 1
                 break
             return start, end, None  # "apples + 2": an operand that is not mathematics
-        pieces[:0] = [operand.group(0).strip(), token]
+        if (_RANGE_BEFORE_RE.search(text, max(0, op_start - 40), op_start)
+                or (token == "x" and not operand.group(0).lstrip("\\$")[:1].isdigit())):
+            return start, end, None  # "2 to 5 - 1"; "x" is a times sign only between numbers
+        pieces[:0] = [operand.group(0).strip(), token if token == "=" else _SPOKEN.get(token, token)]
         start, operators = op_start - (len(before) - operand.start()), True
     while True:  # rightwards
         op = _RIGHT_OP_RE.match(text, end, end + 40)
@@ -233,7 +249,7 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
             break
         token = (op.group(1) or op.group(2)).lower()
         if token in ("squared", "cubed"):
-            pieces.append(token)
+            pieces.append(_SPOKEN[token])
             end, operators = op.end(), True
             continue
         operand = _RIGHT_OPERAND_RE.match(text, op.end(), op.end() + 40)
@@ -247,10 +263,15 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
             if token in "-+*" and (op.end() == len(text) or not text[op.end()].isalnum()):
                 break  # "**2**": markdown, "2 -- done"
             return start, end, None
-        pieces += [token, operand.group(0).strip()]
+        pieces += [token if token == "=" else _SPOKEN.get(token, token), operand.group(0).strip()]
         end, operators = _suffix_end(text, operand.end()), True
-    if _LIST_BEFORE_RE.search(text, max(0, start - 40), start):
-        return start, end, None  # the last item of a list
+    listed = _LIST_BEFORE_RE.search(text, max(0, start - 40), start)
+    if ((listed and ("=" not in pieces or "," not in listed.group(0)))  # "Out of the 200, 200 x 4/5 = 160"
+            or _RANGE_BEFORE_RE.search(text, max(0, start - 40), start)):
+        return start, end, None  # the last item of a list, a range ("2 to 5") or a ratio ("1 in 2")
+    if end < len(text) and text[end] == "!" and re.match(r"! +[a-z]", text[end:end + 3]):
+        pieces.append("!")  # "we get 3! ways": a factorial
+        end, operators = end + 1, True
     if not operators:
         return start, end, read_number_run(pieces[0]) or pieces[0]
     latex = [_latex_operand(p) for p in pieces]
@@ -273,8 +294,10 @@ def _suffix_end(text: str, e: int) -> int:
 
 
 def _latex_operand(piece: str) -> str:
-    if piece in _SPOKEN:
-        return _SPOKEN[piece]
+    if piece in ("pi", "\u03c0"):
+        return "\\pi "
+    if not re.search(r"\w", piece):
+        return piece  # an operator
     piece = re.sub(r"^\\?\$", "", piece)
     piece = re.sub(r"(?<=\d)(?:/[A-Za-z]{2,}|[A-Za-z]{1,3})$",
                    lambda m: "" if m.group(0).lstrip("/") in UNITS | ORDINALS or "/" in m.group(0) else m.group(0),
@@ -289,8 +312,10 @@ def _last_standalone_number(text: str, after: int = 0) -> tuple[int, int, str | 
     runs = list(_RUN_RE.finditer(text, after))
     for m in reversed(runs):
         s, e = m.start(), m.end()
-        if text[s] in _MINUS_CHARS and s > 0 and not text[s - 1].isspace():
-            s += 1  # "2-3": the "-" is an operator, not the sign of 3
+        if text[s] in _MINUS_CHARS and s > 0 and (not text[s - 1].isspace() or text[:s].rstrip()[-1:].isdigit()):
+            s += 1  # "2-3", "2 -1/2": the "-" is an operator, not the sign of what follows
+        if _LABEL_BEFORE_RE.search(text, max(0, s - 40), s):
+            continue  # "Step 2", "Case 2.": a label's number
         if _is_standalone(text, s, e):
             try:
                 return _expression_around(text, s, e)
@@ -401,7 +426,8 @@ def span_answer(content: str) -> str:
 
 
 _LONE_VARIABLE_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?")
-_LIST_JOIN_RE = re.compile(r",?[ \t]+and[ \t]+")
+_LIST_JOIN_RE = re.compile(r"[ \t]*,[ \t]*|,?[ \t]+(?:and|or)[ \t]+")
+_ROOT_RE = re.compile(r"([A-Za-z])\s*=\s*[^=<>]+")
 _RELATION_RE = re.compile(r"[=<>]|\\(?:le|ge|ne|neq|leq|geq|in)\b")
 
 
@@ -414,9 +440,12 @@ def _last_stated_span(text: str, spans: list[tuple[int, int, str]]) -> tuple[int
         start, end, content = spans[n]
         answer = span_answer(content)
         if answer and not _LONE_VARIABLE_RE.fullmatch(answer):
-            previous = span_answer(spans[n - 1][2]) if n > 0 else ""
-            if (n > 0 and _LIST_JOIN_RE.fullmatch(text, spans[n - 1][1], start) and not _RELATION_RE.search(answer)
-                    and previous and not _RELATION_RE.search(previous) and not _LONE_VARIABLE_RE.fullmatch(previous)):
+            previous = span_answer(spans[n - 1][2]).rstrip(".,;") if n > 0 else ""
+            values = (previous and not _RELATION_RE.search(answer) and not _RELATION_RE.search(previous)
+                      and not _LONE_VARIABLE_RE.fullmatch(previous))
+            root, previous_root = _ROOT_RE.fullmatch(answer), _ROOT_RE.fullmatch(previous)
+            same_variable = root and previous_root and root.group(1) == previous_root.group(1)
+            if n > 0 and _LIST_JOIN_RE.fullmatch(text, spans[n - 1][1], start) and (values or same_variable):
                 return end, None
             return end, answer
         fallback = fallback or ((end, answer) if answer else None)
@@ -445,10 +474,10 @@ QUANTITY_WORDS = frozenset({
 # Words that take the phrase back ("The answer is 7 but ... actually it is 9"): the text after them decides.
 _RETRACTIONS = frozenset({"but", "wait", "actually", "however", "hmm", "although", "though", "unless", "no"})
 # Short words that are prose, not variables, after a number ("5 is the answer").
-_SMALL_WORDS = frozenset({"a", "an", "is", "it", "as", "so", "if", "we", "in", "on", "i", "am", "be", "my",
+_SMALL_WORDS = frozenset({"sq", "a", "an", "is", "it", "as", "so", "if", "we", "in", "on", "i", "am", "be", "my",
                           "he", "do", "us"})
 # Before the number, these make the phrase a negation or a comparison: no answer ("is not 2", "at least 2").
-_NEGATION_RE = re.compile(r"\b(?:not|isn'?t|never|at\s+(?:least|most)|(?:less|more|fewer|greater|smaller|larger|"
+_NEGATION_RE = re.compile(r"\b(?:not|no|isn'?t|never|at\s+(?:least|most)|(?:less|more|fewer|greater|smaller|larger|"
                           r"bigger|higher|lower)\s+than|between|exceeds?)\b|[<>\u2264\u2265]", re.IGNORECASE)
 # An answer phrase after these is a supposition, not an answer ("If the answer is 7, then ...").
 _SUPPOSITION_RE = re.compile(r"\b(?:if|suppose|assume|assuming|whether|check)\s+(?:that\s+)?(?:the|my|our)?\s*"
@@ -459,10 +488,14 @@ def is_unit_phrase(words: str) -> bool:
     """Are `words` after a number dropped as its unit (`34 cm`, `113 apples`, `10\\text{ cm}`)? Plain nouns
     and units are; a quantity, operation or comparison word (`million`, `times`, `or more`, `at most`) never,
     nor a one- or two-letter token that is no unit (`2 ab` is a product)."""
-    tokens = [t.strip(_TRAILING_PUNCT).lower() for t in words.split()]
+    raw_tokens = [re.sub(r"\^\{?[23]\}?$|[\u00b2\u00b3]$", "", t) for t in words.split()]
+    raw_tokens = [part for t in raw_tokens for part in (t.split("/") if t.count("/") == 1 else [t])]
+    if len(raw_tokens) > 1 and raw_tokens[-1].strip(_TRAILING_PUNCT).lower() in ("squared", "cubed"):
+        raw_tokens.pop()  # "2 units squared"; "2 squared" alone is an operation
+    tokens = [t.strip(_TRAILING_PUNCT).lower() for t in raw_tokens]
     if not tokens or len(tokens) > 3:
         return False
-    for raw, token in zip(words.split(), tokens, strict=True):
+    for raw, token in zip(raw_tokens, tokens, strict=True):
         if not token.isalpha() or token in QUANTITY_WORDS or token in _RETRACTIONS:
             return False
         if len(token) <= 2 and raw.strip(_TRAILING_PUNCT) not in UNITS | ORDINALS and token not in _SMALL_WORDS:
@@ -497,6 +530,8 @@ def _introduced(tail: str) -> tuple[str | None, int]:
             rest = re.match(r"[ \t]*([A-Za-z]+)", tail[spans[0][1]:])
             if rest and (rest.group(1).lower() in QUANTITY_WORDS or rest.group(1).lower() in _RETRACTIONS):
                 return None, offset + spans[0][1]
+            if re.match(r"[ \t]*(?:[,;][ \t]*)?(?:(?:and|or)[ \t]+)?\$", tail[spans[0][1]:]):
+                return None, sentence_end  # "$2$, $3$", "$2$$\times 10^6$": a list, or a span goes on
             return span_answer(spans[0][2]) or None, offset + spans[0][1]
         if unclosed:
             raise _Cut
@@ -516,14 +551,19 @@ def _introduced(tail: str) -> tuple[str | None, int]:
                 return _sentence_text(line), sentence_end  # "2 or 3": a list, kept whole
             if word in _RETRACTIONS:
                 return None, offset + m.start()
+            after_unit = following[0].rstrip(_TRAILING_PUNCT).lower() if following else ""
             if not is_unit_phrase(bare) or (token == bare and following and (
-                    following[0][0].isdigit() or following[0].rstrip(_TRAILING_PUNCT).lower() in QUANTITY_WORDS)):
+                    following[0][0].isdigit() or (after_unit in QUANTITY_WORDS
+                                                  and after_unit not in ("squared", "cubed")))):
                 return None, sentence_end  # "2 million", "2 h 30 min", "2 cm by 3 cm", "2 ab"
             break
         taken.append(token)
+        if token == ":" and following:
+            continue  # "2 : 3": a ratio
         if token[-1] in ".,;:!?" and not re.search(r"\d!$", token):
-            if token[-1] == "," and following and not _is_word(following[0]):
-                return _sentence_text(line), sentence_end  # "3, 4": a list, kept whole
+            if token[-1] in ",;" and following and (not _is_word(following[0]) or (
+                    following[0].lower() in ("and", "or") and len(following) > 1 and not _is_word(following[1]))):
+                return _sentence_text(line), sentence_end  # "3, 4", "2; 3", "2, or 3": a list, kept whole
             break
     if taken:
         expression = " ".join(taken)
@@ -531,7 +571,10 @@ def _introduced(tail: str) -> tuple[str | None, int]:
         if expression[len(stripped):].startswith("!") and stripped[-1:].isdigit():
             stripped += "!"  # "Answer: 3!" is the factorial
         expression = re.sub(r"^\\?\$(?=\s?\d)", "", stripped.strip()).strip()  # currency: "$15" -> 15
-        return expression or None, offset + tokens[len(taken) - 1].end()
+        done = offset + tokens[len(taken) - 1].end()
+        if re.match(r"[ \t]*(?:[.!?][ \t]*)?(?:but|wait|actually|hmm|no)\b", tail[done - offset:], re.IGNORECASE):
+            return None, done  # "The answer is 7. Actually no, it's 9."
+        return expression or None, done
     sentence = _sentence_text(line)
     if re.fullmatch(r"[A-Za-z]+", sentence) and sentence.lower() not in QUANTITY_WORDS:
         return sentence, sentence_end  # a word answer: "The answer is Evelyn."
@@ -557,10 +600,10 @@ def _sentence_text(line: str) -> str:
 
 def _bare_expression(text: str) -> str | None:
     """The response's last paragraph when it is one expression without words (`\\frac{1}{3}`, a matrix)."""
-    stripped = re.split(r"\n[ \t]*\n", text.strip())[-1].strip().rstrip(".").strip()
+    stripped = re.split(r"\n[ \t]*\n", text.strip())[-1].strip(" \t\n.,;:!?").strip()
     if not stripped or len(stripped) > 1000 or _has_prose(stripped):
         return None
-    return read_number_run(stripped) or stripped
+    return read_number_run(stripped) or span_answer(stripped)
 
 
 def _last_answer_phrase(response: str) -> int | None:
@@ -599,7 +642,7 @@ def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
     boxed = last_boxed(response)
     if boxed is not None:
         return boxed
-    if boxed_only or _BOX_RE.search(response):
+    if boxed_only or _OPEN_BOX_RE.search(response):
         return None  # a box was opened but never closed: the response was cut off before its answer
     response = _CALCULATOR_RE.sub("", response)  # GSM8K's "<<5*3=15>>15": the annotation is not text
     after = 0  # an answer phrase that gives no answer still speaks for its text: later fallbacks start past it
@@ -618,24 +661,26 @@ def extract_answer(response: str, *, boxed_only: bool = False) -> str | None:
             after = max(after, at + consumed)
     except _Cut:
         return None
+    bold_answer = None
     for bold in reversed(list(_BOLD_RE.finditer(response, after))):  # "so the total is **42**."
         number = read_number_run(bold.group(1).strip().rstrip("."))
         if number is not None and not _is_list_marker(response, bold):
-            return number
+            bold_answer, after = number, bold.end()  # a later span or number still wins
+            break
     spans, unclosed = math_spans(response)
     if unclosed:
         return None  # cut off inside a math span
     spans = [span for span in spans if span[0] >= after]
     stated = _last_stated_span(response, spans)
     # The last span or the last standalone number, whichever ends later ("Let $x = 3$. Then the total is 12.")
-    if stated is None and not spans:
+    if stated is None and not spans and bold_answer is None:
         bare = _bare_expression(response[after:])
         if bare is not None:
             return bare
     number = _last_standalone_number(_ASY_RE.sub(_blank, response), stated[0] if stated else after)
-    if number is not None and (number[2] is not None or stated is None):
+    if number is not None and (number[2] is not None or (stated is None and bold_answer is None)):
         return number[2]  # an unreadable expression or list after a span leaves the span the answer
-    return stated[1] if stated else None
+    return stated[1] if stated else bold_answer
 
 
 _ASY_RE = re.compile(r"\[asy\].*?(?:\[/asy\]|\Z)", re.DOTALL)  # Asymptote code: "for(i=1;i<=3;++i)" states nothing

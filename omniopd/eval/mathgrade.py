@@ -91,7 +91,7 @@ def normalize(answer: str) -> str:
     compares as text only; `\mathrm{i}` / `\mathrm{e}` are constants; a number then a known unit (`2cm`,
     `5 m`), as the whole answer, is the number.
     """
-    s = answer.strip().replace(_MINUS, "-").replace("{,}", ",")
+    s = re.sub("[\u00a0\u2009\u202f]", " ", answer).strip().replace(_MINUS, "-").replace("{,}", ",")
     s = _DIGIT_SPACING_RE.sub(" ", s)
     for token in _DROP:
         s = s.replace(token, "")
