@@ -506,3 +506,13 @@ def test_fallbacks_reach_the_reference_on_unmarked_worked_solutions(verifier):
     math_rows = [json.loads(line) for line in (BENCHMARKS / "math500.jsonl").read_text().splitlines()]
     right = sum(grade_math(_unboxed(row["solution"]), row["answer"], verifier) for row in math_rows)
     assert right >= 440, right
+
+
+@pytest.mark.parametrize("response", ["1 + " * 50_000 + "1", "x = " * 50_000 + "2", "- " * 50_000 + "2",
+                                      "a + " * 50_000 + "2", "plus " * 50_000 + "2", "1 x " * 50_000 + "2"])
+def test_long_plain_expressions_stay_linear(response, verifier):
+    """A plain-text expression is read operator by operator: a 200 KB one must not take quadratic time (an
+    unbounded list insert took 4 s on 400 KB). No answer is that long: it grades wrong."""
+    start = time.perf_counter()
+    assert grade_math(response, "2", verifier) is False
+    assert time.perf_counter() - start < 2.0

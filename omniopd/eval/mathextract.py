@@ -198,6 +198,9 @@ _LABEL_BEFORE_RE = re.compile(r"(?<![A-Za-z])(?:step|case|section|part|question|
                               r"option|choice|figure|table|equation|no\.?|number)[ \t]*\**[ \t]*\Z", re.IGNORECASE)
 
 
+_MAX_PIECES = 200  # operands and operators of a plain-text expression
+
+
 class _NotAnOperand(Exception):
     """The number is glued into a word by a hyphen ("5-year-old"): not a number at all."""
 
@@ -213,6 +216,8 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
     pieces: list[str] = [text[s:e]]
     start, end, operators = s, _suffix_end(text, e), False
     while True:  # leftwards: operator, then operand (or a unary operator / a label)
+        if len(pieces) > _MAX_PIECES:
+            return start, end, None  # no answer is that long; the bound keeps extraction linear
         window = text[max(0, start - 40):start]
         op = _LEFT_OP_RE.search(window)
         if op is None:
@@ -244,6 +249,8 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
         pieces[:0] = [operand.group(0).strip(), token if token == "=" else _SPOKEN.get(token, token)]
         start, operators = op_start - (len(before) - operand.start()), True
     while True:  # rightwards
+        if len(pieces) > _MAX_PIECES:
+            return start, end, None
         op = _RIGHT_OP_RE.match(text, end, end + 40)
         if op is None:
             break
