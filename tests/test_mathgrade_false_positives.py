@@ -100,6 +100,10 @@ KEPT_TABLE = [
     ("It will take him $8 / $2/day = <<8/2=4>>4 days to save the rest.", "4", True),
     ("If each book sells at 20$, then she earned 20*65 = $<<20*65=1300>>1300 in the second year", "1300", True),
     ("the popcorn would cost $19-$12-$3=$4", "4", True),
+    ("wUX:331", "331", False),  # a colon or tilde glued between letters and digits makes one token
+    ("The result: X:331", "331", False),
+    ("#### Bn:7", "7", False),
+    ("We conclude n~7 ho.", "7", False),
     ('\\boxed{2\\text{ cm}}', '2', True),
     ('\\boxed{2\\text{ apples}}', '2', True),
     ('\\boxed{1\\,000}', '1000', True),
@@ -185,6 +189,8 @@ REVIEW_TABLE = [
     ('We have $n=2$ cases; each gives 5 options, so 10 in total.', '10', True),
     ('He earns $5 per hour for $8$ hours: 40', '40', True),
     ('With $r = 2$, the area is 4π ≈ 12.57', '2', False),
+    ('With $r = 2$, the area is 4π ≈ 12.57', '12.57', True),  # arithmetic ≈ a value: the value
+    ('so n ≈ 7', '7', False),  # a variable approximately a value states no answer
     ('**1.** First we find $a = 3$.\n**2.** Then $x = 7$.', '7', True),
     # LaTeX spacing between digits does not glue them; a number's base is part of it
     ('\\boxed{12\\,34}', '1234', False),

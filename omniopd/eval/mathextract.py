@@ -146,6 +146,8 @@ def _is_standalone(text: str, s: int, e: int) -> bool:
         j -= 1 + (j > 1 and text[j - 2] == "\\")
     if j > 0 and not (text[j - 1].isspace() or text[j - 1] in _OPERATOR_CHARS):
         return False
+    if j > 1 and text[j - 1] in ":~" and text[j - 2].isalpha():
+        return False  # "wUX:331", "n~7": one token, not a label or a relation
     k = e  # right: a percent or dollar sign, a glued unit or rate, sentence punctuation, then space / end
     rate = _RATE_RE.match(text, k, k + 30)  # "18,000/year", "70/quiz"
     if k < len(text) and text[k] in "%$":
@@ -179,7 +181,7 @@ _LEFT_OPERAND_RE = re.compile(rf"(?:(?<![\d.,]){_NUMBER_OPERAND}|{_VARIABLE_OPER
 _RIGHT_OPERAND_RE = re.compile(rf"[ \t]*(?:{_NUMBER_OPERAND}|(?:[A-Za-z]|pi|\u03c0)(?![A-Za-z]))")
 _LIST_BEFORE_RE = re.compile(r"(?:\d[%$]?|(?<![A-Za-z])[A-Za-z]|\$)"
                              r"(?:[ \t]*,[ \t]*(?:(?:and|or)[ \t])?|[ \t]+(?:and|or)[ \t])[ \t]*\Z")
-_SPOKEN = {"negative": "-", "x": "\\times", "~": "\u2248",
+_SPOKEN = {"negative": "-", "x": "\\times", "~": "\u2248", "\u2248": "\u2248",
            "minus": "-", "plus": "+", "times": "*", "over": "/", "divided by": "/", "multiplied by": "*",
            "sqrt": "\\sqrt ", "square root of": "\\sqrt ", "root of": "\\sqrt ", "log": "\\log ", "ln": "\\ln ",
            "sin": "\\sin ", "cos": "\\cos ", "tan": "\\tan ", "exp": "\\exp ", "squared": "^2", "cubed": "^3",
@@ -282,6 +284,11 @@ def _expression_around(text: str, s: int, e: int) -> tuple[int, int, str | None]
     if not operators:
         return start, end, read_number_run(pieces[0]) or pieces[0]
     latex = [_latex_operand(p) for p in pieces]
+    if "\u2248" in latex:  # "4π ≈ 12.57" arrives at 12.57; "x ~ 2", "n ≈ 7" state no answer
+        lhs, _, rhs = " ".join(latex).rpartition("\u2248")
+        value = read_number_run(rhs.strip())
+        arithmetic = not re.search(r"[A-Za-z]", lhs.replace("\\pi", "")) and "\u2248" not in lhs
+        return start, end, value if value is not None and arithmetic and "~" not in text[start:end] else None
     if "=" in latex:  # "2V = 2 * 11 = 22": the value the last arithmetic arrives at
         segments = " ".join(latex).split("=")
         value = read_number_run(segments[-1].strip())
