@@ -19,7 +19,9 @@ setup(
         "safetensors",
         "numpy",
         "rapidfuzz>=3.0",
-        "math-verify>=0.7",
+        # the grader's helper imports internals (math_verify.parser.parse_latex_cached, latex2sympy2_extended's
+        # normalize_latex and NormalizationConfig.units), checked against 0.9.0 (it pins latex2sympy2_extended 1.11)
+        "math-verify>=0.9,<0.10",
         "landlock>=1.0.0.dev5",  # the code sandbox's Landlock layer (omniopd.eval.sandbox)
         "pyarrow",  # Parquet problem sets (omniopd.eval, omniopd.data)
         "matplotlib",

@@ -27,6 +27,7 @@ from omniopd.eval.mathextract import (
     UNITS,
     extract_answer,
     gold_from_solution,
+    is_unit_phrase,
     last_boxed,
     proper_fraction,
     read_number_run,
@@ -47,7 +48,19 @@ would spend its whole deadline parsing it, and no reference answer is that long.
 _DROP = [r"\$", r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", "$", "~", r"\displaystyle"]
 # A trailing unit in \text/\mbox/\mathrm after a number ("10\text{ cm}", "5\mathrm{m}^2"); but \mathrm{i}
 # and \mathrm{e} are the imaginary unit and Euler's number, never units (`4\mathrm{i}` is not 4).
-_UNIT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\{(?!\s*[ie]\s*\})\s*[A-Za-z ]+\}(?:\^\{?\d\}?)?$")
+# Only units and plain nouns (`is_unit_phrase`): `2\text{ million}`, `2\text{ or more}`, `2\text{ times}` stay.
+_UNIT_RE = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\{(?!\s*[ie]\s*\})\s*([A-Za-z ]+)\}(?:\^\{?\d\}?)?$")
+
+
+def _drop_unit(answer: str) -> str:
+    return _UNIT_RE.sub(lambda m: "" if is_unit_phrase(m.group(1)) else m.group(0), answer)
+
+
+# LaTeX spacing between digits (`12\,34`, `1~2`) separates them like a typed space: `1\,000` is 1000 (SI
+# grouping), `12\,34` is no number.
+_DIGIT_SPACING_RE = re.compile(r"(?<=\d)\s*(?:\\[,;: ]|~)\s*(?=\d)")
+# A number in a base (`52_7`, `4210_{6}`): equal only with the same digits in the same base.
+_BASED_RE = re.compile(r"([0-9A-Z]+)_\{?([0-9A-Za-z]+)\}?")
 # "1 4/5" typed with a space is the mixed number 1 4/5 = 9/5 (a careful grader's reading), not 14/5
 _CONSTANT_RE = re.compile(r"\\(?:text|mbox|mathrm|operatorname)\{\s*([ie])\s*\}")
 _MIXED_TYPED_RE = re.compile(r"(?<![\d.,/])(\d+)[ \t]+(\d+)[ \t]*/[ \t]*(\d+)(?![\d./])")
@@ -78,12 +91,13 @@ def normalize(answer: str) -> str:
     compares as text only; `\mathrm{i}` / `\mathrm{e}` are constants; a number then a known unit (`2cm`,
     `5 m`), as the whole answer, is the number.
     """
-    s = answer.strip().replace(_MINUS, "-").replace("{,}", ",")
+    s = re.sub("[\u00a0\u2009\u202f]", " ", answer).strip().replace(_MINUS, "-").replace("{,}", ",")
+    s = _DIGIT_SPACING_RE.sub(" ", s)
     for token in _DROP:
         s = s.replace(token, "")
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
     s = re.sub(r"\^\{?\\circ\}?|°", "", s)
-    s = _UNIT_RE.sub("", s)
+    s = _drop_unit(s)
     s = re.sub(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = _BARE_UNIT_RE.sub(r"\1", s)
@@ -144,6 +158,11 @@ def fast_verdict(pred: str, gold: str) -> bool | None:
         return True
     if "\u2009" in p or _IDENTIFIER_RE.search(re.sub(r"\\[A-Za-z]+", " ", pred)):
         return False  # an ambiguous digit run ("12 34") or an identifier ("AZYUK2A"): text only
+    pb, gb = _BASED_RE.fullmatch(p), _BASED_RE.fullmatch(g)
+    if pb and gb:  # "52_7" vs "52_8": the base is part of the number
+        return pb.group(1) == gb.group(1) and pb.group(2) == gb.group(2)
+    if (pb and _number(g) is not None) or (gb and _number(p) is not None):
+        return False  # "2024_t" is not the number 2024
     pi, gi = _integer_text(p), _integer_text(g)
     if pi is not None and gi is not None:  # two integers, however long: compare their digits
         return pi == gi
@@ -252,7 +271,7 @@ def _cas_spelling(answer: str) -> str:
     as 0 and `4 4/9` as 8/9), units dropped by our rules only (its own list drops `c`, `d`, `ab`, ...),
     constants bare (it drops `\\mathrm{i}` like a unit)."""
     s = _CONSTANT_RE.sub(r"\1", answer.strip().replace(_MINUS, "-"))
-    s = _BARE_UNIT_RE.sub(r"\1", _UNIT_RE.sub("", s))
+    s = _BARE_UNIT_RE.sub(r"\1", _drop_unit(s))
     number = read_number_run(s)
     if number is not None and " " in number and len(number) <= _MAX_DIGITS:
         whole, frac = number.rsplit(" ", 1)
