@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["omniopd", "omniopd.*"]),
     install_requires=[
-        "omniopd-kernels==0.1.0",  # ./kernels: torch + triton only
+        "omniopd-kernels==0.2.0",  # ./kernels: torch + triton only
         "torch>=2.6",
         "transformers>=4.56",
         "sentence-transformers>=3.0",

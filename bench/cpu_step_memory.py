@@ -33,9 +33,9 @@ def one_step(path: str, rows: int, tokens: int, vocab: int) -> dict[str, float]:
 
     from omniopd import losses
     from omniopd.audit import AuditResult
+    from omniopd.batch import model_head, pack
     from omniopd.data import Problem
     from omniopd.rollout.student import Sample
-    from omniopd.trainer import model_head, pack
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -5,7 +5,8 @@ Builds a random-initialised model of the named shape (`qwen3-1.7b`: vocabulary 1
 vocabulary 49,152; weights only, with the bundled SmolLM2 tokenizer, whose ids a larger vocabulary
 contains), saves it, and runs K real trainer steps with it as student, reference and local teacher: HF
 generation, the local teacher, phi = ned, model.dtype = bfloat16. Reports per step the phase times,
-response tokens/s, the trainer phase (forward + reference forward + loss + backward + optimizer step) against its
+response tokens/s, the loss phase (the fused summed loss: on Triton it makes the head's gradients too), the
+trainer phase (forward + reference forward + loss + backward + optimizer step) against its
 FLOP floor 6 · params · tokens / (bf16 matmul rate measured here), and peak allocated / reserved memory.
 
 Prints one markdown table and writes it to bench/results/gpu_step_<card>.md (or --out).
@@ -28,7 +29,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 1 << 30
-PHASES = ["generate", "teacher", "forward", "score", "loss", "backward_step", "swap"]
+# `teacher` is the latency from sending the fork requests to the last answer (it overlaps other phases);
+# `teacher_wait` the part the step sat through. `loss` is the fused summed loss (`linear_omniopd_loss_terms`):
+# on Triton it also makes the LM head's gradients, which `backward_step` then only scales.
+PHASES = ["generate", "anchors", "teacher_submit", "teacher", "teacher_wait", "forward", "score", "loss",
+          "backward_step", "swap"]
 
 # Architectures of the public checkpoints' config.json (weights are random: shapes are what is measured).
 SHAPES = {
@@ -139,7 +144,9 @@ def table(shape: str, params: int, rate: float, rows: list[dict[str, float]], ar
     if len(rows) > 1:
         later = rows[1:]
         trainer = statistics.median(m.get("time/forward_s", 0) + m.get("time/backward_step_s", 0) for m in later)
-        lines += ["", f"median trainer phase after step 1: {trainer:.2f} s"]
+        loss = statistics.median(m.get("time/loss_s", 0) for m in later)
+        lines += ["", f"median trainer phase after step 1: {trainer:.2f} s; median loss phase: {loss * 1e3:.1f} ms "
+                  "(the fused summed loss with its pg / KL split; its gradients are made inside it on Triton)"]
     return "\n".join(lines) + "\n"
 
 

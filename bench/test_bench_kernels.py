@@ -20,6 +20,14 @@ from kernel_cases import IMPLS, OPS, OURS, Skip, bench_shape, make_case, max_rel
 GPU = DEVICE == "cuda"
 # float64 references at the design shapes (docs/design.md §4) take minutes; the GPU check uses a slice of rows.
 MEDIANS: dict[tuple[str, str], float] = {}
+# Implementations whose CPU timing says nothing about the GPU design they stand for: skipped at once on a CPU.
+CPU_MEANINGLESS = {
+    "compile": "torch.compile on a CPU: minutes of compiling, and CPU codegen is not the GPU's",
+    "liger": "Liger-Kernel is Triton on CUDA",
+    "triton": "Triton is timed on CUDA only (the CPU interpreter is a correctness tool)",
+    "triton_tiles": "Triton is timed on CUDA only (the CPU interpreter is a correctness tool)",
+    "triton_per_token": "Triton is timed on CUDA only (the CPU interpreter is a correctness tool)",
+}
 
 
 def _check(op: str, impl: str, case) -> float:
@@ -33,6 +41,8 @@ def _check(op: str, impl: str, case) -> float:
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op", OPS)
 def test_speed(benchmark, floors, op, impl):
+    if not GPU and impl in CPU_MEANINGLESS:
+        pytest.skip(CPU_MEANINGLESS[impl])
     shape = bench_shape(op, DEVICE)
     try:
         case = make_case(op, impl, shape, DEVICE)

@@ -8,7 +8,7 @@ tensors, the chunked PyTorch path on CPU), accumulates in fp32 and returns fp32.
 from .cosine_similarity import cosine_similarity
 from .entropy_logprob import entropy_logprob
 from .linear_entropy_logprob import linear_entropy_logprob
-from .linear_omniopd_loss import linear_logprob_kl, linear_omniopd_loss
+from .linear_omniopd_loss import linear_logprob_kl, linear_omniopd_loss, linear_omniopd_loss_terms
 from .omniopd_loss import logprob_kl, omniopd_loss
 from .select_forks import select_forks
 
@@ -18,8 +18,9 @@ __all__ = [
     "linear_entropy_logprob",
     "linear_logprob_kl",
     "linear_omniopd_loss",
+    "linear_omniopd_loss_terms",
     "logprob_kl",
     "omniopd_loss",
     "select_forks",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

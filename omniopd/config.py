@@ -107,7 +107,8 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = doc(
         "Compute dtype of the student's forward/backward, the frozen reference and the rollouts. The student's "
         "master weights and AdamW state stay float32 whatever this is (so small updates are not rounded away). "
-        "CPU default float32; on GPU use bfloat16.", "float32")
+        "CPU default float32; on GPU use bfloat16. float16 is refused with parallel.fsdp=true (no loss "
+        "scaling).", "float32")
     activation_checkpointing: bool | None = doc(
         "Recompute transformer blocks in backward to save memory (none = on with CUDA, off on CPU).", None)
 
@@ -390,6 +391,10 @@ class Config:
         if (self.train.pipeline or self.train.overlap) and self.objective.name != "omniopd":
             raise ConfigError(f"train.pipeline / train.overlap apply to objective.name=omniopd only, got "
                               f"{self.objective.name!r}")
+        if self.model.dtype == "float16" and self.parallel.fsdp:
+            # FSDP2 would compute in float16 with no loss scaling: small gradients underflow to 0 unseen.
+            raise ConfigError("model.dtype=float16 with parallel.fsdp=true: float16 under FSDP needs loss scaling, "
+                              "which is not implemented; use model.dtype=bfloat16 (or float32)")
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # set by torchrun before the config loads
         if world > 1 and not self.parallel.fsdp:
             # Unsharded ranks would never synchronise gradients: each would silently train its own copy.

@@ -102,11 +102,11 @@ def first_step_requests(cfg: Config) -> tuple[list, list[int], object]:
     import torch
 
     from omniopd import assets, losses
-    from omniopd.audit import build_forks, num_chunks_at, select_anchors
-    from omniopd.data import PromptStream, load_split, student_messages, teacher_messages
+    from omniopd.audit import fork_requests, pick_forks
+    from omniopd.baselines import sft_requests
+    from omniopd.batch import model_head, pack
+    from omniopd.data import PromptStream, load_split, student_messages
     from omniopd.rollout.student import build_generator
-    from omniopd.rollout.teachers import TeacherRequest
-    from omniopd.trainer import fork_requests, model_head, pack, stable_seed
 
     torch.manual_seed(cfg.train.seed)
     path = assets.student_path(cfg.model.student)
@@ -128,9 +128,7 @@ def first_step_requests(cfg: Config) -> tuple[list, list[int], object]:
         generator.close()
     rows = [(p, s) for p, group in zip(problems, grouped, strict=True) for s in group]
     if cfg.objective.name == "sft":
-        requests = [TeacherRequest(messages=teacher_messages(p, cfg.data.system_prompt, cfg.teacher.hint), prefix="",
-                                   n=gen_cfg.n, max_tokens=gen_cfg.max_new_tokens, temperature=cfg.teacher.temperature,
-                                   seed=stable_seed(cfg.train.seed, p.id, "sft")) for p in problems]
+        requests = sft_requests(problems, cfg)
         lengths = {p.id: max(len(s.token_ids) for q, s in rows if q.id == p.id) for p in problems}
         return requests, [lengths[p.id] for p in problems], tokenizer
     if cfg.objective.name != "omniopd":
@@ -140,9 +138,7 @@ def first_step_requests(cfg: Config) -> tuple[list, list[int], object]:
     with torch.no_grad():
         head = model_head(model, batch, torch.float32)
         entropy, _ = losses.entropy_logprob(head, batch.tokens, batch.response_mask)
-    anchors = select_anchors(entropy, batch.response_mask, num_chunks_at(0, cfg.audit), cfg.audit.chunk_len,
-                             cfg.audit.min_entropy)
-    forks = build_forks(batch.responses, anchors.cpu(), tokenizer, cfg.audit.chunk_len)
+    _, forks, _ = pick_forks(entropy, batch.response_mask, batch.responses, tokenizer, 0, cfg)
     remaining = [len(batch.samples[f.seq].token_ids) - f.anchor for f in forks]
     return fork_requests(forks, batch.problems, cfg, 0, 0), remaining, tokenizer
 

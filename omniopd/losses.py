@@ -29,7 +29,7 @@ from omniopd_kernels import entropy_logprob as kernel_entropy_logprob
 from omniopd_kernels import (
     linear_entropy_logprob,
     linear_logprob_kl,
-    linear_omniopd_loss,
+    linear_omniopd_loss_terms,
     logprob_kl,
     omniopd_loss,
 )
@@ -174,14 +174,16 @@ def truncated_ratio(logprob: torch.Tensor, rollout_logprob: torch.Tensor, respon
 
 def omniopd(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.Tensor, response_mask: torch.Tensor,
             audit: AuditResult, *, beta: float, normalizer: float | torch.Tensor,
-            ratio: torch.Tensor | None = None, target: str = "faithful") -> tuple[torch.Tensor, dict]:
+            ratio: torch.Tensor | None = None, target: str = "faithful",
+            backend: str = "auto") -> tuple[torch.Tensor, dict]:
     """OmniOPD: `(Σ_audited −ρ·w·log π_θ(y_t) + β·Σ_unaudited KL(π_ref ‖ π_θ)_t) / normalizer`, w = π̂
     (`target="faithful"`) or π̂ − π̄ (`target="centred"`, see `audit_weights`).
 
     head, ref: student and reference `Head`s (or logits `[B, T, V]`); tokens, response_mask: `[B, T]`.
     ratio: `truncated_ratio`'s `[B, T]` when the tokens came from older weights (a pipelined step), else ρ = 1.
     The KL term is exact over the vocabulary at each position, so it needs no correction.
-    Through `omniopd_kernels.linear_omniopd_loss` (fused) or `omniopd_loss` (logits).
+    Through `omniopd_kernels.linear_omniopd_loss_terms` (fused: the summed loss and its two terms, Triton's
+    gradients-in-the-forward path on CUDA) or `omniopd_loss` (logits). `backend`: the kernels'.
     """
     b, t = _check_bt(tokens, response_mask)
     head, ref = Head.of(head, "head", b, t), Head.of(ref, "ref", b, t)
@@ -193,10 +195,16 @@ def omniopd(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.T
         weights = weights * ratio.detach().to(weights)
     args = (_safe_tokens(tokens, response_mask), weights.reshape(-1), kl_mask.reshape(-1), float(beta))
     if head.fused:
-        per_token = linear_omniopd_loss(head.rows(), head.weight, ref.rows(), ref.weight, *args, reduction="none")
-    else:
-        per_token = omniopd_loss(head.rows(), ref.rows(), *args, reduction="none")
-    return _omniopd_out(per_token.reshape(b, t), response_mask, weights, kl_mask, beta, normalizer, audit)
+        # The summed loss with its two terms apart: on Triton its gradients are made inside the forward.
+        total, pg, kl = linear_omniopd_loss_terms(head.rows(), head.weight, ref.rows(), ref.weight, *args,
+                                                  backend=backend)
+        return _omniopd_out(total, pg.item(), kl.item(), kl_mask, beta, normalizer, audit)
+    per_token = omniopd_loss(head.rows(), ref.rows(), *args, reduction="none", backend=backend).reshape(b, t)
+    # Padding rows carry weight 0 and no KL, but 0 · (−inf log-prob) would still be NaN: select, not multiply.
+    per_token = torch.where(response_mask.bool(), per_token, 0.0)
+    # kl_mask and the audited chunks are disjoint (padding contributes 0), so the split is exact.
+    return _omniopd_out(per_token.sum(), per_token.detach()[~kl_mask].sum().item(),
+                        per_token.detach()[kl_mask].sum().item(), kl_mask, beta, normalizer, audit)
 
 
 def omniopd_linear(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor,
@@ -207,16 +215,11 @@ def omniopd_linear(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch
                    normalizer=normalizer)
 
 
-def _omniopd_out(per_token: torch.Tensor, response_mask: torch.Tensor, weights: torch.Tensor,
-                 kl_mask: torch.Tensor, beta: float, normalizer: float | torch.Tensor,
-                 audit: AuditResult) -> tuple[torch.Tensor, dict]:
+def _omniopd_out(total: torch.Tensor, pg: float, kl: float, kl_mask: torch.Tensor, beta: float,
+                 normalizer: float | torch.Tensor, audit: AuditResult) -> tuple[torch.Tensor, dict]:
+    """The loss `total / normalizer` and its metrics from the policy-gradient and KL sums."""
     norm = _check_normalizer(normalizer)
-    # Padding rows carry weight 0 and no KL, but 0 · (−inf log-prob) would still be NaN: select, not multiply.
-    per_token = torch.where(response_mask.bool(), per_token, 0.0)
-    loss = per_token.sum() / norm
-    # kl_mask and the audited chunks are disjoint (padding contributes 0), so the split is exact.
-    pg = per_token.detach()[~kl_mask].sum().item()
-    kl = per_token.detach()[kl_mask].sum().item()
+    loss = total / norm
     n_kl = int(kl_mask.sum())
     metrics = {"loss/total": summed(loss.item()), "loss/pg": summed(pg / norm), "loss/kl": summed(kl / norm),
                # per_token = β·KL on unaudited tokens, so the KL itself is only recoverable when β > 0

@@ -93,17 +93,23 @@ def all_gather_object(obj: object) -> list[object]:
     return out
 
 
-def shard(model: nn.Module, *, mixed_precision: bool, reshard_after_forward: bool = True) -> nn.Module:
+def shard(model: nn.Module, *, param_dtype: torch.dtype | None = None, reshard_after_forward: bool = True) -> nn.Module:
     """FSDP2: `fully_shard` every transformer block, then the root (embeddings, norm, head).
 
-    `mixed_precision`: fp32 parameters (the master weights the optimizer updates) gathered as bf16 for
-    compute, gradients reduced in fp32.
+    `param_dtype`: the compute dtype. Below the parameters' own dtype, the parameters (fp32 master weights the
+    optimizer updates) are gathered in it for compute and gradients are reduced in fp32; None or the parameters'
+    dtype computes in that dtype. float16 is refused: it needs loss scaling, which this trainer does not do
+    (`model.dtype=float16` with `parallel.fsdp=true` is refused at config load already).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if param_dtype == torch.float16:
+        raise ValueError("parallel.shard: param_dtype=torch.float16 needs loss scaling, which is not implemented; "
+                         "use torch.bfloat16")
     kwargs = {}
-    if mixed_precision:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    own = next(model.parameters()).dtype
+    if param_dtype is not None and param_dtype != own:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in transformer_blocks(model):
         fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
     # The root keeps its parameters gathered after forward (FSDP2's default for it): the fused loss reads the

@@ -1,8 +1,9 @@
 """The machinery of the overlapped and pipelined step (issue 13); the trainer decides the order.
 
-- `Prepared`: one step's rollouts after the no-grad entropy pass: its forks, the teacher job already in
-  flight, and the trainer's log-probs at the weights that sampled it (the rollout policy of the importance
-  ratio), tagged with that weight version.
+- `Prepared`: one step's rollouts after the entropy pass: its forks, the teacher job already in flight, and
+  the trainer's log-probs at the weights that sampled it (the rollout policy of the importance ratio), tagged
+  with that weight version. The synchronous step prepares with the gradient on and keeps that forward's head
+  (no second student forward); the overlapped and pipelined steps prepare without and run it later.
 - `Background`: one call on a thread, joined later (rollouts for step k+1 while step k trains).
 """
 
@@ -12,10 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
+from omniopd.audit import Fork
+from omniopd.batch import Batch
+from omniopd.losses import Head
 from omniopd.rollout.teachers.base import TeacherJob
 
 T = TypeVar("T")
@@ -23,18 +27,20 @@ T = TypeVar("T")
 
 @dataclass
 class Prepared:
-    """A batch ready for the loss but for the teacher's answers."""
+    """A batch ready for the loss but for the teacher's answers: the only input of the audited loss besides
+    the forwards and the answers."""
 
-    batch: Any  # trainer.Batch
+    batch: Batch
     rewards: torch.Tensor  # [B]
     normalizer: float
     entropy: torch.Tensor  # [B, T] at `version`
     logprob: torch.Tensor  # [B, T] log π(y_t) at `version`: the rollout policy
     anchors: torch.Tensor  # [B, M]
-    forks: list
-    num_chunks: int
+    forks: list[Fork]
+    num_chunks: int  # M at this step
     job: TeacherJob
     version: int  # optimizer steps the weights had taken when these rollouts were sampled
+    head: Head | None = None  # the student's grad forward, when prepared with the gradient on (synchronous)
     seconds: dict[str, float] = field(default_factory=dict)  # phases spent producing it
 
 
@@ -72,7 +78,7 @@ class StreamedScores:
     """φ of each fork computed as its teacher answer arrives (while later ones are still in flight); then used
     as `score_forks`' similarity, which asks for the φ of the kept forks in order."""
 
-    def __init__(self, similarity: Callable[..., torch.Tensor], forks: list, n: int):
+    def __init__(self, similarity: Callable[..., torch.Tensor], forks: list[Fork], n: int):
         self.similarity, self.forks, self.n = similarity, forks, n
         self.phi: dict[int, torch.Tensor] = {}
         self.seconds = 0.0  # spent computing φ

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +75,30 @@ def combine_ranks(per_rank: Sequence[Mapping[str, float | None]]) -> dict[str, f
         else:
             out[key] = math.fsum(finite) / len(finite)
     return out
+
+
+class StepTimer:
+    """Wall time per phase of one step (`with timer("forward"): ...`; a phase entered twice adds up), as
+    metrics: each phase at the slowest rank's pace, the whole step, and every rank's tokens per second."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self, tokens: int) -> dict[str, float]:
+        total = time.perf_counter() - self._start
+        out = {f"time/{k}_s": maximum(v) for k, v in self.seconds.items()}  # the slowest rank sets the pace
+        out["time/step_s"] = maximum(total)
+        out["throughput/tokens_per_s"] = summed(tokens / total if total > 0 else math.nan)  # all ranks' tokens
+        return out
 
 
 def quiet_libraries(verbosity: str) -> None:

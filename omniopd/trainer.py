@@ -3,168 +3,48 @@
     rollout -> trainer forward (entropy, log-probs) -> forks -> teacher continuations -> similarity
     -> Dirichlet targets -> loss -> backward -> clip -> optimizer step -> weight hot-swap
 
-Everything is response-aligned: a batch row is `[left-padded prompt | right-padded response]` with the
-prompt `P` wide, so the model's position `P - 1 + t` produced response token `t`. The forward itself runs
-on the sequences packed without padding (`pack_sequences`) and stops at the last hidden state: log-probs,
-entropies and every loss come from the fused-head kernels, so no `[tokens, V]` logits exist in a step.
-The student keeps fp32 master weights and computes in `model.dtype`. Parallelism (`parallel.py`),
-checkpoints (`checkpoint.py`) and logging (`runlog.py`) live beside this file; this file only decides
-what happens in which order.
+The batch and its packed layout are `batch.py`; the forward stops at the last hidden state and log-probs,
+entropies and every loss come from the fused-head kernels, so no `[tokens, V]` logits exist in a step. The
+student keeps fp32 master weights and computes in `model.dtype`. Beside this file: fork picking and teacher
+requests (`audit/step.py`), the audited loss (`audit/loss.py`), the sft/opd teacher side (`baselines.py`),
+parallelism (`parallel.py`), checkpoints (`checkpoint.py`), logging and phase timers (`runlog.py`), stop
+signals (`signals.py`); this file only decides what happens in which order.
 
-With `train.overlap` (omniopd) the teacher leaves the critical path: a no-grad entropy pass right after
-generation picks the forks, their requests go out asynchronously, the student's grad forward and the reference
-forward run while they are in flight, and only the loss waits. `train.pipeline=1` also produces step k+1's
-rollouts, forks and teacher answers while step k trains (the machinery is in `pipeline.py`).
+omniopd has one path: `_prepare` (entropy pass, forks, teacher requests sent) then `_train_prepared` (the
+grad forward, the reference, the wait for the answers, the loss). Synchronously, the prepare pass is the
+student's grad forward itself, so the step runs one student forward. With `train.overlap` the prepare pass is
+a no-grad one right after generation, and the grad and reference forwards run while the teacher answers.
+`train.pipeline=1` also produces step k+1's rollouts, forks and teacher answers while step k trains (the
+machinery is in `pipeline.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import signal
 import sys
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from omniopd import assets, checkpoint, losses, parallel
-from omniopd.audit import build_forks, get_similarity, num_chunks_at, score_forks, select_anchors
+from omniopd import assets, baselines, checkpoint, losses, parallel
+from omniopd.audit import fork_requests, get_similarity, pick_forks
+from omniopd.audit.loss import audited_loss
+from omniopd.batch import Batch, batch_metrics, model_head, pack
 from omniopd.config import Config
-from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
+from omniopd.data import Problem, PromptStream, load_split, student_messages
 from omniopd.eval import harness
 from omniopd.eval.mathgrade import grade_math
-from omniopd.heads import head_weight, last_hidden_states
 from omniopd.pipeline import Background, Prepared, StreamedScores
-from omniopd.rollout.padding import pad_rows
 from omniopd.rollout.student import Sample, build_generator
 from omniopd.rollout.student.weights import full_tensors
-from omniopd.rollout.teachers import TeacherRequest, TeacherResult, build_teacher, resolve_cache_path
-from omniopd.runlog import RunLog, combine_ranks, maximum, plot_metrics, summed
-
-
-@dataclass
-class Batch:
-    """Padded token tensors of one rank's rollouts, plus what produced them."""
-
-    input_ids: torch.Tensor  # [B, P + T]
-    attention_mask: torch.Tensor  # [B, P + T]
-    tokens: torch.Tensor  # [B, T] response tokens (0 where padded)
-    response_mask: torch.Tensor  # [B, T] real response tokens
-    prompt_width: int  # P
-    problems: list[Problem]  # one per row
-    samples: list[Sample]  # one per row
-
-    @property
-    def responses(self) -> list[list[int]]:
-        return [s.token_ids for s in self.samples]
-
-
-def pack(problems: list[Problem], samples: list[Sample], pad_id: int, device: torch.device) -> Batch:
-    """Left-pad prompts and right-pad responses so response column t sits at P + t in every row."""
-    prompts, prompt_mask = pad_rows([s.prompt_ids for s in samples], pad_id, side="left")
-    responses, response_mask = pad_rows([s.token_ids for s in samples], pad_id, side="right",
-                                        width=max(1, max(len(s.token_ids) for s in samples)))
-    tokens = torch.where(response_mask.bool(), responses, 0)
-    return Batch(torch.cat([prompts, responses], 1).to(device), torch.cat([prompt_mask, response_mask], 1).to(device),
-                 tokens.to(device), response_mask.bool().to(device), prompts.shape[1], problems, samples)
-
-
-@dataclass
-class Packed:
-    """A batch's real tokens packed without padding: each row holds whole sequences back to back, position
-    ids restarting at 0 for each (transformers then masks attention per sequence: SDPA, FlashAttention-2)."""
-
-    input_ids: torch.Tensor  # [R, S], S = the longest sequence
-    position_ids: torch.Tensor  # [R, S]
-    index: torch.Tensor  # [B, T] flat index into [R * S] of the position producing response token t (0: none)
-    padding_frac: float  # share of [R, S] that is still padding
-
-
-def pack_sequences(batch: Batch, pad_id: int) -> Packed:
-    """First-fit-decreasing bins of the longest sequence's length (bounds per-row attention like padding)."""
-    mask = batch.attention_mask.bool().cpu()
-    lengths = mask.sum(1).tolist()
-    width = max(lengths)
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        j = next((j for j, free in enumerate(room) if free >= lengths[i]), len(bins))
-        if j == len(bins):
-            bins.append([])
-            room.append(width)
-        bins[j].append(i)
-        room[j] -= lengths[i]
-    ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
-    pos = torch.zeros_like(ids)
-    index = torch.zeros(batch.tokens.shape, dtype=torch.long)
-    responses = batch.response_mask.sum(1).tolist()
-    for r, members in enumerate(bins):
-        offset = 0
-        for i in members:
-            n, t = lengths[i], responses[i]
-            ids[r, offset:offset + n] = batch.input_ids[i].cpu()[mask[i]]
-            pos[r, offset:offset + n] = torch.arange(n)
-            index[i, :t] = r * width + offset + (n - t) - 1 + torch.arange(t)
-            offset += n
-        pos[r, offset:] = torch.arange(width - offset)  # trailing padding: a sequence of its own, never read
-    device = batch.input_ids.device
-    return Packed(ids.to(device), pos.to(device), index.to(device), 1.0 - sum(lengths) / ids.numel())
-
-
-def response_hidden(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """`[B, T, D]` last hidden states at the positions that produce each response token (padded response
-    positions hold an arbitrary row): the fused-head kernels turn them into log-probs without `[B, T, V]`.
-    The forward runs on the packed sequences (no attention mask: positions delimit them)."""
-    packed = pack_sequences(batch, pad_id=0)
-    hidden = last_hidden_states(model, packed.input_ids, None, packed.position_ids)
-    return hidden.reshape(-1, hidden.shape[-1])[packed.index]
-
-
-def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """`[B, T, V]` fp32 logits of the same rows (the logits form: references and tests, not the step)."""
-    return (response_hidden(model, batch) @ head_weight(model).T).float()
-
-
-def model_head(model: torch.nn.Module, batch: Batch, dtype: torch.dtype) -> losses.Head:
-    """The model's response rows as a fused `Head` in the compute dtype (the fp32 master head is cast, with
-    its gradient flowing back to it)."""
-    return losses.Head(response_hidden(model, batch).to(dtype), head_weight(model).to(dtype))
-
-
-def fork_requests(forks: list, problems: list[Problem], cfg: Config, step: int, rank: int) -> list[TeacherRequest]:
-    """One teacher request per fork: N continuations of the response text before the chunk."""
-    # The step is in the seed (and so in the cache key): a prefix seen again, e.g. every anchor-0 fork's
-    # prompt-only prefix, gets fresh votes each step; still deterministic, so a resume reproduces it.
-    return [TeacherRequest(
-        messages=teacher_messages(problems[f.seq], cfg.data.system_prompt, cfg.teacher.hint),
-        prefix=f.prefix_text, n=cfg.audit.num_continuations, max_tokens=2 * cfg.audit.chunk_len,
-        temperature=cfg.teacher.temperature, seed=stable_seed(cfg.train.seed, step, problems[f.seq].id, f.prefix_text),
-        key=f"step {step} rank {rank} seq {f.seq} anchor {f.anchor}") for f in forks]
-
-
-def teacher_sample(prompt_ids: list[int], text: str, tokenizer: Any, max_new_tokens: int) -> Sample:
-    """sft: a teacher-written response as a training row. EOS is appended only when the teacher stopped on its
-    own (fewer than `max_new_tokens` tokens); a cut-off text stays cut off, so the student is never taught to
-    stop mid-sentence."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) < max_new_tokens:
-        ids, finish = ids + [tokenizer.eos_token_id], "stop"
-    else:
-        ids, finish = ids[:max_new_tokens], "length"
-    return Sample(list(prompt_ids), ids, text, finish, [0.0] * len(ids))
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed that depends only on `parts` (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+from omniopd.rollout.teachers import TeacherResult, build_teacher, resolve_cache_path
+from omniopd.runlog import RunLog, StepTimer, combine_ranks, maximum, plot_metrics, summed
+from omniopd.signals import StopSignals
 
 
 class NonFiniteError(RuntimeError):
@@ -201,9 +81,9 @@ class Trainer:
         # the whole forward (residual stream included) in the compute dtype, which autocast does not.
         self.sharded = cfg.parallel.fsdp and (self.dist.world_size > 1 or self.compute_dtype != torch.float32)
         if self.sharded:
-            parallel.shard(self.model, mixed_precision=self.compute_dtype != torch.float32)
+            parallel.shard(self.model, param_dtype=self.compute_dtype)
             if self.ref_model is not None:
-                parallel.shard(self.ref_model, mixed_precision=False)
+                parallel.shard(self.ref_model)  # held in the compute dtype already
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
@@ -217,7 +97,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_steps = 0
         self.teacher_failed_steps, self.teacher_last_error = 0, ""  # consecutive all-failed teacher steps
-        self._stop_signals: _StopSignals | None = None  # installed by `with Trainer(...)`
+        self._stop_signals: StopSignals | None = None  # installed by `with Trainer(...)`
         self._prepared: Prepared | None = None  # train.pipeline: the next step's batch, its teacher in flight
 
         # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
@@ -282,15 +162,16 @@ class Trainer:
         return summary
 
     def train_step(self) -> dict[str, float]:
-        cfg, timer = self.cfg, _Timer()
+        cfg, timer = self.cfg, StepTimer()
         self.model.train()
-        if cfg.objective.name == "omniopd" and (cfg.train.overlap or cfg.train.pipeline):
-            return self._overlapped_step(timer)
+        if cfg.objective.name == "omniopd":
+            return self._omniopd_step(timer)
         # 1. Roll out: this rank's slice of the global batch, n samples each, from the current weights.
         problems = self._next_problems()
         if cfg.objective.name == "sft":  # the student does not sample: it trains on teacher-written responses
             with timer("teacher"):
-                rows, results = self._teacher_responses(problems)
+                rows, results = baselines.teacher_responses(self.teacher, self.generator, self.tokenizer, problems,
+                                                            cfg)
             self._check_teacher(results)
             if parallel.all_reduce_sum([float(not rows)])[0] > 0:
                 return self._skip_without_teacher_rows(results, timer)
@@ -302,19 +183,17 @@ class Trainer:
         # 2. Trainer forward, stopped at the last hidden state: exact full-vocabulary entropy and log-prob of
         #    every response token through the fused head (no [B, T, V] anywhere in the step).
         with timer("forward"):
-            with self._compute():
-                head = model_head(self.model, batch, self.compute_dtype)
+            head = self._student_head(batch)
             with torch.no_grad():
                 entropy, logprob = losses.entropy_logprob(head.detach(), batch.tokens, batch.response_mask)
                 ref = model_head(self.ref_model, batch, self.compute_dtype) if self.ref_model is not None else None
-        metrics = self._batch_metrics(batch, rewards, logprob, entropy)
+        metrics = batch_metrics(batch, rewards, logprob, entropy)
 
-        # 3-6. The objective (forks, teacher, similarity and targets for omniopd).
-        if cfg.objective.name == "omniopd":
-            loss, obj = self._omniopd_loss(batch, head, ref, entropy, logprob, normalizer, timer)
-        elif cfg.objective.name == "opd":
+        # 3. The objective.
+        if cfg.objective.name == "opd":
             with timer("teacher"):
-                teacher_logprobs = self._teacher_logprobs(batch)
+                teacher_logprobs = baselines.teacher_logprobs(self.teacher, self.generator, batch, cfg,
+                                                              self.tokenizer.pad_token_id, self.dist.device)
             with timer("loss"):
                 loss, obj = losses.opd(head, batch.tokens, batch.response_mask, normalizer=normalizer,
                                        teacher_logprobs=teacher_logprobs)
@@ -328,19 +207,20 @@ class Trainer:
         metrics.update(obj)
         return self._update(loss, batch, metrics, timer)
 
-    def _overlapped_step(self, timer: _Timer) -> dict[str, float]:
-        """omniopd with the teacher off the critical path. The forks come from a no-grad entropy pass right after
-        generation and their requests go out at once; the student's grad forward and the reference forward run
-        while they are in flight; only the loss waits. With train.pipeline=1 the next step's rollouts are generated
-        on a thread meanwhile, and their forks picked and sent before this step's update (`_produce`): weights one
-        step old when trained on, so a truncated importance ratio corrects the policy-gradient term."""
+    def _omniopd_step(self, timer: StepTimer) -> dict[str, float]:
+        """omniopd, every mode on one path: a prepared batch (forks picked, teacher requests in flight), then
+        `_train_prepared`. Synchronously the batch is prepared with the student's grad forward; with train.overlap
+        by a no-grad pass right after generation, the grad forward then running while the teacher answers. With
+        train.pipeline=1 the next step's rollouts are generated on a thread meanwhile, and their forks picked and
+        sent before this step's update (`_produce`): weights one step old when trained on, so a truncated
+        importance ratio corrects the policy-gradient term."""
         cfg = self.cfg
         prepared, self._prepared = self._prepared, None
-        if prepared is None:  # the first step, or overlap without pipelining: produce it now
+        if prepared is None:  # the first step, or no pipelining: produce it now
             problems = self._next_problems()
             with timer("generate"):
                 rows = self._roll_out(problems)
-            prepared = self._prepare(rows, self.step, timer)
+            prepared = self._prepare(rows, self.step, timer, grad=not (cfg.train.overlap or cfg.train.pipeline))
         producer = None
         if cfg.train.pipeline and self.step + 1 < cfg.train.steps:
             problems, step = self._next_problems(), self.step + 1
@@ -352,15 +232,15 @@ class Trainer:
                 producer.wait()  # never leave a thread generating under an engine about to close
             raise
 
-    def _train_prepared(self, prepared: Prepared, producer: Background | None, timer: _Timer) -> dict[str, float]:
+    def _train_prepared(self, prepared: Prepared, producer: Background | None, timer: StepTimer) -> dict[str, float]:
         cfg = self.cfg
         batch = prepared.batch
-        metrics = self._batch_metrics(batch, prepared.rewards, prepared.logprob, prepared.entropy)
+        metrics = batch_metrics(batch, prepared.rewards, prepared.logprob, prepared.entropy)
 
-        # 2. The student's grad forward (its graph kept for the loss) and the reference, during the teacher wait.
+        # 2. The student's grad forward (its graph kept for the loss; already made when prepared synchronously)
+        #    and the reference, during the teacher wait.
         with timer("forward"):
-            with self._compute():
-                head = model_head(self.model, batch, self.compute_dtype)
+            head = prepared.head if prepared.head is not None else self._student_head(batch)
             with torch.no_grad():
                 ref = model_head(self.ref_model, batch, self.compute_dtype)
                 ratio = None
@@ -370,6 +250,7 @@ class Trainer:
                                                           max_ratio=cfg.train.max_ratio)
                     metrics.update(stats)
                     metrics["pipeline/staleness"] = float(self.step - prepared.version)
+        prepared.head = None  # the graph is used once, by this step's loss
         # 5. Each fork is scored as its answer arrives; the teacher's step deadline bounds this wait.
         scores = StreamedScores(self.similarity, prepared.forks, cfg.audit.num_continuations)
         with timer("teacher_wait"):
@@ -378,10 +259,9 @@ class Trainer:
         timer.seconds["score"] = scores.seconds
         metrics["time/teacher_s"] = prepared.job.seconds  # latency from submit to the last answer
 
-        # 5-6. Targets and the loss (the grad forward's graph is used once, here).
-        loss, obj = self._audited_loss(batch, head, ref, prepared.anchors, prepared.forks, results, prepared.entropy,
-                                       prepared.logprob, prepared.normalizer, prepared.num_chunks, timer, ratio,
-                                       similarity=scores)
+        # 5-6. Targets and the loss.
+        self._check_teacher(results)
+        loss, obj = audited_loss(prepared, head, ref, results, cfg, scores, timer, ratio=ratio)
         metrics.update(obj)
 
         def produce_next() -> None:  # before the optimizer step: the next batch's forks see these weights
@@ -390,7 +270,7 @@ class Trainer:
 
         return self._update(loss, batch, metrics, timer, before_step=produce_next if producer else None)
 
-    def _produce(self, problems: list[Problem], step: int, timer: _Timer) -> Prepared | list[tuple[Problem, Sample]]:
+    def _produce(self, problems: list[Problem], step: int, timer: StepTimer) -> Prepared | list[tuple[Problem, Sample]]:
         """The next step's batch, on the producer thread. One unsharded rank also picks its forks and sends them
         to the teacher there, while this step's forward and backward run (the weights change only after the
         producer is joined); sharded or multi-rank forwards issue collectives, so those ranks do that part on the
@@ -420,34 +300,28 @@ class Trainer:
                                                                            batch.response_mask).item()])[0])
         return batch, rewards, normalizer
 
-    def _prepare(self, rows: list[tuple[Problem, Sample]], step: int, timer: _Timer) -> Prepared:
-        """Pack the rollouts, pick the forks with a no-grad entropy pass at the current weights, send the
-        teacher requests (they answer in the background)."""
-        cfg = self.cfg
+    def _prepare(self, rows: list[tuple[Problem, Sample]], step: int, timer: StepTimer, *,
+                 grad: bool = False) -> Prepared:
+        """Pack the rollouts, pick the forks from an entropy pass at the current weights, send the teacher
+        requests (they answer in the background). `grad`: that pass is the step's grad forward, kept."""
         batch, rewards, normalizer = self._pack(rows)
+        with timer("forward" if grad else "anchors"), torch.set_grad_enabled(grad):
+            head = self._student_head(batch)
         with timer("anchors"):
-            with torch.no_grad(), self._compute():
-                head = model_head(self.model, batch, self.compute_dtype)
             with torch.no_grad():
-                entropy, logprob = losses.entropy_logprob(head, batch.tokens, batch.response_mask)
-            m = num_chunks_at(step, cfg.audit)
-            anchors = select_anchors(entropy, batch.response_mask, m, cfg.audit.chunk_len, cfg.audit.min_entropy)
-            forks = build_forks(batch.responses, anchors.cpu(), self.tokenizer, cfg.audit.chunk_len)
+                entropy, logprob = losses.entropy_logprob(head.detach(), batch.tokens, batch.response_mask)
+            anchors, forks, m = pick_forks(entropy, batch.response_mask, batch.responses, self.tokenizer, step,
+                                           self.cfg)
         with timer("teacher_submit"):  # an API teacher returns at once; a local one answers here
-            job = self.teacher.submit(fork_requests(forks, batch.problems, cfg, step, self.dist.rank))
-        return Prepared(batch, rewards, normalizer, entropy, logprob, anchors, forks, m, job, version=self.step)
+            job = self.teacher.submit(fork_requests(forks, batch.problems, self.cfg, step, self.dist.rank))
+        return Prepared(batch, rewards, normalizer, entropy, logprob, anchors, forks, m, job,
+                        version=self.step, head=head if grad else None)
 
-    def _batch_metrics(self, batch: Batch, rewards: torch.Tensor, logprob: torch.Tensor,
-                       entropy: torch.Tensor) -> dict[str, float]:
-        metrics = self._rollout_metrics(batch, rewards, logprob, entropy)
-        real = int(batch.attention_mask.sum())  # prompt + response tokens the forward actually needed
-        metrics.update({"train/forward_tokens": summed(real),
-                        # what padding to the longest prompt and response would have cost, and what packing left
-                        "train/padding_frac": 1.0 - real / batch.attention_mask.numel(),
-                        "train/packed_padding_frac": pack_sequences(batch, pad_id=0).padding_frac})
-        return metrics
+    def _student_head(self, batch: Batch) -> losses.Head:
+        with self._compute():
+            return model_head(self.model, batch, self.compute_dtype)
 
-    def _update(self, loss: torch.Tensor, batch: Batch, metrics: dict[str, float], timer: _Timer,
+    def _update(self, loss: torch.Tensor, batch: Batch, metrics: dict[str, float], timer: StepTimer,
                 before_step: Callable[[], None] | None = None) -> dict[str, float]:
         """7-8. Backward, clip, optimizer step, weight swap; `before_step` runs just before the weights change."""
         cfg = self.cfg
@@ -486,39 +360,6 @@ class Trainer:
         metrics.update(timer.metrics(tokens=int(batch.response_mask.sum())))
         return self._reduce(metrics)
 
-    def _omniopd_loss(self, batch: Batch, head: losses.Head, ref: losses.Head, entropy: torch.Tensor,
-                      logprob: torch.Tensor, normalizer: float, timer: _Timer) -> tuple[torch.Tensor, dict]:
-        cfg = self.cfg
-        # 3. Forks: up to M non-overlapping peak-entropy chunks per response.
-        m = num_chunks_at(self.step, cfg.audit)
-        anchors = select_anchors(entropy, batch.response_mask, m, cfg.audit.chunk_len, cfg.audit.min_entropy)
-        forks = build_forks(batch.responses, anchors.cpu(), self.tokenizer, cfg.audit.chunk_len)
-        # 4. Speculative verification: N teacher continuations of the prefix before each chunk.
-        requests = fork_requests(forks, batch.problems, cfg, self.step, self.dist.rank)
-        with timer("teacher"):
-            results = self.teacher.generate(requests)
-        return self._audited_loss(batch, head, ref, anchors, forks, results, entropy, logprob, normalizer, m, timer)
-
-    def _audited_loss(self, batch: Batch, head: losses.Head, ref: losses.Head, anchors: torch.Tensor, forks: list,
-                      results: list[TeacherResult], entropy: torch.Tensor, logprob: torch.Tensor, normalizer: float,
-                      m: int, timer: _Timer, ratio: torch.Tensor | None = None,
-                      similarity: Callable[..., torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
-        cfg = self.cfg
-        self._check_teacher(results)
-        # 5. Similarity and the Dirichlet-Multinomial target; chunks with < N texts are dropped, counted.
-        with timer("score"):
-            audit = score_forks(anchors, forks, [r.texts for r in results], logprob, similarity or self.similarity,
-                                n=cfg.audit.num_continuations, alpha=cfg.audit.alpha, chunk_len=cfg.audit.chunk_len,
-                                entropy=entropy, response_mask=batch.response_mask)
-        # 6. Chunk-weighted policy gradient + KL anchor to the base model on every other token.
-        with timer("loss"):
-            loss, metrics = losses.omniopd(head, ref, batch.tokens, batch.response_mask, audit,
-                                           beta=cfg.objective.beta, normalizer=normalizer, ratio=ratio,
-                                           target=cfg.objective.target)
-        metrics["audit/num_chunks_m"] = float(m)
-        metrics["teacher/failed_requests"] = summed(sum(not r.ok for r in results))
-        return loss, metrics
-
     def _check_teacher(self, results: list[TeacherResult]) -> None:
         """A dead teacher is loud: stop after `teacher.max_failed_steps` steps in a row in which every
         request failed on every rank (ranks decide together, so all of them stop at the same step)."""
@@ -537,24 +378,7 @@ class Trainer:
             raise TeacherDeadError(f"the teacher failed every request for {self.teacher_failed_steps} steps in a "
                                    f"row: stopping. Last error: {self.teacher_last_error}")
 
-    # ------------------------------------------------------------------------------------------
-    def _teacher_responses(self, problems: list[Problem]) -> tuple[list[tuple[Problem, Sample]], list[TeacherResult]]:
-        """sft: the teacher writes whole responses (as many as the student's rollouts would be), and the raw
-        results (a failed request contributes no row; `_check_teacher` counts it)."""
-        cfg = self.cfg
-        requests = [TeacherRequest(messages=teacher_messages(p, cfg.data.system_prompt, cfg.teacher.hint), prefix="",
-                                   n=cfg.generation.n, max_tokens=cfg.generation.max_new_tokens,
-                                   temperature=cfg.teacher.temperature, seed=stable_seed(cfg.train.seed, p.id, "sft"),
-                                   key=f"sft {p.id}") for p in problems]
-        results = self.teacher.generate(requests)
-        rows = []
-        for p, result in zip(problems, results):
-            prompt_ids = self.generator.prompt_ids(student_messages(p, cfg.data.system_prompt))
-            for text in result.texts or []:
-                rows.append((p, teacher_sample(prompt_ids, text, self.tokenizer, cfg.generation.max_new_tokens)))
-        return rows, results
-
-    def _skip_without_teacher_rows(self, results: list[TeacherResult], timer: _Timer) -> dict[str, float]:
+    def _skip_without_teacher_rows(self, results: list[TeacherResult], timer: StepTimer) -> dict[str, float]:
         """sft with no teacher response on some rank: every rank skips the update together (a rank with no rows
         cannot join the others' forward and backward), and the step counts as skipped. A teacher that stays dead
         stops the run in `_check_teacher`."""
@@ -563,21 +387,6 @@ class Trainer:
                    "teacher/failed_requests": summed(sum(not r.ok for r in results))}
         metrics.update(timer.metrics(tokens=0))
         return self._reduce(metrics)
-
-    def _teacher_logprobs(self, batch: Batch) -> torch.Tensor:
-        """opd: the white-box teacher's log-probs `[B, T]` of the student's tokens, in the teacher's own context
-        (from its hidden states through the fused head, in its dtype)."""
-        if not hasattr(self.teacher, "token_logprobs"):
-            raise RuntimeError("objective.name=opd needs teacher.kind=local (a teacher that exposes log-probs)")
-        cfg = self.cfg
-        prompts = [self.generator.prompt_ids(teacher_messages(p, cfg.data.system_prompt, cfg.teacher.hint))
-                   for p in batch.problems]
-        teacher_batch = pack(batch.problems, [Sample(p, s.token_ids, s.text, s.finish_reason, s.logprobs)
-                                              for p, s in zip(prompts, batch.samples)],
-                             self.tokenizer.pad_token_id, self.dist.device)
-        logp = self.teacher.token_logprobs(teacher_batch.input_ids, teacher_batch.attention_mask,
-                                           start=teacher_batch.prompt_width)
-        return logp.to(self.dist.device)
 
     def _compute(self) -> contextlib.AbstractContextManager:
         """The student's forward in the compute dtype: FSDP2 casts sharded weights itself; unsharded fp32
@@ -598,20 +407,6 @@ class Trainer:
         # One gathered tensor at a time (full_tensors), so no rank holds the state dict twice.
         if self.sharded or self.generator.backend != "hf":
             self.generator.update_weights(full_tensors(self.model))
-
-    def _rollout_metrics(self, batch: Batch, rewards: torch.Tensor, logprob: torch.Tensor,
-                         entropy: torch.Tensor) -> dict[str, float]:
-        mask = batch.response_mask
-        sampler = torch.zeros_like(logprob)
-        for i, s in enumerate(batch.samples):
-            sampler[i, :len(s.logprobs)] = torch.tensor(s.logprobs, dtype=torch.float32)
-        n_tok = mask.sum().clamp(min=1)
-        return {"rollout/reward_mean": rewards.mean().item(),
-                "rollout/response_len_mean": mask.sum(1).float().mean().item(),
-                "rollout/truncated_frac": sum(s.finish_reason == "length" for s in batch.samples) / len(batch.samples),
-                "rollout/entropy_mean": (entropy * mask).sum().item() / n_tok.item(),
-                # rollout-vs-trainer log-prob mismatch (only meaningful at temperature 1, top_p 1)
-                "rollout/logprob_mismatch": ((sampler - logprob).abs() * mask).sum().item() / n_tok.item()}
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         """Each metric combined over ranks as its producer declared it (`runlog.Metric`), in one collective."""
@@ -635,14 +430,25 @@ class Trainer:
         return {"eval/accuracy": summary["pass@1"], "eval/response_len_mean": summary["mean_tokens"],
                 "eval/repetition_mean": summary["mean_repetition"]}
 
-    def save(self) -> Path:
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs besides the model and optimizer (which `checkpoint` saves sharded)."""
         stream = self.stream.state_dict()
         if self._prepared is not None:  # train.pipeline: the next batch is drawn, not trained on; a resume redraws it
             stream["position"] -= self.cfg.train.batch_size
-        extra = {"step": self.step, "scheduler": self.scheduler.state_dict(), "stream": stream,
-                 "rng": checkpoint.rng_state(), "nonfinite_steps": self.nonfinite_steps,
-                 "teacher_failed_steps": self.teacher_failed_steps, "teacher_last_error": self.teacher_last_error}
-        return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, extra,
+        return {"step": self.step, "scheduler": self.scheduler.state_dict(), "stream": stream,
+                "rng": checkpoint.rng_state(), "nonfinite_steps": self.nonfinite_steps,
+                "teacher_failed_steps": self.teacher_failed_steps, "teacher_last_error": self.teacher_last_error}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.nonfinite_steps = state["step"], state["nonfinite_steps"]
+        self.teacher_failed_steps = state.get("teacher_failed_steps", 0)  # absent in older checkpoints
+        self.teacher_last_error = state.get("teacher_last_error", "")
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stream.load_state_dict(state["stream"])
+        checkpoint.set_rng_state(state["rng"])
+
+    def save(self) -> Path:
+        return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, self.state_dict(),
                                keep=self.cfg.checkpoint.keep)
 
     def _resume(self) -> None:
@@ -653,13 +459,7 @@ class Trainer:
             self.log.print(f"--resume: no checkpoint under {self.out / 'checkpoints'}, starting fresh")
             return
         step, path = found[-1]
-        extra = checkpoint.load(path, self.model, self.optimizer)
-        self.step, self.nonfinite_steps = extra["step"], extra["nonfinite_steps"]
-        self.teacher_failed_steps = extra.get("teacher_failed_steps", 0)  # absent in older checkpoints
-        self.teacher_last_error = extra.get("teacher_last_error", "")
-        self.scheduler.load_state_dict(extra["scheduler"])
-        self.stream.load_state_dict(extra["stream"])
-        checkpoint.set_rng_state(extra["rng"])
+        self.load_state_dict(checkpoint.load(path, self.model, self.optimizer))
         self._sync_generator()
         self.log.print(f"resumed from {path} at step {step}")
 
@@ -699,7 +499,7 @@ class Trainer:
         return bool(parallel.all_reduce_sum([mine])[0] > 0)
 
     def __enter__(self) -> Trainer:
-        self._stop_signals = _StopSignals().install()
+        self._stop_signals = StopSignals().install()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -717,68 +517,3 @@ class Trainer:
         except Exception as cleanup:  # noqa: BLE001 - the original error is re-raised by `with`
             print(f"omniopd: clean-up after the error below also failed: {type(cleanup).__name__}: {cleanup}",
                   file=sys.stderr, flush=True)
-
-
-class _StopSignals:
-    """Ctrl-C / SIGTERM as a request: the first one lets the running step finish, then fit() saves a checkpoint
-    and exits non-zero; a second one interrupts at once. A KeyboardInterrupt raised at an arbitrary point can
-    land inside a finalizer (`__del__`, a weakref callback), where Python prints it and drops it: the run then
-    trained on to the end and exited 0."""
-
-    ECHO_S = 1.0  # a repeat this soon is the same request: torchrun forwards the terminal's Ctrl-C to ranks
-    # that already got it from the terminal (run torchrun with --shutdown_timeout longer than a step, or it
-    # kills the ranks before they save)
-
-    def __init__(self):
-        self.requested = False
-        self._first = 0.0
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:
-            if time.monotonic() - self._first > self.ECHO_S:
-                raise KeyboardInterrupt
-            return
-        self.requested, self._first = True, time.monotonic()
-        print(f"omniopd: {signal.Signals(signum).name} received: stopping after this step with a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
-
-
-class _Timer:
-    """Wall time per phase of one step."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._start = time.perf_counter()
-
-    def __call__(self, phase: str) -> _Phase:
-        return _Phase(self, phase)
-
-    def metrics(self, tokens: int) -> dict[str, float]:
-        total = time.perf_counter() - self._start
-        out = {f"time/{k}_s": maximum(v) for k, v in self.seconds.items()}  # the slowest rank sets the pace
-        out["time/step_s"] = maximum(total)
-        out["throughput/tokens_per_s"] = summed(tokens / total if total > 0 else math.nan)  # all ranks' tokens
-        return out
-
-
-class _Phase:
-    def __init__(self, timer: _Timer, name: str):
-        self.timer, self.name = timer, name
-
-    def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.timer.seconds[self.name] = self.timer.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0

@@ -37,6 +37,7 @@ def test_gpu_step_small_runs_real_steps_on_cpu(tmp_path):
         floor_s = float(cell["trainer FLOP floor s"])
         assert step_s > trainer_s > 0 and floor_s > 0
         assert float(cell["loss s"]) > 0  # the objective is its own phase
+    assert "median loss phase" in out.read_text()  # the fused loss's time, readable on a GPU
 
 
 def test_cpu_step_memory_small_fused_peak_below_logits(tmp_path):

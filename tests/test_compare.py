@@ -148,3 +148,15 @@ def test_two_runners_sharing_a_results_folder_keep_each_others_runs(tmp_path, mo
     results = json.loads(results_path.read_text())
     assert sorted(results["runs"]) == ["rl/seed0", "sft/seed0"] and results["missing"] == []
     assert "| rl | 0 |" in (results_path.parent / "matrix.md").read_text()
+
+
+def test_run_directories_are_recorded_relative_to_the_repository():
+    """No machine's path in committed results: new runs record `--log.dir` relative to the repository (the runs
+    start there), and the committed matrix.json holds no absolute path."""
+    matrix = compare.load_matrix(REPO / "experiments" / "matrix.toml")
+    for run in compare.plan(matrix, matrix.budgets["cpu"], REPO / "runs" / "compare"):
+        [log_dir] = [a.split("=", 1)[1] for a in run.argv if a.startswith("--log.dir=")]
+        assert not Path(log_dir).is_absolute() and (REPO / log_dir).resolve() == run.dir.resolve()
+    for path in (REPO / "experiments" / "results").glob("*/matrix.json"):
+        for record in json.loads(path.read_text())["runs"].values():
+            assert not any(a.startswith("--log.dir=/") for a in record["argv"]), (path, record["argv"])

@@ -11,10 +11,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from omniopd import assets
 from omniopd.audit import AuditResult
+from omniopd.batch import pack, response_logits
 from omniopd.config import load_config
 from omniopd.data import Problem
 from omniopd.rollout.student import Sample
-from omniopd.trainer import Trainer, pack, response_logits
+from omniopd.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +149,7 @@ def _objective(name, student, ref, batch, teacher_logprobs):
 @pytest.mark.parametrize("objective", ["omniopd", "opd", "sft", "rl"])
 def test_fused_step_equals_logits_form_on_the_bundled_student(student_and_reference, objective):
     """Loss, every parameter's gradient and every metric: hidden states + fused head == HF logits + kernels."""
-    from omniopd.trainer import model_head
+    from omniopd.batch import model_head
 
     model, ref_model, tok = student_and_reference
     batch = _real_batch(tok)
@@ -239,14 +240,14 @@ def test_a_failure_inside_a_step_is_the_error_the_user_sees(tiny, tmp_path, monk
 def test_packed_forward_equals_each_sequence_alone(student_and_reference):
     """Sequences packed back to back with restarting position ids (transformers' SDPA masks them apart):
     every response row's hidden state equals the sequence run alone, unpadded."""
-    from omniopd.trainer import pack_sequences, response_hidden
+    from omniopd.batch import response_hidden
 
     model, _, tok = student_and_reference
     rows = [([1, 2, 3], [4, 5]), (list(range(10, 20)), list(range(30, 38))), ([7, 8, 9, 10], [11, 12, 13]),
             ([5, 6], [7])]
     samples = [Sample(p, r, "", "stop", [0.0] * len(r)) for p, r in rows]
     batch = pack([Problem(str(i), "q", "1") for i in range(4)], samples, tok.pad_token_id, torch.device("cpu"))
-    packed = pack_sequences(batch, pad_id=0)
+    packed = batch.packed  # built once, by pack
     assert packed.input_ids.shape == (2, 18)  # the 18-token sequence alone, the other three share a row
     assert packed.padding_frac == pytest.approx(1 - 33 / 36)  # padded to [4, 10 + 8] it would be 1 - 33 / 72
     with torch.no_grad():

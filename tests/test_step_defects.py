@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from omniopd.audit import Fork
+from omniopd.audit import Fork, fork_requests
+from omniopd.baselines import teacher_sample
 from omniopd.config import Config, ConfigError, load_config
 from omniopd.data import Problem
 from omniopd.rollout.teachers.cache import cache_key
-from omniopd.trainer import fork_requests, teacher_sample
 
 
 def _key(request) -> str:

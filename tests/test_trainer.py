@@ -42,9 +42,9 @@ def test_packed_response_logits_match_unpadded_forwards():
     import torch
 
     from omniopd import assets
+    from omniopd.batch import pack, response_logits
     from omniopd.data import Problem
     from omniopd.rollout.student import Sample
-    from omniopd.trainer import pack, response_logits
 
     model, tok = assets.load_student()
     rows = [([1, 2, 3, 4, 5], [6, 7, 8]), ([9, 10], [11, 12, 13, 14, 15])]
@@ -180,10 +180,10 @@ def test_interrupt_saves_a_checkpoint_first(tmp_path, sig):
 def test_a_second_stop_signal_interrupts_at_once_but_an_echo_does_not():
     """torchrun forwards the terminal's Ctrl-C to ranks that got it already: a repeat within ECHO_S is the same
     request; a later one raises KeyboardInterrupt where the run is. Leaving restores the old handlers."""
-    from omniopd.trainer import _StopSignals
+    from omniopd.signals import StopSignals
 
     before = signal.getsignal(signal.SIGTERM)
-    stop = _StopSignals().install()
+    stop = StopSignals().install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested

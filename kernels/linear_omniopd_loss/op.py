@@ -54,6 +54,27 @@ class LinearOmniOPDSumFunction(torch.autograd.Function):
         return d_hidden, d_weight, None, None, None, None, None, None, None
 
 
+class LinearOmniOPDTermsFunction(torch.autograd.Function):
+    """`linear_omniopd_loss_terms` on the `triton` path: `LinearOmniOPDSumFunction` that also returns its
+    policy-gradient and KL sums (no gradient through those two)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, ref_hidden, ref_weight, tokens, weights, kl_mask, beta, temperature):
+        from . import triton_impl
+
+        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        (pg, kl), dh, dw = triton_impl.terms_with_grads(hidden, weight, ref_hidden, ref_weight, tokens, weights,
+                                                        kl_mask, beta, temperature, need)
+        ctx.save_for_backward(dh, dw)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(pg, kl)
+        return pg + kl, pg, kl
+
+    @staticmethod
+    def backward(ctx, g, _g_pg, _g_kl):
+        return LinearOmniOPDSumFunction.backward(ctx, g)
+
+
 def _check_heads(hidden, weight, ref_hidden, ref_weight, tokens, temperature, backend) -> tuple[float, str]:
     check_head("hidden", hidden, "weight", weight)
     check_head("ref_hidden", ref_hidden, "ref_weight", ref_weight)
@@ -106,3 +127,31 @@ def linear_omniopd_loss(
     lp, kl = LinearLogprobKLFunction.apply(hidden, weight, ref_hidden.detach(), ref_weight.detach(), tokens,
                                            temperature, resolved)
     return combine(lp, kl, weights, kl_mask, beta, reduction)
+
+
+def linear_omniopd_loss_terms(
+    hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor,
+    tokens: torch.Tensor, weights: torch.Tensor, kl_mask: torch.Tensor, beta: float, *,
+    temperature: float = 1.0, backend: LinearBackend = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(loss, pg, kl)`: `linear_omniopd_loss(reduction="sum")` with its two terms, for metrics, at the cost of
+    the summed loss (no per-token output).
+
+    `pg = Σ -weights·log π(y)` and `kl = Σ beta·kl_mask·KL(π_ref ‖ π)` are detached fp32 scalars and
+    `loss = pg + kl` carries the gradient to hidden and weight. A row whose coefficient is 0 adds 0 to its
+    term even where its log-prob is -inf (padding rows). On `backend="triton"` (the CUDA default) the
+    gradients are made in the forward, as for `reduction="sum"`.
+    """
+    check_head("hidden", hidden, "weight", weight)
+    n, v = hidden.shape[0], weight.shape[0]
+    check_loss_vectors(tokens, weights, kl_mask, beta, n, v, hidden.device)
+    temperature, resolved = _check_heads(hidden, weight, ref_hidden, ref_weight, tokens, temperature, backend)
+    if resolved == "triton":
+        return LinearOmniOPDTermsFunction.apply(hidden, weight, ref_hidden.detach(), ref_weight.detach(), tokens,
+                                                weights.detach(), kl_mask.detach(), float(beta), temperature)
+    lp, kl = LinearLogprobKLFunction.apply(hidden, weight, ref_hidden.detach(), ref_weight.detach(), tokens,
+                                           temperature, resolved)
+    g_lp, g_kl = -weights.detach().float(), float(beta) * kl_mask.detach().float()
+    pg = torch.where(g_lp != 0, g_lp * lp, 0.0).sum()
+    kl = torch.where(g_kl != 0, g_kl * kl, 0.0).sum()
+    return pg + kl, pg.detach(), kl.detach()
