@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from omniopd import assets, checkpoint, losses, parallel
+from omniopd import assets, checkpoint, faults, losses, parallel, resume_rules
 from omniopd.audit import build_forks, get_similarity, num_chunks_at, score_forks, select_anchors
 from omniopd.config import Config
 from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
@@ -268,7 +268,9 @@ class Trainer:
                     self.log.log(self.step, held_out)
             if self._stop_requested():  # a signal during the last step
                 raise KeyboardInterrupt
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
+            if isinstance(stop, faults.StopNow):  # a second signal: the step in flight is half done, never saved
+                raise
             self.log.print(f"interrupted at step {self.step}: saving a checkpoint before exiting")
             self.save()
             raise
@@ -643,21 +645,22 @@ class Trainer:
                  "rng": checkpoint.rng_state(), "nonfinite_steps": self.nonfinite_steps,
                  "teacher_failed_steps": self.teacher_failed_steps, "teacher_last_error": self.teacher_last_error}
         return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, extra,
-                               keep=self.cfg.checkpoint.keep)
+                               keep=self.cfg.checkpoint.keep, config=self.cfg.to_dict())
 
     def _resume(self) -> None:
         if not self.cfg.checkpoint.resume:
             return
-        found = checkpoint.checkpoints(self.out / "checkpoints")
-        if not found:
+        found, _ = checkpoint.newest_intact(self.out / "checkpoints")  # preflight said what it skipped
+        if found is None:
             self.log.print(f"--resume: no checkpoint under {self.out / 'checkpoints'}, starting fresh")
             return
-        step, path = found[-1]
+        step, path = found
         extra = checkpoint.load(path, self.model, self.optimizer)
         self.step, self.nonfinite_steps = extra["step"], extra["nonfinite_steps"]
         self.teacher_failed_steps = extra.get("teacher_failed_steps", 0)  # absent in older checkpoints
         self.teacher_last_error = extra.get("teacher_last_error", "")
         self.scheduler.load_state_dict(extra["scheduler"])
+        resume_rules.apply_optim(self.optimizer, self.scheduler, self.cfg.optim)  # this run's rate, not the saved one
         self.stream.load_state_dict(extra["stream"])
         checkpoint.set_rng_state(extra["rng"])
         self._sync_generator()
@@ -675,7 +678,8 @@ class Trainer:
         if self.dist.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             if self.cfg.checkpoint.export:
-                path = checkpoint.export_hf(state, self.student_path, self.out / "export", self.tokenizer)
+                path = checkpoint.export_hf(state, self.student_path, self.out / "export", self.tokenizer,
+                                            overwrite=self.cfg.export.overwrite)
                 self.log.print(f"exported the student to {path}")
             if self.cfg.log.plots and (self.out / "metrics.jsonl").exists():
                 png = plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
@@ -748,8 +752,9 @@ class _StopSignals:
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
             if time.monotonic() - self._first > self.ECHO_S:
-                raise KeyboardInterrupt
+                raise faults.StopNow(signum)
             return
+        faults.note_signal(signum)
         self.requested, self._first = True, time.monotonic()
         print(f"omniopd: {signal.Signals(signum).name} received: stopping after this step with a checkpoint "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
