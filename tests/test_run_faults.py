@@ -337,3 +337,21 @@ def test_a_stop_signal_finishes_the_step_checkpoints_and_exits_with_its_code(tin
     [(step, path)] = checkpoints(out / "checkpoints")
     assert verify(path) is None and _steps_once(out) == list(range(1, step + 1))
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_second_stop_signal_stops_at_once_without_a_checkpoint(tiny, tmp_path):
+    """Long responses keep step 2 in flight for seconds: the second SIGTERM (past the echo window) lands in it."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(tiny, out, "--train.steps=60", "--checkpoint.every=0",
+                                 "--generation.max_new_tokens=1024"),
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, out, 1)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("omniopd.train: error: stopped at once by a second SIGTERM")
+    assert checkpoints(out / "checkpoints") == [] and _steps_once(out) == [1]
+    assert not (out / LOCK_NAME).exists()
