@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from omniopd.checkpoint_files import (
@@ -82,10 +83,10 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
             if config is not None:
                 (tmp / CONFIG).write_text(json.dumps(config, indent=1))
             write_manifest(tmp)
-    except (OSError, RuntimeError) as e:  # a full disk, a file-size limit: torch reports them as RuntimeError
+    except (OSError, RuntimeError, CheckpointException) as e:  # a full disk, a file-size limit
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _reason(e)
         raise CheckpointError(f"{tmp}: writing the step-{step} checkpoint failed ({reason}); the partial folder "
                               "was removed and the earlier checkpoints are untouched") from e
     if rank == 0:
@@ -113,11 +114,18 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
         dcp.load(state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         return torch.load(path / f"trainer_state_rank{dist.get_rank()}.pt", weights_only=False)
-    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, CheckpointException) as e:
         # The manifest check runs before this; what still fails here is a checkpoint of another model (a
         # shape mismatch) or one damaged in a way sizes and checksums cannot see.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot restore this checkpoint ({type(e).__name__}: {reason[:300]})") from e
+        raise CheckpointError(f"{path}: cannot restore this checkpoint ({_reason(e)})") from e
+
+
+def _reason(e: BaseException) -> str:
+    """One line for an I/O failure; DCP wraps each rank's in a CheckpointException whose text is tracebacks."""
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
 
 
 def export_hf(full_state: dict[str, torch.Tensor], base_path: str, out: Path, tokenizer: Any,
