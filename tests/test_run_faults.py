@@ -264,6 +264,9 @@ def test_damaged_checkpoints_are_skipped_then_an_old_one_resumes_with_a_warning(
     (ckpt / "step_000002" / ".metadata").write_bytes(b"")  # an emptied metadata file
     for name in ("manifest.json", "config.json"):  # step 1 as a checkpoint written before manifests existed
         (ckpt / "step_000001" / name).unlink()
+    partial = ckpt / "step_000004.tmp"  # what a kill -9 during a save leaves
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"half a shard")
     proc = _train(tiny, out, "--train.steps=2", "--resume")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"skipping damaged checkpoint {ckpt / 'step_000003'}: {shard.name} is" in proc.stdout
@@ -272,6 +275,7 @@ def test_damaged_checkpoints_are_skipped_then_an_old_one_resumes_with_a_warning(
     assert f"resumed from {ckpt / 'step_000001'} at step 1" in proc.stdout + proc.stderr
     assert _steps_once(out) == [1, 2]
     assert verify(ckpt / "step_000002") is None  # written again, complete
+    assert [s for s, _ in checkpoints(ckpt)] == [1, 2, 3]  # the partial save was never taken for a checkpoint
 
 
 @pytest.mark.parametrize("damage", ["trainer state truncated", "file missing"])
