@@ -107,8 +107,8 @@ def check_teacher(cfg: Config) -> None:
             listing = reply.read(1 << 20)
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            raise RunFault(f"teacher.base_url={base}: the server refused the key in ${t.api_key_env} "
-                           f"(HTTP {e.code})") from e
+            which = f"the key in ${t.api_key_env}" if key else f"a request without a key (${t.api_key_env} is not set)"
+            raise RunFault(f"teacher.base_url={base}: the server refused {which} (HTTP {e.code})") from e
         return  # it answers; no listing offered (404) or not to us: the first request will tell
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
