@@ -4,13 +4,23 @@ Layout under `<log.dir>/checkpoints/`: `step_000012/` holds the DCP shards of mo
 `trainer_state.pt` (step, scheduler, data position, per-rank RNG states). A checkpoint is written into
 `step_000012.tmp/` and renamed once every rank has finished, so a run killed mid-save resumes from
 the previous complete one.
+
+Each complete checkpoint also holds `config.json` (the run's full config: what resume compares against)
+and `manifest.json` (every file's size, and a SHA-256 of the small ones). A new checkpoint is verified
+against its manifest before any older one is pruned; resume takes the newest one that verifies and says
+which it skipped and why (`newest_intact`). A write failure (a full disk, a file-size limit) removes the
+partial `.tmp` folder and is reported naming it; the earlier checkpoints stay as they were.
+
+The HF export goes to a temporary folder first and replaces `<log.dir>/export` only if that is absent or
+holds nothing but an earlier export of ours (its `.omniopd-export` marker lists the files it wrote).
 """
 
 from __future__ import annotations
 
+import json
 import random
-import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +29,22 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+from omniopd.checkpoint_files import (
+    CONFIG,
+    EXPORT_MARKER,
+    MANIFEST,
+    CheckpointError,
+    ExportTargetError,
+    checkpoints,
+    export_problem,
+    newest_intact,
+    saved_config,
+    verify,
+    write_manifest,
+)
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,33 +62,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
 def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-         extra: dict[str, Any], keep: int) -> Path:
-    """Collective: every rank calls it. `extra` is this rank's non-tensor state (RNG, data, scheduler)."""
+         extra: dict[str, Any], keep: int, config: dict[str, Any] | None = None) -> Path:
+    """Collective: every rank calls it. `extra` is this rank's non-tensor state (RNG, data, scheduler);
+    `config` the run's full config (`Config.to_dict()`), stored for resume to compare against."""
     rank, world = dist.get_rank(), dist.get_world_size()
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp"
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save(extra, tmp / f"trainer_state_rank{rank}.pt")
+        dist.barrier()
+        if rank == 0:
+            (tmp / "world_size").write_text(str(world))
+            if config is not None:
+                (tmp / CONFIG).write_text(json.dumps(config, indent=1))
+            write_manifest(tmp)
+    except (OSError, RuntimeError, CheckpointException) as e:  # a full disk, a file-size limit
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = _reason(e)
+        raise CheckpointError(f"{tmp}: writing the step-{step} checkpoint failed ({reason}); the partial folder "
+                              "was removed and the earlier checkpoints are untouched") from e
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(extra, tmp / f"trainer_state_rank{rank}.pt")
-    dist.barrier()
-    if rank == 0:
-        (tmp / "world_size").write_text(str(world))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        problem = verify(final)  # before anything older goes: never prune down to a bad checkpoint
+        if problem is not None:
+            raise CheckpointError(f"{final}: the new checkpoint does not verify ({problem}); older ones kept")
         for _, old in checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -76,29 +106,61 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
     """Collective: restore model + optimizer in place, return this rank's `extra` state."""
     saved_world = int((path / "world_size").read_text())
     if saved_world != dist.get_world_size():
-        raise RuntimeError(f"{path}: saved with {saved_world} ranks, resuming with {dist.get_world_size()}; "
-                           "resume with the same world size")
+        raise CheckpointError(f"{path}: saved with {saved_world} ranks, resuming with {dist.get_world_size()}; "
+                              "resume with the same world size")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return torch.load(path / f"trainer_state_rank{dist.get_rank()}.pt", weights_only=False)
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        return torch.load(path / f"trainer_state_rank{dist.get_rank()}.pt", weights_only=False)
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, CheckpointException) as e:
+        # The manifest check runs before this; what still fails here is a checkpoint of another model (a
+        # shape mismatch) or one damaged in a way sizes and checksums cannot see.
+        raise CheckpointError(f"{path}: cannot restore this checkpoint ({_reason(e)})") from e
 
 
-def export_hf(full_state: dict[str, torch.Tensor], base_path: str, out: Path, tokenizer: Any) -> Path:
-    """Write the trained student as an HF folder (safetensors) that transformers and vLLM load."""
+def _reason(e: BaseException) -> str:
+    """One line for an I/O failure; DCP wraps each rank's in a CheckpointException whose text is tracebacks."""
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
+def export_hf(full_state: dict[str, torch.Tensor], base_path: str, out: Path, tokenizer: Any,
+              overwrite: bool = False) -> Path:
+    """Write the trained student as an HF folder (safetensors) that transformers and vLLM load. It goes to a
+    temporary folder beside `out` and replaces `out` only when `export_problem(out)` is None or `overwrite`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    problem = export_problem(out)
+    if problem and not overwrite:
+        raise ExportTargetError(f"{problem}: not replacing it (use --export.overwrite=true, or move it away)")
     config = AutoConfig.from_pretrained(base_path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(full_state, assign=True, strict=False)
     model.tie_weights()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".tmp", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"files": files}, indent=1))
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".old", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+__all__ = ["CONFIG", "EXPORT_MARKER", "MANIFEST", "CheckpointError", "ExportTargetError", "checkpoints", "export_hf",
+           "export_problem", "load", "newest_intact", "rng_state", "save", "saved_config", "set_rng_state", "verify",
+           "write_manifest"]

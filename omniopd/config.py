@@ -352,6 +352,14 @@ class CheckpointConfig(Section):
 
 
 @dataclass
+class ExportConfig(Section):
+    section: ClassVar[str] = "export"
+
+    overwrite: bool = doc("Replace <log.dir>/export even when it holds files an earlier export of ours did not "
+                          "write (by default such a folder is refused before training starts).", False)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -364,6 +372,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         self.check_across()

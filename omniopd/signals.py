@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+from omniopd import faults
+
 
 class StopSignals:
     """Ctrl-C / SIGTERM as a request: the first one lets the running step finish, then fit() saves a checkpoint
@@ -38,8 +40,9 @@ class StopSignals:
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
             if time.monotonic() - self._first > self.ECHO_S:
-                raise KeyboardInterrupt
+                raise faults.StopNow(signum)
             return
+        faults.note_signal(signum)
         self.requested, self._first = True, time.monotonic()
         print(f"omniopd: {signal.Signals(signum).name} received: stopping after this step with a checkpoint "
               "(send it again to stop at once)", file=sys.stderr, flush=True)

@@ -5,14 +5,53 @@ without training (omniopd/dryrun.py).
 
 With no arguments it runs the built-in offline default (bundled SmolLM2 student and teacher, bundled
 MiniLM for phi, the built-in addition task) and writes logs, a checkpoint, an HF export and plots.
+
+Exit codes: 0 done; 2 a fault you can fix (one line names the key, file and line, path or URL); 130 / 143
+stopped by SIGINT / SIGTERM (after a checkpoint, unless the signal came twice); 1 a bug of ours (traceback).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from omniopd.config import ConfigError, help_text, load_config
+from omniopd import faults
+from omniopd.config import help_text, load_config
 from omniopd.runlog import quiet_libraries
+
+
+def _say(message: str) -> None:
+    print(f"omniopd: {message}", flush=True)
+
+
+def _error(message: str) -> None:
+    print(f"omniopd.train: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def _run(argv: list[str]) -> int:
+    cfg = load_config(argv)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if cfg.train.dry_run:  # a cost estimate: it takes no lock and touches no run state
+        quiet_libraries(cfg.log.verbosity)
+        from omniopd import dryrun
+
+        return dryrun.run(cfg)
+    from omniopd.preflight import preflight  # light: no torch
+
+    lock = preflight(cfg, rank=rank, say=_say if rank == 0 else lambda _: None)
+    try:
+        quiet_libraries(cfg.log.verbosity)  # before vLLM and transformers are imported: they read it then
+        from omniopd import dryrun
+        from omniopd.trainer import Trainer  # heavy imports only once the inputs are checked
+
+        with Trainer(cfg) as trainer:
+            summary = trainer.fit()
+            if trainer.dist.is_main:
+                dryrun.report_beside(cfg, summary)
+    finally:
+        if lock is not None:
+            lock.release()
+    return faults.EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,22 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     if "--dry-run" in argv:
         argv = [a for a in argv if a != "--dry-run"] + ["--train.dry_run=true"]
     try:
-        cfg = load_config(argv)
-    except ConfigError as e:
-        print(f"omniopd.train: error: {e}", file=sys.stderr)
-        return 2
-    quiet_libraries(cfg.log.verbosity)  # before vLLM and transformers are imported: they read it then
-    from omniopd import dryrun
-
-    if cfg.train.dry_run:
-        return dryrun.run(cfg)
-    from omniopd.trainer import Trainer  # heavy imports only once the config is valid
-
-    with Trainer(cfg) as trainer:
-        summary = trainer.fit()
-        if trainer.dist.is_main:
-            dryrun.report_beside(cfg, summary)
-    return 0
+        return _run(argv)
+    except faults.StopNow as stop:
+        _error(f"stopped at once by a second {faults.stop_signal_name()}: no checkpoint of the step in flight "
+               "(--resume continues from the newest intact one)")
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        _error(f"stopped by {faults.stop_signal_name()} after saving a checkpoint (continue with --resume)"
+               if faults.received_signal() else "stopped by SIGINT before training started")
+        return faults.stop_exit_code()
+    except faults.user_fault_types() as e:
+        _error(str(e))
+        return faults.EXIT_USER
 
 
 if __name__ == "__main__":

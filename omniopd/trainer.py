@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from omniopd import assets, baselines, checkpoint, losses, parallel
+from omniopd import assets, baselines, checkpoint, faults, losses, parallel, resume_rules
 from omniopd.audit import fork_requests, get_similarity, pick_forks
 from omniopd.audit.loss import audited_loss
 from omniopd.batch import Batch, batch_metrics, model_head, pack
@@ -148,7 +148,9 @@ class Trainer:
                     self.log.log(self.step, held_out)
             if self._stop_requested():  # a signal during the last step
                 raise KeyboardInterrupt
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
+            if isinstance(stop, faults.StopNow):  # a second signal: the step in flight is half done, never saved
+                raise
             self.log.print(f"interrupted at step {self.step}: saving a checkpoint before exiting")
             self.save()
             raise
@@ -449,17 +451,18 @@ class Trainer:
 
     def save(self) -> Path:
         return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, self.state_dict(),
-                               keep=self.cfg.checkpoint.keep)
+                               keep=self.cfg.checkpoint.keep, config=self.cfg.to_dict())
 
     def _resume(self) -> None:
         if not self.cfg.checkpoint.resume:
             return
-        found = checkpoint.checkpoints(self.out / "checkpoints")
-        if not found:
+        found, _ = checkpoint.newest_intact(self.out / "checkpoints")  # preflight said what it skipped
+        if found is None:
             self.log.print(f"--resume: no checkpoint under {self.out / 'checkpoints'}, starting fresh")
             return
-        step, path = found[-1]
+        step, path = found
         self.load_state_dict(checkpoint.load(path, self.model, self.optimizer))
+        resume_rules.apply_optim(self.optimizer, self.scheduler, self.cfg.optim)  # this run's rate, not the saved one
         self._sync_generator()
         self.log.print(f"resumed from {path} at step {step}")
 
@@ -475,7 +478,8 @@ class Trainer:
         if self.dist.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             if self.cfg.checkpoint.export:
-                path = checkpoint.export_hf(state, self.student_path, self.out / "export", self.tokenizer)
+                path = checkpoint.export_hf(state, self.student_path, self.out / "export", self.tokenizer,
+                                            overwrite=self.cfg.export.overwrite)
                 self.log.print(f"exported the student to {path}")
             if self.cfg.log.plots and (self.out / "metrics.jsonl").exists():
                 png = plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")

@@ -98,6 +98,15 @@ def _as_text(value: Any) -> str:
     return str(value).strip()
 
 
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _kinds(values: list) -> str:
+    names = {"dict": "an object", "list": "a list", "bool": "true/false"}
+    return ", ".join(sorted({names.get(type(v).__name__, type(v).__name__) for v in values if not _scalar(v)}))
+
+
 def _strip_dollars(text: str) -> str:
     text = text.strip()
     return text[1:-1].strip() if len(text) >= 2 and text[0] == text[-1] == "$" else text
@@ -120,7 +129,11 @@ def math_answer(row: dict, where: str, override: str | None = None) -> str:
     if isinstance(value, list):  # OlympiadBench: a list of (usually one) answers
         if not value:
             raise DataError(f"{where}: empty answer list")
+        if not all(_scalar(v) for v in value):
+            raise DataError(f"{where}: the answer list must hold text or numbers, got {_kinds(value)}")
         return ", ".join(_strip_dollars(_as_text(v)) for v in value)
+    elif not _scalar(value):  # a JSON object's text would be graded as if it were the answer
+        raise DataError(f"{where}: the answer must be text or a number, got {_kinds([value])}")
     text = _as_text(value)
     if "####" in text:  # GSM8K: rationale, then "#### N"
         text = gold_from_solution(text) or ""
@@ -175,6 +188,8 @@ def load_problems(path: str | Path, suite: Suite = "math", *, question_field: st
             (row[k] for k in ID_FIELDS if row.get(k) is not None), index)
         if id_value is None:
             raise DataError(f"{where}: missing id field '{id_field}'")
+        if not _scalar(id_value):
+            raise DataError(f"{where}: the id must be text or a number, got {_kinds([id_value])}")
         pid = _as_text(id_value)
         if pid in seen:
             raise DataError(f"{where}: duplicate id '{pid}' (first at {seen[pid]}); choose --id-field")

@@ -1,0 +1,134 @@
+"""The parts behind the fault suite, in-process and fast: the run-folder lock, the resume rules, checkpoint
+manifests and the export target check (tests/test_run_faults.py runs them through real trainer processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from omniopd.checkpoint_files import EXPORT_MARKER, export_problem, newest_intact, verify, write_manifest
+from omniopd.config import Config
+from omniopd.resume_rules import SAFE_TO_CHANGE, ResumeConfigError, apply_optim, compare, truncate_metrics
+from omniopd.runlock import LOCK_NAME, RunLock, RunLockError
+
+
+def test_a_held_lock_refuses_a_second_owner_and_a_clean_release_removes_it(tmp_path):
+    first = RunLock(tmp_path).acquire()
+    try:
+        with pytest.raises(RunLockError, match=f"pid {os.getpid()} on host {socket.gethostname()}"):
+            RunLock(tmp_path).acquire()  # a second open file description: flock conflicts even in one process
+    finally:
+        first.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+    RunLock(tmp_path).acquire().release()
+
+
+def test_a_dead_processes_lock_is_taken_over_and_says_so(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    lock = RunLock(tmp_path).acquire()
+    try:
+        assert lock.notice.startswith(f"took over the run folder's lock from pid {dead.pid} (no longer running")
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
+
+
+def test_resume_rules_apply_safe_keys_and_refuse_others_naming_both_values():
+    saved = Config().to_dict()
+    current = Config()
+    current.optim.lr, current.train.steps = 1e-3, 9
+    assert compare(saved, current.to_dict(), Config().to_dict()) == ["optim.lr: 1e-05 -> 0.001",
+                                                                    "train.steps: 4 -> 9"]
+    current.audit.alpha = 2.0
+    with pytest.raises(ResumeConfigError, match=r"audit.alpha was 1.0 in the checkpoint and is 2.0 now"):
+        compare(saved, current.to_dict(), Config().to_dict())
+
+
+def test_a_key_the_checkpoint_predates_counts_as_its_default():
+    saved = Config().to_dict()
+    del saved["export"]  # a checkpoint written before the key existed
+    assert compare(saved, Config().to_dict(), Config().to_dict()) == []
+    current = Config()
+    current.export.overwrite = True  # listed as safe
+    assert compare(saved, current.to_dict(), Config().to_dict()) == ["export.overwrite: False -> True"]
+    assert "model.student" not in SAFE_TO_CHANGE and "data.train" not in SAFE_TO_CHANGE
+
+
+def test_apply_optim_puts_the_new_rate_at_the_restored_schedule_position():
+    """Restored AdamW + LambdaLR state carries the saved rate; after apply_optim the next step uses the new one."""
+    def build(lr: float, warmup: int):
+        p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        opt = torch.optim.AdamW([p], lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        return p, opt, sched
+
+    p, opt, sched = build(1e-5, 4)
+    for _ in range(2):
+        p.grad = torch.ones_like(p)
+        opt.step()
+        sched.step()
+    state_opt, state_sched = opt.state_dict(), sched.state_dict()
+    _, opt2, sched2 = build(1e-3, 4)
+    opt2.load_state_dict(state_opt)
+    sched2.load_state_dict(state_sched)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-5 * 3 / 4)  # the saved rate came back
+    cfg = Config().optim
+    cfg.lr, cfg.warmup_steps = 1e-3, 4
+    apply_optim(opt2, sched2, cfg)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3 * 3 / 4)  # step 2 of a 4-step warm-up
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3) and sched2.get_last_lr() == pytest.approx([1e-3])
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_step_dropping_a_half_written_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = "".join(json.dumps({"step": s, "loss/total": 1.0}) + "\n" for s in (0, 1, 2, 3))
+    path.write_text(rows + '{"step": 4, "lo')
+    assert truncate_metrics(path, 2) == 2
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2]
+    assert truncate_metrics(path, 2) == 0
+
+
+def _checkpoint(folder: Path, shard_bytes: int = 4096) -> Path:
+    folder.mkdir(parents=True)
+    (folder / ".metadata").write_bytes(b"meta" * 10)
+    (folder / "__0_0.distcp").write_bytes(os.urandom(shard_bytes))
+    (folder / "trainer_state_rank0.pt").write_bytes(b"state")
+    (folder / "world_size").write_text("1")
+    write_manifest(folder)
+    return folder
+
+
+def test_verify_names_a_truncated_a_changed_and_a_missing_file(tmp_path):
+    root = tmp_path / "checkpoints"
+    ok, bad_size, bad_sum, missing = (_checkpoint(root / f"step_00000{i}") for i in (1, 2, 3, 4))
+    (bad_size / "__0_0.distcp").write_bytes(b"x")
+    (bad_sum / ".metadata").write_bytes(b"META" * 10)  # same size, other bytes
+    (missing / "world_size").unlink()
+    assert verify(ok) is None
+    assert verify(bad_size) == "__0_0.distcp is 1 bytes, the manifest says 4096"
+    assert verify(bad_sum) == ".metadata does not match its checksum"
+    assert verify(missing) == "world_size is missing"
+    found, skipped = newest_intact(root)
+    assert found == (1, ok) and [line.split(":")[0] for line in skipped] == [str(missing), str(bad_sum), str(bad_size)]
+
+
+def test_the_export_target_is_ours_only_with_our_marker_and_no_foreign_file(tmp_path):
+    out = tmp_path / "export"
+    assert export_problem(out) is None
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"w")
+    assert "no .omniopd-export marker" in export_problem(out)
+    (out / EXPORT_MARKER).write_text(json.dumps({"files": ["model.safetensors"]}))
+    assert export_problem(out) is None
+    (out / "notes.txt").write_text("mine")
+    assert export_problem(out) == f"{out} holds files an export did not write: notes.txt"
