@@ -196,7 +196,12 @@ def omniopd(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.T
         per_token = linear_omniopd_loss(head.rows(), head.weight, ref.rows(), ref.weight, *args, reduction="none")
     else:
         per_token = omniopd_loss(head.rows(), ref.rows(), *args, reduction="none")
-    return _omniopd_out(per_token.reshape(b, t), response_mask, weights, kl_mask, beta, normalizer, audit)
+    kl = None
+    if float(beta) == 0:  # the no-anchor ablation: no KL in the loss, but the drift it would bound is still measured
+        with torch.no_grad():
+            _, kl = _logprob_kl(head.detach(), ref.detach(), args[0])
+        kl = kl.reshape(b, t)
+    return _omniopd_out(per_token.reshape(b, t), response_mask, weights, kl_mask, beta, normalizer, audit, kl)
 
 
 def omniopd_linear(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor,
@@ -209,7 +214,7 @@ def omniopd_linear(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch
 
 def _omniopd_out(per_token: torch.Tensor, response_mask: torch.Tensor, weights: torch.Tensor,
                  kl_mask: torch.Tensor, beta: float, normalizer: float | torch.Tensor,
-                 audit: AuditResult) -> tuple[torch.Tensor, dict]:
+                 audit: AuditResult, measured_kl: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     norm = _check_normalizer(normalizer)
     # Padding rows carry weight 0 and no KL, but 0 · (−inf log-prob) would still be NaN: select, not multiply.
     per_token = torch.where(response_mask.bool(), per_token, 0.0)
@@ -218,9 +223,10 @@ def _omniopd_out(per_token: torch.Tensor, response_mask: torch.Tensor, weights: 
     pg = per_token.detach()[~kl_mask].sum().item()
     kl = per_token.detach()[kl_mask].sum().item()
     n_kl = int(kl_mask.sum())
+    # per_token = β·KL on unaudited tokens: the KL itself is per_token / β, or measured apart when β = 0
+    kl_sum = kl / beta if beta > 0 else measured_kl.detach().double()[kl_mask].sum().item()
     metrics = {"loss/total": summed(loss.item()), "loss/pg": summed(pg / norm), "loss/kl": summed(kl / norm),
-               # per_token = β·KL on unaudited tokens, so the KL itself is only recoverable when β > 0
-               "kl/unaudited_mean": kl / beta / n_kl if beta > 0 and n_kl else math.nan,
+               "kl/unaudited_mean": kl_sum / n_kl if n_kl else math.nan,
                "loss/audited_tokens": summed(float(audit.kept.sum()) * audit.chunk_len),
                "loss/kl_tokens": summed(n_kl)}
     metrics.update(audit.metrics)

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from omniopd import assets, checkpoint, losses, parallel
-from omniopd.audit import build_forks, get_similarity, num_chunks_at, score_forks, select_anchors
+from omniopd import assets, checkpoint, losses, parallel, profiles
+from omniopd.audit import build_forks, get_similarity, num_chunks_at, pick_anchors, sample_seeds, score_forks
 from omniopd.config import Config
 from omniopd.data import Problem, PromptStream, load_split, student_messages, teacher_messages
 from omniopd.eval import harness
@@ -278,6 +278,7 @@ class Trainer:
             self.log.print(f"held-out accuracy after training: {summary['after']['eval/accuracy']:.3f}")
             self.log.log(self.step, summary["after"])
         summary["teacher"] = {k: v for k, v in self.teacher.usage().items() if isinstance(v, int | float)}
+        summary["differences_from_paper"] = profiles.differences(cfg)  # what this run ran unlike the paper
         self.finish(summary)
         return summary
 
@@ -324,7 +325,7 @@ class Trainer:
         else:  # rl
             with timer("loss"):
                 loss, obj = losses.rl(head, ref, batch.tokens, batch.response_mask, rewards.to(batch.tokens.device),
-                                      group_size=cfg.generation.n, beta=cfg.objective.beta, normalizer=normalizer)
+                                      group_size=cfg.generation.n, beta=cfg.objective.rl_beta, normalizer=normalizer)
         metrics.update(obj)
         return self._update(loss, batch, metrics, timer)
 
@@ -431,7 +432,8 @@ class Trainer:
             with torch.no_grad():
                 entropy, logprob = losses.entropy_logprob(head, batch.tokens, batch.response_mask)
             m = num_chunks_at(step, cfg.audit)
-            anchors = select_anchors(entropy, batch.response_mask, m, cfg.audit.chunk_len, cfg.audit.min_entropy)
+            anchors = pick_anchors(entropy, batch.response_mask, m, cfg.audit,
+                                   sample_seeds(cfg.train.seed, step, [p.id for p in batch.problems]))
             forks = build_forks(batch.responses, anchors.cpu(), self.tokenizer, cfg.audit.chunk_len)
         with timer("teacher_submit"):  # an API teacher returns at once; a local one answers here
             job = self.teacher.submit(fork_requests(forks, batch.problems, cfg, step, self.dist.rank))
@@ -491,7 +493,8 @@ class Trainer:
         cfg = self.cfg
         # 3. Forks: up to M non-overlapping peak-entropy chunks per response.
         m = num_chunks_at(self.step, cfg.audit)
-        anchors = select_anchors(entropy, batch.response_mask, m, cfg.audit.chunk_len, cfg.audit.min_entropy)
+        anchors = pick_anchors(entropy, batch.response_mask, m, cfg.audit,
+                               sample_seeds(cfg.train.seed, self.step, [p.id for p in batch.problems]))
         forks = build_forks(batch.responses, anchors.cpu(), self.tokenizer, cfg.audit.chunk_len)
         # 4. Speculative verification: N teacher continuations of the prefix before each chunk.
         requests = fork_requests(forks, batch.problems, cfg, self.step, self.dist.rank)
