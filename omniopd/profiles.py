@@ -1,7 +1,7 @@
 """Which values a run gets for the keys it leaves unset: the paper's, or the offline demo's (one mechanism).
 
 The library's defaults (the dataclass defaults in `config.py`) are the paper's method values, `PAPER` below
-(docs/design.md §2 has the table and where each is read from). The built-in offline demo - the bundled
+(docs/design.md §1, "Defaults", has the table and where each is read from). The built-in offline demo - the bundled
 135M student on the built-in task, `python -m omniopd.train` - cannot run them on a CPU in minutes, so it
 starts from `DEMO` instead. `train.defaults` picks: 'paper', 'demo', or 'auto' (the demo for the bundled
 student on the built-in task without a `--config` file; 'paper' for anything else: another student, other

@@ -1,4 +1,4 @@
-"""The paper's ablations, one flag each, each changing exactly what it names (docs/design.md §3):
+"""The paper's ablations, one flag each, each changing exactly what it names (docs/design.md §1, "Ablations"):
 `objective.beta=0` (no KL anchor; the KL is still measured), `audit.alpha=0` (no smoothing: π̂ = k_sem/N),
 `audit.selection=random` (tests/test_fork_selection.py, and in a real step below); `objective.beta` is
 omniopd's alone (the rl baseline has `objective.rl_beta`)."""
