@@ -117,3 +117,27 @@ def test_random_selection_in_a_real_step_audits_as_many_chunks_elsewhere(tiny, t
     assert rand["audit/chunks_audited"] > 0
     # the anchors moved off the entropy peaks: lower mean entropy at the anchor
     assert rand["audit/entropy_anchor_mean"] < entropy["audit/entropy_anchor_mean"]
+
+
+def test_short_responses_get_the_chunks_that_fit_and_kl_everywhere_else():
+    """M = 3, C = 2: a response of 6 tokens gets 3 chunks, one of 3 tokens gets 1, one of 1 token none (all KL);
+    the step logs chunks per response and the share of responses with none."""
+    from omniopd.audit import select_anchors
+    from omniopd.losses import audit_weights
+
+    lengths = torch.tensor([6, 3, 1])
+    mask = torch.arange(6) < lengths[:, None]
+    entropy = torch.arange(18, dtype=torch.float32).reshape(3, 6).flip(1)  # highest first: greedy from the left
+    anchors = select_anchors(entropy, mask, 3, C)
+    assert anchors.tolist() == [[0, 2, 4], [0, -1, -1], [-1, -1, -1]]
+    forks = [Fork(0, 0, "", "ab"), Fork(0, 2, "", "cd"), Fork(0, 4, "", "ef"), Fork(1, 0, "", "gh")]
+    texts = [["ab", "ab"], ["cd", "xx"], None, ["gh", "gh"]]  # the third fork's request failed: dropped
+    old = torch.full((3, 6), -0.5, dtype=torch.float64)
+    audit = score_forks(anchors, forks, texts, old, get_similarity("ned"), n=2, alpha=1.0, chunk_len=C)
+    assert audit.metrics["audit/chunks_per_response_mean"] == pytest.approx((2 + 1 + 0) / 3)
+    assert audit.metrics["audit/responses_without_chunks_frac"] == pytest.approx(1 / 3)
+    _, kl_mask = audit_weights(audit, mask)
+    audited = torch.zeros(3, 6, dtype=torch.bool)
+    audited[0, 0:4] = True  # the dropped chunk at 4 gets the KL back
+    audited[1, 0:2] = True
+    assert torch.equal(kl_mask, mask & ~audited)
