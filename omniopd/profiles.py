@@ -38,8 +38,8 @@ class DemoValue:
     why: str
 
 
-_COST = ("the paper's M, N, C ask the teacher for M*N*2C = 10,000 tokens per response, the demo's for 128: "
-         "minutes, not hours, per run on a CPU")
+_COST = ("the paper's M, N, C ask the teacher for M*N*2C = 10,000 tokens per response, the demo's for 128 "
+         "(the demo's whole run: about 5 minutes on 2 CPU cores)")
 DEMO: dict[str, DemoValue] = {
     "audit.num_chunks": DemoValue(2, _COST),
     "audit.num_continuations": DemoValue(4, _COST),
