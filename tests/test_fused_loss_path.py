@@ -106,7 +106,8 @@ def test_the_steps_loss_takes_the_fused_sum_path_on_triton(tmp_path, monkeypatch
     model, ref_model, batch = _tiny_step(tmp_path)
     with torch.no_grad():
         entropy, logprob = entropy_logprob(model_head(model, batch, torch.float32), batch.tokens, batch.response_mask)
-    anchors, forks, m = pick_forks(entropy, batch.response_mask, batch.responses, _Digits(), 0, cfg)
+    ids = [p.id for p in batch.problems]
+    anchors, forks, m = pick_forks(entropy, batch.response_mask, batch.responses, ids, _Digits(), 0, cfg)
     assert len(forks) == 6 and len(fork_requests(forks, batch.problems, cfg, 0, 0)) == 6
     # Teachers that agree with the chunk, half-agree, or fail: kept, partly scored and dropped forks.
     results = [TeacherResult([f.chunk_text, f.chunk_text if i % 2 else "x y z"] if i != 5 else None,

@@ -54,8 +54,9 @@ def _step_recording_grads(trainer: Trainer) -> tuple[dict[str, float], list[torc
         trainer.optimizer.step = step
 
 
-def test_overlapped_step_equals_the_synchronous_step_on_the_same_rollouts(tiny, tmp_path):
-    cfg = _config(tiny, tmp_path, "--train.steps=1")
+@pytest.mark.parametrize("selection", ["entropy", "random"])
+def test_overlapped_step_equals_the_synchronous_step_on_the_same_rollouts(tiny, tmp_path, selection):
+    cfg = _config(tiny, tmp_path, "--train.steps=1", f"--audit.selection={selection}")
     with Trainer(cfg) as trainer:
         rows = trainer._roll_out(trainer._next_problems())
         trainer._roll_out = lambda problems: rows  # both steps train on these rollouts

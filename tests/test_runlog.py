@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -84,6 +85,12 @@ def test_every_plotted_key_is_emitted_by_a_real_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     console = proc.stdout + proc.stderr
     assert "held-out accuracy after training" in console and "omniopd: 100%" in console
+    # the first line names what this demo run does not run as the paper did, and summary.json records it
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("omniopd: the offline demo differs from the paper: audit.num_chunks=2 (paper: 10)"), first
+    assert "audit.chunk_len=4 (paper: 50)" in first and "teacher.hint=solution (paper: none)" in first
+    differences = json.loads((tmp_path / "summary.json").read_text())["differences_from_paper"]
+    assert differences["audit.num_continuations"] == {"value": 2, "paper": 10, "why": "set by this run"}
     for noise in (" INFO ", " WARNING ", "Loading weights", "FutureWarning"):
         assert noise not in console, f"{noise!r} on the console:\n{console[-3000:]}"
     # tqdm redraws its bar in place with \r: a terminal shows one line per \n

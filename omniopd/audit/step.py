@@ -4,11 +4,11 @@ overlapped and pipelined steps all go through `pick_forks` then `fork_requests`)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 
-from omniopd.audit.forks import num_chunks_at, select_anchors
+from omniopd.audit.forks import num_chunks_at, pick_anchors, sample_seeds
 from omniopd.audit.requests import Decoder, Fork, build_forks
 from omniopd.config import Config
 from omniopd.data import Problem, teacher_messages
@@ -16,12 +16,14 @@ from omniopd.rollout.teachers.base import TeacherRequest
 
 
 def pick_forks(entropy: torch.Tensor, response_mask: torch.Tensor, responses: Sequence[Sequence[int]],
-               tokenizer: Decoder, step: int, cfg: Config) -> tuple[torch.Tensor, list[Fork], int]:
-    """`(anchors[B, M], forks, M)` for training step `step`: up to M non-overlapping peak-entropy chunks per
-    response (M from `audit.schedule`), each with the response text before it."""
+               problem_ids: Sequence[Hashable], tokenizer: Decoder, step: int,
+               cfg: Config) -> tuple[torch.Tensor, list[Fork], int]:
+    """`(anchors[B, M], forks, M)` for training step `step`: up to M non-overlapping chunks per response (M from
+    `audit.schedule`; placed at peak entropy or, with `audit.selection=random`, uniformly at random, seeded per
+    (run seed, step, problem, sample)), each with the response text before it."""
     audit = cfg.audit
     m = num_chunks_at(step, audit)
-    anchors = select_anchors(entropy, response_mask, m, audit.chunk_len, audit.min_entropy)
+    anchors = pick_anchors(entropy, response_mask, m, audit, sample_seeds(cfg.train.seed, step, problem_ids))
     return anchors, build_forks(responses, anchors.cpu(), tokenizer, audit.chunk_len), m
 
 

@@ -169,8 +169,13 @@ def _stats(prefix: str, t: torch.Tensor) -> dict[str, float]:
 
 def _metrics(r: AuditResult, entropy: torch.Tensor | None, response_mask: torch.Tensor | None) -> dict[str, float]:
     has_fork = r.anchors >= 0
+    per_response = r.kept.sum(1).double()  # a response with room for fewer than M chunks gets as many as fit
     m = {"audit/chunks_audited": summed(r.kept.sum().item()),  # counts: ranks add them
-         "audit/chunks_dropped": summed((has_fork & ~r.kept).sum().item())}
+         "audit/chunks_dropped": summed((has_fork & ~r.kept).sum().item()),
+         # per-rank means over equally many responses: their mean over ranks is the step's
+         "audit/chunks_per_response_mean": per_response.mean().item() if per_response.numel() else math.nan,
+         "audit/responses_without_chunks_frac": (per_response == 0).double().mean().item()
+         if per_response.numel() else math.nan}
     for name, t in (("phi", r.phi), ("k_sem", r.k_sem[r.kept]), ("pi_bar", r.pi_bar[r.kept]),
                     ("pi_hat", r.pi_hat[r.kept])):
         m.update(_stats(f"audit/{name}", t))
