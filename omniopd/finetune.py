@@ -66,13 +66,14 @@ class Recipe:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "save_every"} | {"version": RECIPE_VERSION}
 
 
-# Sized from the timed build in experiments/results/finetune/throughput.json (tokens/s of this loop on the
-# 2-core CPU box) so that all four builds take about two hours; see the README.
+# Sized to this machine's measured SFT speed (~37 tokens/s on 2 shared cores, experiments/results/finetune/
+# throughput.md) so that the four builds take about two hours: ~22k, 42k, 91k and 113k tokens. Teachers see
+# each generated problem once (problems = steps x batch), warm students a slice of the training split.
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
-    Recipe("warm", "addition", problems=512, steps=60),
-    Recipe("warm", "chained", problems=2048, steps=80),
-    Recipe("teacher", "addition", problems=2600, steps=300, lr=1e-4, hint_fraction=0.5),
-    Recipe("teacher", "chained", problems=6000, steps=400, lr=1e-4, hint_fraction=0.5),
+    Recipe("warm", "addition", problems=512, steps=20),
+    Recipe("warm", "chained", problems=2048, steps=20),
+    Recipe("teacher", "addition", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
+    Recipe("teacher", "chained", problems=320, steps=40, lr=1e-4, hint_fraction=0.5),
 ]}
 
 
@@ -263,10 +264,10 @@ def build(recipe: Recipe, *, log=print, stop_after: int | None = None) -> Path:
         if state["step"] % 10 == 0 or state["step"] == recipe.steps:
             log(f"[finetune] {recipe.name}: step {state['step']}/{recipe.steps} loss {loss.item():.4f} "
                 f"{state['tokens'] / state['seconds']:.0f} tokens/s, {state['seconds'] / 60:.1f} min")
-        if state["step"] % recipe.save_every == 0 and state["step"] < recipe.steps:
+        stopping = stop_after is not None and done_here >= stop_after
+        if (state["step"] % recipe.save_every == 0 or stopping) and state["step"] < recipe.steps:
             checkpoint()
-        if stop_after is not None and done_here >= stop_after and state["step"] < recipe.steps:
-            checkpoint()
+        if stopping and state["step"] < recipe.steps:
             log(f"[finetune] {recipe.name}: stopped at step {state['step']} (checkpoint in {partial})")
             return partial
 
@@ -402,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             kinds = [args.only] if args.only else list(KINDS)
             if args.stats:
-                from omniopd.assets import load_student
+                from transformers import AutoTokenizer
 
-                tokenizer = load_student("smollm2-135m")[1]
+                from omniopd.assets import student_path
+
+                tokenizer = AutoTokenizer.from_pretrained(student_path("smollm2-135m"))  # no model loaded
                 for kind in kinds:
                     print(json.dumps({_recipe_from_args(kind, args).name: data_stats(_recipe_from_args(kind, args),
                                                                                       tokenizer)}))
