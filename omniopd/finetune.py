@@ -66,14 +66,14 @@ class Recipe:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "save_every"} | {"version": RECIPE_VERSION}
 
 
-# Sized to this machine's measured SFT speed (~37 tokens/s on 2 shared cores, experiments/results/finetune/
-# throughput.md) so that the four builds take about two hours: ~22k, 42k, 91k and 113k tokens. Teachers see
+# Sized to this machine's measured SFT speed (37-77 tokens/s on 2 shared cores, experiments/results/finetune/
+# throughput.md) so that the four builds take about 1.5-3 hours: ~22k, 42k, 153k and 174k tokens. Teachers see
 # each generated problem once (problems = steps x batch), warm students a slice of the training split.
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("warm", "addition", problems=512, steps=20),
     Recipe("warm", "chained", problems=2048, steps=20),
-    Recipe("teacher", "addition", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
-    Recipe("teacher", "chained", problems=320, steps=40, lr=1e-4, hint_fraction=0.5),
+    Recipe("teacher", "addition", problems=800, steps=100, lr=1e-4, hint_fraction=0.5),
+    Recipe("teacher", "chained", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
 ]}
 
 
