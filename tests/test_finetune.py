@@ -112,3 +112,23 @@ def test_train_runs_with_the_warm_student_the_chained_task_and_the_trained_teach
     assert held_out and all(r["problem_id"].startswith("chained-eval-") for r in held_out)
     exported, base = _weights(out / "export"), _weights(Path(assets.student_path()))
     assert _max_diff(exported, _weights(warm)) < 1e-6 and _max_diff(exported, base) > 1e-4
+
+
+def test_results_carry_the_command_the_fine_tune_and_every_row(tmp_path):
+    model = tmp_path / "warm-chained-v1"
+    model.mkdir()
+    meta = {"recipe": finetune.RECIPES["warm:chained"].key(), "steps": 20, "tokens": 42000, "train_seconds": 600.0,
+            "tokens_per_second": 70.0, "torch_threads": 2, "losses": [1.0, 0.5]}
+    (model / "finetune.json").write_text(json.dumps(meta))
+    rows = [{"temperature": t, "max_new_tokens": 256, "hint": False, "problems": 4, "samples": n, "accuracy": a,
+             "cut_off": c, "mean_tokens": 170.0, "seconds": 1.0} for t, n, a, c in [(0.0, 4, 0.25, 0.0),
+                                                                                 (1.0, 16, 0.125, 0.0625)]]
+    path = finetune.write_results({"model": "warm:chained", "path": str(model), "task": "chained", "backend": "hf",
+                                   "rows": rows}, tmp_path / "out", "python -m omniopd.finetune eval warm:chained")
+    written = json.loads(path.read_text())
+    assert path.name == "warm-chained.json" and written["command"] == "python -m omniopd.finetune eval warm:chained"
+    assert written["rows"] == rows and written["finetune"]["train_seconds"] == 600.0
+    assert "losses" not in written["finetune"]
+    md = (tmp_path / "out" / "warm-chained.md").read_text()
+    assert "`python -m omniopd.finetune eval warm:chained`" in md and "10.0 min of training" in md
+    assert "| 1.0 | 256 | no | 16 | 12.5% | 6.2% | 170 |" in md
