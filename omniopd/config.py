@@ -101,7 +101,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 class ModelConfig(Section):
     section: ClassVar[str] = "model"
 
-    student: str = doc("Student: 'smollm2-135m' (bundled, offline), a local HF folder, or a hub id.",
+    student: str = doc("Student: 'smollm2-135m' (bundled, offline), 'warm:<task>' (its warm fine-tune, built by "
+                       "`python -m omniopd.finetune build`), a local HF folder, or a hub id.",
                        "smollm2-135m")
     reference: str = doc("Frozen KL-anchor model; empty = the student's starting weights.", "")
     dtype: Literal["float32", "bfloat16", "float16"] = doc(
@@ -164,7 +165,8 @@ class TeacherConfig(Section):
     kv_cache_gib: float = doc("Local teacher on vLLM, CPU: KV-cache size in GiB.", 0.5, rule=positive)
     gpu_memory_utilization: float = doc("Local teacher on vLLM, CUDA: fraction of GPU memory it may take.",
                                         0.2, rule=unit_interval)
-    model: str = doc("Teacher model: a name for API teachers, a path/alias for 'local'.", "smollm2-135m")
+    model: str = doc("Teacher model: a name for API teachers, a path/alias for 'local' (e.g. 'teacher:chained', "
+                     "built by `python -m omniopd.finetune build`).", "smollm2-135m")
     base_url: str = doc("API base URL (OpenAI-compatible servers, proxies).", "")
     api_key_env: str = doc("Name of the environment variable holding the API key (never the key).",
                            "OPENAI_API_KEY")
@@ -333,6 +335,10 @@ class DataConfig(Section):
 
     train: str = doc("Training prompts: 'builtin' (offline demo task) or a .jsonl/.parquet path.", "builtin")
     eval: str = doc("Held-out prompts: 'builtin' or a path.", "builtin")
+    task: Literal["addition", "chained"] = doc(
+        "The built-in task wherever train/eval say 'builtin' (both at once): 'addition' (two-digit sums with "
+        "a carry, ~60-token solutions) or 'chained' (3-4 dependent operations, ~120-250-token solutions).",
+        "addition")
     prompt_field: str = doc("Field holding the problem text.", "problem")
     answer_field: str = doc("Field holding the checkable final answer.", "answer")
     solution_field: str = doc("Field holding a reference solution (teacher hint, sft); may be absent.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
+from omniopd.chained_task import chained_task
 from omniopd.config import DataConfig
 from omniopd.eval.data import DataError, Problem, load_problems, math_answer
 from omniopd.eval.harness import build_prompt
@@ -49,6 +50,9 @@ def _addition_problem(a: int, b: int, problem_id: str) -> Problem:
 
 
 BUILTIN_SIZES = {"train": 512, "eval": 128}
+BUILTIN_TASKS = ("addition", "chained")
+# Two-digit pairs (11..89) whose ones digits carry: the whole addition problem space.
+_ADDITION_POOL = sum(1 for a in range(11, 90) for b in range(11, 90) if a % 10 + b % 10 >= 10)
 
 
 def _unique_pairs(pairs: Iterator[tuple[int, int]], size: int, exclude: set) -> list[tuple[int, int]]:
@@ -61,12 +65,21 @@ def _unique_pairs(pairs: Iterator[tuple[int, int]], size: int, exclude: set) -> 
     raise AssertionError("unreachable: the pair stream is endless")
 
 
-def builtin_task(split: str) -> list[Problem]:
-    """Deterministic problems; `train` never contains an (a, b) pair of `eval`."""
+def builtin_task(split: str, task: str = "addition", size: int | None = None) -> list[Problem]:
+    """Deterministic problems of a built-in `task` ('addition' or 'chained'); `train` never contains a
+    problem of `eval`. `size` beyond the split's default draws more training problems (the fine-tunes'
+    larger sets); None = the split's default size."""
+    if task == "chained":
+        return chained_task(split, size)
+    if task != "addition":
+        raise DataError(f"builtin task '{task}': expected one of {list(BUILTIN_TASKS)}")
     if split not in BUILTIN_SIZES:
         raise DataError(f"builtin split '{split}': expected one of {sorted(BUILTIN_SIZES)}")
     held_out = _unique_pairs(_carry_pairs(98765), BUILTIN_SIZES["eval"], exclude=set())
-    pairs = held_out if split == "eval" else _unique_pairs(_carry_pairs(1234), BUILTIN_SIZES["train"],
+    if size is not None and size > _ADDITION_POOL - BUILTIN_SIZES["eval"]:
+        raise DataError(f"builtin addition: {size} training problems asked, only "
+                        f"{_ADDITION_POOL - BUILTIN_SIZES['eval']} distinct carry pairs exist")
+    pairs = held_out if split == "eval" else _unique_pairs(_carry_pairs(1234), size or BUILTIN_SIZES["train"],
                                                            exclude=set(held_out))
     return [_addition_problem(a, b, f"builtin-{split}-{i}") for i, (a, b) in enumerate(pairs)]
 
@@ -75,7 +88,7 @@ def builtin_task(split: str) -> list[Problem]:
 def load_split(spec: str, cfg: DataConfig, split: str) -> list[Problem]:
     """`builtin`, a local file, or `hf:<dataset>[:<split>]` (only when online)."""
     if spec == "builtin":
-        return builtin_task(split)
+        return builtin_task(split, cfg.task)
     if spec.startswith("hf:"):
         import datasets  # optional, online only
 
