@@ -61,7 +61,7 @@ def test_the_paper_s_values_are_the_library_defaults():
 
 
 @pytest.mark.parametrize("args", [["--model.student=/some/other/student"], ["--data.train=/my/problems.jsonl"],
-                                  ["--train.defaults=paper"]])
+                                  ["--data.task=chained"], ["--train.defaults=paper"]])
 def test_anything_but_the_demo_runs_the_paper_s_values(args):
     cfg = load_config(args)
     assert cfg.train.defaults == "paper" and differences(cfg) == {}
