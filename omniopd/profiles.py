@@ -18,6 +18,7 @@ from typing import Any
 from omniopd.config import Config, set_value
 
 BUNDLED_STUDENT = "smollm2-135m"
+BUNDLED_TEACHER = "smollm2-135m"  # TeacherConfig.model's default: the bundled model as the local teacher
 
 PAPER: dict[str, Any] = {
     "audit.similarity": "ned",
@@ -52,12 +53,14 @@ DEMO: dict[str, DemoValue] = {
 
 
 def resolve_defaults(cfg: Config, *, config_file: bool) -> str:
-    """'paper' or 'demo' for `cfg.train.defaults` ('auto': the demo only for the bundled student on the built-in
-    addition task, with no config file; the chained task's worked solutions do not fit the demo's 96 tokens)."""
+    """'paper' or 'demo' for `cfg.train.defaults` ('auto': the demo only for the bundled student taught by the
+    bundled local teacher on the built-in addition task, with no config file; an API or other teacher gets the
+    paper's values, and the chained task's worked solutions do not fit the demo's 96 tokens)."""
     if cfg.train.defaults != "auto":
         return cfg.train.defaults
-    demo = (cfg.model.student == BUNDLED_STUDENT and cfg.data.train == "builtin" and cfg.data.task == "addition"
-            and not config_file)
+    demo = (cfg.model.student == BUNDLED_STUDENT and cfg.teacher.kind == "local"
+            and cfg.teacher.model == BUNDLED_TEACHER and cfg.data.train == "builtin"
+            and cfg.data.task == "addition" and not config_file)
     return "demo" if demo else "paper"
 
 

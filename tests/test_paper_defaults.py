@@ -68,6 +68,19 @@ def test_anything_but_the_demo_runs_the_paper_s_values(args):
     assert first_line(cfg).startswith("omniopd: the paper's method values (")
 
 
+@pytest.mark.parametrize("args", [
+    ["--teacher.kind=openai", "--teacher.base_url=http://127.0.0.1:8000/v1"],  # teacher.model left at its default
+    ["--teacher.kind=anthropic", "--teacher.model=claude-haiku"],
+    ["--teacher.model=teacher:chained"],  # local, but not the bundled model
+])
+def test_the_demo_needs_the_bundled_local_teacher_too(args):
+    """The demo's values (a hinted teacher, small M, N, C) exist for the bundled 135M teacher; an API teacher or
+    another local one on the built-in task gets the paper's."""
+    assert load_config([]).train.defaults == "demo"
+    cfg = load_config(args)
+    assert cfg.train.defaults == "paper" and differences(cfg) == {}
+
+
 def test_a_config_file_runs_the_paper_s_values_for_what_it_leaves_unset(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text("[train]\nsteps = 3\n")
