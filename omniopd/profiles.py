@@ -76,37 +76,40 @@ def get(cfg: Config, key: str) -> Any:
 
 
 def differences(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Every method value of `cfg` that is not the paper's: `{key: {value, paper, why}}` (omniopd runs only: the
-    baselines have no forks, teacher votes or anchor). A demo value says why the demo keeps it; anything else
-    was set by the run."""
+    """Every value of `cfg` that the first line names: each method value that is not the paper's,
+    `{key: {value, paper, why}}`, and the demo's response limit, which the paper does not state
+    (`{value, paper: 'not stated', ours, why}`). Omniopd runs only: the baselines have no forks, teacher votes
+    or anchor. A demo value says why the demo keeps it; anything else was set by the run."""
     if cfg.objective.name != "omniopd":
         return {}
-    out = {}
+    demo = cfg.train.defaults == "demo"
+    out: dict[str, dict[str, Any]] = {}
     for key, paper in PAPER.items():
         value = get(cfg, key)
         if value != paper:
-            demo = DEMO.get(key)
-            why = demo.why if cfg.train.defaults == "demo" and demo is not None and demo.value == value \
-                else "set by this run"
+            kept = DEMO.get(key)
+            why = kept.why if demo and kept is not None and kept.value == value else "set by this run"
             out[key] = {"value": value, "paper": paper, "why": why}
+    limit = DEMO["generation.max_new_tokens"]
+    if demo and cfg.generation.max_new_tokens == limit.value:
+        out["generation.max_new_tokens"] = {"value": limit.value, "paper": "not stated",
+                                            "ours": Config().generation.max_new_tokens, "why": limit.why}
     return out
 
 
 def first_line(cfg: Config) -> str:
-    """The run's first console line: every method value that differs from the paper's and why, or that none does."""
+    """The run's first console line: every value in `differences` and why, or that the method's are the paper's."""
     if cfg.objective.name != "omniopd":
         return f"omniopd: objective.name={cfg.objective.name} (a baseline; the paper's method is omniopd)"
     diffs = differences(cfg)
     if not diffs:
         return "omniopd: the paper's method values (" + ", ".join(f"{k}={v}" for k, v in PAPER.items()) + ")"
-    parts = [f"{k}={d['value']} (paper: {d['paper']})" for k, d in diffs.items()]
-    limit = DEMO["generation.max_new_tokens"]
+    parts = [f"{k}={d['value']} " + (f"(ours otherwise: {d['ours']})" if "ours" in d else f"(paper: {d['paper']})")
+             for k, d in diffs.items()]
+    whys = list(dict.fromkeys(d["why"] for d in diffs.values() if d["why"] != "set by this run"))
+    if any(d["why"] == "set by this run" for d in diffs.values()):
+        whys.append("set by this run")
     demo = cfg.train.defaults == "demo"
-    if demo and cfg.generation.max_new_tokens == limit.value:
-        parts.append(f"generation.max_new_tokens={limit.value} (ours otherwise: 1024)")
-    whys = list(dict.fromkeys(d["why"] for d in diffs.values()))
-    if demo and cfg.generation.max_new_tokens == limit.value:
-        whys.insert(len(whys) - ("set by this run" in whys), limit.why)
     head = "the offline demo differs from the paper" if demo else "this run differs from the paper"
     tail = " (--train.defaults=paper runs the paper's)" if demo else ""
     return f"omniopd: {head}: {', '.join(parts)}. Why: {'; '.join(whys)}.{tail}"

@@ -81,6 +81,21 @@ def test_the_demo_needs_the_bundled_local_teacher_too(args):
     assert cfg.train.defaults == "paper" and differences(cfg) == {}
 
 
+def _named_keys(line: str) -> list[str]:
+    """The config keys a first line names, before its 'Why:'."""
+    return re.findall(r"\b([a-z_]+\.[a-z_]+)=", line.split(" Why: ")[0])
+
+
+@pytest.mark.parametrize("args", [[], ["--audit.chunk_len=25", "--objective.beta=0"],
+                                  ["--generation.max_new_tokens=64"], ["--audit.alpha=0"],
+                                  ["--train.defaults=paper", "--audit.num_chunks=3"]])
+def test_summary_differences_record_everything_the_first_line_names(args):
+    cfg = load_config(args)
+    named, diffs = _named_keys(first_line(cfg)), differences(cfg)
+    assert named and len(named) == len(set(named))
+    assert set(named) == set(diffs), (named, sorted(diffs))
+
+
 def test_a_config_file_runs_the_paper_s_values_for_what_it_leaves_unset(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text("[train]\nsteps = 3\n")
@@ -94,7 +109,9 @@ def test_the_demo_names_every_difference_first_and_what_the_run_sets_wins():
     assert line.startswith("omniopd: the offline demo differs from the paper: ")
     for key, demo in DEMO.items():
         assert f"{key}={demo.value}" in line and demo.why in line, key
-    assert set(differences(cfg)) == {k for k in DEMO if k in PAPER}
+    assert set(differences(cfg)) == set(DEMO)  # generation.max_new_tokens too: the paper does not state it
+    assert differences(cfg)["generation.max_new_tokens"] == {"value": 96, "paper": "not stated", "ours": 1024,
+                                                            "why": DEMO["generation.max_new_tokens"].why}
     mine = load_config(["--audit.chunk_len=25", "--objective.beta=0"])  # still the demo, two keys set
     diffs = differences(mine)
     assert diffs["audit.chunk_len"] == {"value": 25, "paper": 50, "why": "set by this run"}
