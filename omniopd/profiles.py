@@ -4,10 +4,10 @@ The library's defaults (the dataclass defaults in `config.py`) are the paper's m
 (docs/design.md §1, "Defaults", has the table and where each is read from). The built-in offline demo - the bundled
 135M student on the built-in task, `python -m omniopd.train` - cannot run them on a CPU in minutes, so it
 starts from `DEMO` instead. `train.defaults` picks: 'paper', 'demo', or 'auto' (the demo for the bundled
-student on the built-in task without a `--config` file; 'paper' for anything else: another student, other
-data, a config file). Whatever the file or the command line sets wins over both. Every run's first console
-line names each value that differs from the paper's and why (`first_line`), and summary.json records them
-(`differences`).
+student and the bundled local teacher on the built-in addition task without a `--config` file; 'paper' for
+anything else: another student, an API or other teacher, other data, a config file). Whatever the file or
+the command line sets wins over both. Every run's first console line names each value that differs from the
+paper's and why (`first_line`), and summary.json records them (`differences`).
 """
 
 from __future__ import annotations
