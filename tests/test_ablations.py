@@ -111,7 +111,8 @@ def test_objective_beta_leaves_the_rl_baseline_alone(tiny, tmp_path):
 def test_random_selection_in_a_real_step_audits_as_many_chunks_elsewhere(tiny, tmp_path):
     entropy = _one_step(tiny, tmp_path / "e")
     rand = _one_step(tiny, tmp_path / "r", "--audit.selection=random")
-    placed = ("audit/chunks_audited", "audit/chunks_dropped", "audit/chunks_per_response_mean")
+    placed = ("audit/chunks_audited", "audit/chunks_dropped", "audit/chunks_per_response_mean",
+              "audit/chunks_placed_per_response_mean", "audit/responses_without_chunks_frac")
     for key in placed + ("rollout/entropy_mean", "loss/kl_tokens"):
         assert rand[key] == entropy[key], key
     assert rand["audit/chunks_audited"] > 0
@@ -134,10 +135,25 @@ def test_short_responses_get_the_chunks_that_fit_and_kl_everywhere_else():
     texts = [["ab", "ab"], ["cd", "xx"], None, ["gh", "gh"]]  # the third fork's request failed: dropped
     old = torch.full((3, 6), -0.5, dtype=torch.float64)
     audit = score_forks(anchors, forks, texts, old, get_similarity("ned"), n=2, alpha=1.0, chunk_len=C)
-    assert audit.metrics["audit/chunks_per_response_mean"] == pytest.approx((2 + 1 + 0) / 3)
+    assert audit.metrics["audit/chunks_per_response_mean"] == pytest.approx((2 + 1 + 0) / 3)  # scored
+    assert audit.metrics["audit/chunks_placed_per_response_mean"] == pytest.approx((3 + 1 + 0) / 3)
     assert audit.metrics["audit/responses_without_chunks_frac"] == pytest.approx(1 / 3)
     _, kl_mask = audit_weights(audit, mask)
     audited = torch.zeros(3, 6, dtype=torch.bool)
     audited[0, 0:4] = True  # the dropped chunk at 4 gets the KL back
     audited[1, 0:2] = True
     assert torch.equal(kl_mask, mask & ~audited)
+
+
+def test_a_response_whose_chunks_all_failed_has_room_but_no_audited_chunk():
+    """'Without chunks' means no room (nothing placed): a response whose one chunk the teacher did not answer
+    counts as placed, not as without chunks, and lowers the audited count only."""
+    anchors = torch.tensor([[0, 2], [0, -1], [-1, -1]])
+    forks = [Fork(0, 0, "", "ab"), Fork(0, 2, "", "cd"), Fork(1, 0, "", "gh")]
+    texts = [["ab", "ab"], ["cd", "cd"], None]  # response 1's only chunk: the request failed
+    old = torch.full((3, 6), -0.5, dtype=torch.float64)
+    metrics = score_forks(anchors, forks, texts, old, get_similarity("ned"), n=2, alpha=1.0, chunk_len=C).metrics
+    assert metrics["audit/chunks_per_response_mean"] == pytest.approx((2 + 0 + 0) / 3)
+    assert metrics["audit/chunks_placed_per_response_mean"] == pytest.approx((2 + 1 + 0) / 3)
+    assert metrics["audit/responses_without_chunks_frac"] == pytest.approx(1 / 3)
+    assert metrics["audit/chunks_dropped"] == 1
