@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_losses import _inputs, design_omniopd
+from test_losses import B, T, V, _inputs, design_omniopd
 
 from omniopd.audit import AuditResult, Fork, acceptance_target, get_similarity, score_forks
 from omniopd.config import load_config
-from omniopd.losses import omniopd
+from omniopd.losses import Head, omniopd
 
 C = 2
 
@@ -50,6 +50,34 @@ def test_beta_zero_drops_the_anchor_from_the_loss_and_still_measures_the_kl():
     assert m0["loss/kl"] == 0.0 and m1["loss/kl"] > 0
     for key in ("loss/pg", "loss/audited_tokens", "loss/kl_tokens"):  # nothing else moves
         assert m0[key] == pytest.approx(m1[key], rel=1e-6), key
+
+
+def test_beta_zero_on_the_fused_head_path_measures_the_kl_against_float64():
+    """The trainer's path: `Head(hidden, weight)` goes through linear_omniopd_loss_terms. At β = 0 the loss is
+    the policy-gradient term alone and the KL to the reference is still measured, matching float64 math on the
+    logits hidden @ weightᵀ."""
+    g = torch.Generator().manual_seed(7)
+    d = 16
+    hidden, ref_hidden = torch.randn(B, T, d, generator=g), torch.randn(B, T, d, generator=g)
+    weight, ref_weight = torch.randn(V, d, generator=g) * 0.5, torch.randn(V, d, generator=g) * 0.5
+    _, _, tokens, mask = _inputs(3)
+    chunks = [((0, 1), 0.6), ((1, 2), 0.3)]
+    audit = AuditResult.given([(b, a, p) for (b, a), p in chunks], batch_size=2, chunk_len=C)
+    h = hidden.clone().requires_grad_(True)
+    loss, metrics = omniopd(Head(h, weight), Head(ref_hidden, ref_weight), tokens, mask, audit, beta=0.0,
+                            normalizer=2)
+    loss.backward()
+    h64 = hidden.double().requires_grad_(True)
+    logits64, ref64 = h64 @ weight.double().T, ref_hidden.double() @ ref_weight.double().T
+    reference = design_omniopd(logits64, ref64, tokens, mask, chunks, 0.0, 2)
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(h.grad.double(), h64.grad, rtol=1e-4, atol=1e-5)
+    audited = [(b, a + j) for (b, a), _ in chunks for j in range(C)]
+    expected_kl = _kl_unaudited(logits64.detach(), ref64, mask, audited)
+    assert expected_kl > 0
+    assert metrics["kl/unaudited_mean"] == pytest.approx(expected_kl, rel=1e-5)  # measured, not NaN
+    assert metrics["loss/kl"] == 0.0 and metrics["loss/pg"] == pytest.approx(reference.item(), rel=1e-5)
 
 
 def test_alpha_zero_is_k_sem_over_n_exactly_and_moves_nothing_else():
