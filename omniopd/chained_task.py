@@ -3,9 +3,10 @@
 The addition task's answers are ~60 tokens, too short for audited chunks of C=50. Here every problem starts
 from a count and changes it three or four times (buy packs, give away, double, share equally); each step
 needs the previous result, so a slip anywhere is visible in the final number. The worked solution writes
-one line per operation and ends in `\\boxed{answer}`; it runs ~120-250 tokens in SmolLM2's tokenizer
-(measured in tests/test_chained_task.py). Everything is integer arithmetic: divisions are exact by
-construction, and no count ever drops to zero or below.
+one line per operation and ends in `\\boxed{answer}`; the 2,048 training solutions run 120-225 tokens in
+SmolLM2's tokenizer (median 166; 121-226 with the end-of-turn token; tests/test_chained_task.py bounds
+them). Everything is integer arithmetic: divisions are exact by construction, and no count ever drops to
+zero or below.
 """
 
 from __future__ import annotations

@@ -325,8 +325,9 @@ class TrainConfig(Section):
     defaults: Literal["auto", "paper", "demo"] = doc(
         "Values for the keys a run leaves unset (omniopd/profiles.py): 'paper' = the paper's method values; "
         "'demo' = smaller M, N, C, response limit and a hinted teacher so the offline demo finishes in minutes "
-        "on a CPU; 'auto' = 'demo' for the bundled student on the built-in task without --config, else "
-        "'paper'. The first console line names every value that differs from the paper's.", "auto")
+        "on a CPU; 'auto' = 'demo' for the bundled student and bundled local teacher on the built-in "
+        "addition task without --config, else 'paper'. The first console line names every value that differs "
+        "from the paper's.", "auto")
 
 
 @dataclass

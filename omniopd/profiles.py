@@ -4,10 +4,10 @@ The library's defaults (the dataclass defaults in `config.py`) are the paper's m
 (docs/design.md §1, "Defaults", has the table and where each is read from). The built-in offline demo - the bundled
 135M student on the built-in task, `python -m omniopd.train` - cannot run them on a CPU in minutes, so it
 starts from `DEMO` instead. `train.defaults` picks: 'paper', 'demo', or 'auto' (the demo for the bundled
-student on the built-in task without a `--config` file; 'paper' for anything else: another student, other
-data, a config file). Whatever the file or the command line sets wins over both. Every run's first console
-line names each value that differs from the paper's and why (`first_line`), and summary.json records them
-(`differences`).
+student and the bundled local teacher on the built-in addition task without a `--config` file; 'paper' for
+anything else: another student, an API or other teacher, other data, a config file). Whatever the file or
+the command line sets wins over both. Every run's first console line names each value that differs from the
+paper's and why (`first_line`), and summary.json records them (`differences`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from omniopd.config import Config, set_value
 
 BUNDLED_STUDENT = "smollm2-135m"
+BUNDLED_TEACHER = "smollm2-135m"  # TeacherConfig.model's default: the bundled model as the local teacher
 
 PAPER: dict[str, Any] = {
     "audit.similarity": "ned",
@@ -52,12 +53,14 @@ DEMO: dict[str, DemoValue] = {
 
 
 def resolve_defaults(cfg: Config, *, config_file: bool) -> str:
-    """'paper' or 'demo' for `cfg.train.defaults` ('auto': the demo only for the bundled student on the built-in
-    addition task, with no config file; the chained task's worked solutions do not fit the demo's 96 tokens)."""
+    """'paper' or 'demo' for `cfg.train.defaults` ('auto': the demo only for the bundled student taught by the
+    bundled local teacher on the built-in addition task, with no config file; an API or other teacher gets the
+    paper's values, and the chained task's worked solutions do not fit the demo's 96 tokens)."""
     if cfg.train.defaults != "auto":
         return cfg.train.defaults
-    demo = (cfg.model.student == BUNDLED_STUDENT and cfg.data.train == "builtin" and cfg.data.task == "addition"
-            and not config_file)
+    demo = (cfg.model.student == BUNDLED_STUDENT and cfg.teacher.kind == "local"
+            and cfg.teacher.model == BUNDLED_TEACHER and cfg.data.train == "builtin"
+            and cfg.data.task == "addition" and not config_file)
     return "demo" if demo else "paper"
 
 
@@ -73,37 +76,40 @@ def get(cfg: Config, key: str) -> Any:
 
 
 def differences(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Every method value of `cfg` that is not the paper's: `{key: {value, paper, why}}` (omniopd runs only: the
-    baselines have no forks, teacher votes or anchor). A demo value says why the demo keeps it; anything else
-    was set by the run."""
+    """Every value of `cfg` that the first line names: each method value that is not the paper's,
+    `{key: {value, paper, why}}`, and the demo's response limit, which the paper does not state
+    (`{value, paper: 'not stated', ours, why}`). Omniopd runs only: the baselines have no forks, teacher votes
+    or anchor. A demo value says why the demo keeps it; anything else was set by the run."""
     if cfg.objective.name != "omniopd":
         return {}
-    out = {}
+    demo = cfg.train.defaults == "demo"
+    out: dict[str, dict[str, Any]] = {}
     for key, paper in PAPER.items():
         value = get(cfg, key)
         if value != paper:
-            demo = DEMO.get(key)
-            why = demo.why if cfg.train.defaults == "demo" and demo is not None and demo.value == value \
-                else "set by this run"
+            kept = DEMO.get(key)
+            why = kept.why if demo and kept is not None and kept.value == value else "set by this run"
             out[key] = {"value": value, "paper": paper, "why": why}
+    limit = DEMO["generation.max_new_tokens"]
+    if demo and cfg.generation.max_new_tokens == limit.value:
+        out["generation.max_new_tokens"] = {"value": limit.value, "paper": "not stated",
+                                            "ours": Config().generation.max_new_tokens, "why": limit.why}
     return out
 
 
 def first_line(cfg: Config) -> str:
-    """The run's first console line: every method value that differs from the paper's and why, or that none does."""
+    """The run's first console line: every value in `differences` and why, or that the method's are the paper's."""
     if cfg.objective.name != "omniopd":
         return f"omniopd: objective.name={cfg.objective.name} (a baseline; the paper's method is omniopd)"
     diffs = differences(cfg)
     if not diffs:
         return "omniopd: the paper's method values (" + ", ".join(f"{k}={v}" for k, v in PAPER.items()) + ")"
-    parts = [f"{k}={d['value']} (paper: {d['paper']})" for k, d in diffs.items()]
-    limit = DEMO["generation.max_new_tokens"]
+    parts = [f"{k}={d['value']} " + (f"(ours otherwise: {d['ours']})" if "ours" in d else f"(paper: {d['paper']})")
+             for k, d in diffs.items()]
+    whys = list(dict.fromkeys(d["why"] for d in diffs.values() if d["why"] != "set by this run"))
+    if any(d["why"] == "set by this run" for d in diffs.values()):
+        whys.append("set by this run")
     demo = cfg.train.defaults == "demo"
-    if demo and cfg.generation.max_new_tokens == limit.value:
-        parts.append(f"generation.max_new_tokens={limit.value} (ours otherwise: 1024)")
-    whys = list(dict.fromkeys(d["why"] for d in diffs.values()))
-    if demo and cfg.generation.max_new_tokens == limit.value:
-        whys.insert(len(whys) - ("set by this run" in whys), limit.why)
     head = "the offline demo differs from the paper" if demo else "this run differs from the paper"
     tail = " (--train.defaults=paper runs the paper's)" if demo else ""
     return f"omniopd: {head}: {', '.join(parts)}. Why: {'; '.join(whys)}.{tail}"

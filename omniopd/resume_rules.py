@@ -33,6 +33,13 @@ SAFE_TO_CHANGE = frozenset({
     "parallel.backend",
 })
 
+NOT_COMPARED = frozenset({
+    # which profile chose the unset values ('paper' or 'demo'; 'auto' as stored before it was resolved). It only
+    # picks values, and every value it picks is compared key by key above, so comparing the choice itself adds
+    # nothing and refuses checkpoints written before the key existed (their 'auto' vs a resolved 'demo').
+    "train.defaults",
+})
+
 
 class ResumeConfigError(RunFault):
     """The config differs from the checkpoint's in a key that is not safe to change."""
@@ -45,10 +52,13 @@ def _flat(config: dict[str, Any]) -> dict[str, Any]:
 
 def compare(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
     """The safe changes as 'key: old -> new' lines; raises on the first unsafe one. A key the checkpoint
-    does not know (added since) is compared against its default, which is what that run used."""
+    does not know (added since) is compared against its default, which is what that run used. Keys in
+    `NOT_COMPARED` are skipped."""
     old, new, default = _flat(saved), _flat(json.loads(json.dumps(current))), _flat(json.loads(json.dumps(defaults)))
     changes = []
     for key in sorted(new):
+        if key in NOT_COMPARED:
+            continue
         before = old.get(key, default.get(key))
         if before == new[key]:
             continue

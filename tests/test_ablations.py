@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_losses import _inputs, design_omniopd
+from test_losses import B, T, V, _inputs, design_omniopd
 
 from omniopd.audit import AuditResult, Fork, acceptance_target, get_similarity, score_forks
 from omniopd.config import load_config
-from omniopd.losses import omniopd
+from omniopd.losses import Head, omniopd
 
 C = 2
 
@@ -50,6 +50,34 @@ def test_beta_zero_drops_the_anchor_from_the_loss_and_still_measures_the_kl():
     assert m0["loss/kl"] == 0.0 and m1["loss/kl"] > 0
     for key in ("loss/pg", "loss/audited_tokens", "loss/kl_tokens"):  # nothing else moves
         assert m0[key] == pytest.approx(m1[key], rel=1e-6), key
+
+
+def test_beta_zero_on_the_fused_head_path_measures_the_kl_against_float64():
+    """The trainer's path: `Head(hidden, weight)` goes through linear_omniopd_loss_terms. At β = 0 the loss is
+    the policy-gradient term alone and the KL to the reference is still measured, matching float64 math on the
+    logits hidden @ weightᵀ."""
+    g = torch.Generator().manual_seed(7)
+    d = 16
+    hidden, ref_hidden = torch.randn(B, T, d, generator=g), torch.randn(B, T, d, generator=g)
+    weight, ref_weight = torch.randn(V, d, generator=g) * 0.5, torch.randn(V, d, generator=g) * 0.5
+    _, _, tokens, mask = _inputs(3)
+    chunks = [((0, 1), 0.6), ((1, 2), 0.3)]
+    audit = AuditResult.given([(b, a, p) for (b, a), p in chunks], batch_size=2, chunk_len=C)
+    h = hidden.clone().requires_grad_(True)
+    loss, metrics = omniopd(Head(h, weight), Head(ref_hidden, ref_weight), tokens, mask, audit, beta=0.0,
+                            normalizer=2)
+    loss.backward()
+    h64 = hidden.double().requires_grad_(True)
+    logits64, ref64 = h64 @ weight.double().T, ref_hidden.double() @ ref_weight.double().T
+    reference = design_omniopd(logits64, ref64, tokens, mask, chunks, 0.0, 2)
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(h.grad.double(), h64.grad, rtol=1e-4, atol=1e-5)
+    audited = [(b, a + j) for (b, a), _ in chunks for j in range(C)]
+    expected_kl = _kl_unaudited(logits64.detach(), ref64, mask, audited)
+    assert expected_kl > 0
+    assert metrics["kl/unaudited_mean"] == pytest.approx(expected_kl, rel=1e-5)  # measured, not NaN
+    assert metrics["loss/kl"] == 0.0 and metrics["loss/pg"] == pytest.approx(reference.item(), rel=1e-5)
 
 
 def test_alpha_zero_is_k_sem_over_n_exactly_and_moves_nothing_else():
@@ -111,7 +139,8 @@ def test_objective_beta_leaves_the_rl_baseline_alone(tiny, tmp_path):
 def test_random_selection_in_a_real_step_audits_as_many_chunks_elsewhere(tiny, tmp_path):
     entropy = _one_step(tiny, tmp_path / "e")
     rand = _one_step(tiny, tmp_path / "r", "--audit.selection=random")
-    placed = ("audit/chunks_audited", "audit/chunks_dropped", "audit/chunks_per_response_mean")
+    placed = ("audit/chunks_audited", "audit/chunks_dropped", "audit/chunks_per_response_mean",
+              "audit/chunks_placed_per_response_mean", "audit/responses_without_chunks_frac")
     for key in placed + ("rollout/entropy_mean", "loss/kl_tokens"):
         assert rand[key] == entropy[key], key
     assert rand["audit/chunks_audited"] > 0
@@ -134,10 +163,25 @@ def test_short_responses_get_the_chunks_that_fit_and_kl_everywhere_else():
     texts = [["ab", "ab"], ["cd", "xx"], None, ["gh", "gh"]]  # the third fork's request failed: dropped
     old = torch.full((3, 6), -0.5, dtype=torch.float64)
     audit = score_forks(anchors, forks, texts, old, get_similarity("ned"), n=2, alpha=1.0, chunk_len=C)
-    assert audit.metrics["audit/chunks_per_response_mean"] == pytest.approx((2 + 1 + 0) / 3)
+    assert audit.metrics["audit/chunks_per_response_mean"] == pytest.approx((2 + 1 + 0) / 3)  # scored
+    assert audit.metrics["audit/chunks_placed_per_response_mean"] == pytest.approx((3 + 1 + 0) / 3)
     assert audit.metrics["audit/responses_without_chunks_frac"] == pytest.approx(1 / 3)
     _, kl_mask = audit_weights(audit, mask)
     audited = torch.zeros(3, 6, dtype=torch.bool)
     audited[0, 0:4] = True  # the dropped chunk at 4 gets the KL back
     audited[1, 0:2] = True
     assert torch.equal(kl_mask, mask & ~audited)
+
+
+def test_a_response_whose_chunks_all_failed_has_room_but_no_audited_chunk():
+    """'Without chunks' means no room (nothing placed): a response whose one chunk the teacher did not answer
+    counts as placed, not as without chunks, and lowers the audited count only."""
+    anchors = torch.tensor([[0, 2], [0, -1], [-1, -1]])
+    forks = [Fork(0, 0, "", "ab"), Fork(0, 2, "", "cd"), Fork(1, 0, "", "gh")]
+    texts = [["ab", "ab"], ["cd", "cd"], None]  # response 1's only chunk: the request failed
+    old = torch.full((3, 6), -0.5, dtype=torch.float64)
+    metrics = score_forks(anchors, forks, texts, old, get_similarity("ned"), n=2, alpha=1.0, chunk_len=C).metrics
+    assert metrics["audit/chunks_per_response_mean"] == pytest.approx((2 + 0 + 0) / 3)
+    assert metrics["audit/chunks_placed_per_response_mean"] == pytest.approx((2 + 1 + 0) / 3)
+    assert metrics["audit/responses_without_chunks_frac"] == pytest.approx(1 / 3)
+    assert metrics["audit/chunks_dropped"] == 1

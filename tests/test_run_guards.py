@@ -63,6 +63,22 @@ def test_a_key_the_checkpoint_predates_counts_as_its_default():
     assert "model.student" not in SAFE_TO_CHANGE and "data.train" not in SAFE_TO_CHANGE
 
 
+def test_a_checkpoint_from_before_train_defaults_resumes_a_demo_run_and_still_guards_its_values():
+    """train.defaults only picks values that are compared one by one: a checkpoint written before the key
+    existed (so it counts as Config()'s 'auto') resumes a run resolved to the demo; a changed method value
+    is still refused."""
+    from omniopd.config import load_config
+
+    demo = load_config([])
+    assert demo.train.defaults == "demo" and Config().train.defaults == "auto"
+    saved = demo.to_dict()
+    del saved["train"]["defaults"]  # as an old checkpoint's stored config
+    assert compare(saved, demo.to_dict(), Config().to_dict()) == []
+    changed = load_config(["--audit.chunk_len=9"])
+    with pytest.raises(ResumeConfigError, match=r"audit.chunk_len was 8 in the checkpoint and is 9 now"):
+        compare(saved, changed.to_dict(), Config().to_dict())
+
+
 def test_apply_optim_puts_the_new_rate_at_the_restored_schedule_position():
     """Restored AdamW + LambdaLR state carries the saved rate; after apply_optim the next step uses the new one."""
     def build(lr: float, warmup: int):

@@ -77,3 +77,34 @@ def test_any_text_scores_in_unit_interval(chunk, texts):
     assert phi.shape == (1, len(texts)) and ((phi >= 0) & (phi <= 1)).all()
     if chunk.strip():
         assert get_similarity("rouge1")([chunk], [[chunk]]).item() == 1.0
+
+
+def test_combining_marks_stay_inside_their_word():
+    # Devanagari: मैं (I) and में (in) share the base म but differ in vowel sign and nasal mark: only घर is shared
+    assert rouge1_f1("मैं घर", "में घर") == pytest.approx(2 * 1 / (2 + 2))
+    assert unigrams("नमस्ते") == {"नमस्ते": 1}  # virama and vowel sign inside the one word
+    # Arabic with harakat: كَتَبَ (he wrote) and كُتِبَ (it was written) are different words
+    assert rouge1_f1("كَتَبَ الولد", "كُتِبَ الولد") == pytest.approx(2 * 1 / (2 + 2))
+    assert rouge1_f1("كَتَبَ", "كُتِبَ") == 0.0
+
+
+def test_nfc_makes_precomposed_and_decomposed_letters_one_word():
+    precomposed, decomposed = "caf\u00e9 noir", "cafe\u0301 noir"
+    assert precomposed != decomposed and rouge1_f1(precomposed, decomposed) == 1.0
+    assert unigrams(decomposed) == {"caf\u00e9": 1, "noir": 1}
+    assert rouge1_f1("café", "cafe") == 0.0  # the accent is part of the word
+
+
+def test_lao_khmer_myanmar_tibetan_count_letters_with_their_marks():
+    # Khmer: កា and កិ are the same consonant with different vowel signs: no unigram shared
+    assert rouge1_f1("កា", "កិ") == 0.0
+    assert unigrams("ខ្ញុំ") == {"ខ្": 1, "ញុំ": 1}  # ខ + coeng; ញ + vowel sign + nikahit
+    # Myanmar: ကို and ကား differ in their marks; ကို vs ကို ကား shares one of 1 and 2
+    assert rouge1_f1("ကို", "ကား") == 0.0
+    assert rouge1_f1("ကို", "ကိုကား") == pytest.approx(2 * 1 / (1 + 2))
+    # Lao, unspaced: ສະບາຍດີ = ສ ະ ບ າ ຍ ດີ (six unigrams), ສະບາຍ its first five
+    assert sum(unigrams("ສະບາຍດີ").values()) == 6
+    assert rouge1_f1("ສະບາຍດີ", "ສະບາຍ") == pytest.approx(2 * 5 / (6 + 5))
+    # Tibetan: བཀྲ་ཤིས = བ ཀྲ ཤི ས (the tsheg separates); ཤིས vs ཤས share only ས
+    assert unigrams("བཀྲ་ཤིས") == {"བ": 1, "ཀྲ": 1, "ཤི": 1, "ས": 1}
+    assert rouge1_f1("ཤིས", "ཤས") == pytest.approx(2 * 1 / (2 + 2))

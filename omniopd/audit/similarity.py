@@ -16,9 +16,11 @@ every phi (a blank or EOS-only student chunk agrees only with a teacher that als
 - `ned` (the paper's default): 1 - Levenshtein(s, r) / max(len(s), len(r)) over characters (rapidfuzz, C++);
   the unit (characters) and the normaliser (the longer text) are ours: the paper names only the distance.
 - `rouge1` (the paper's comparison): unigram-overlap F1 = 2·|A ∩ B| / (|A| + |B|) over the multisets of
-  lowercased words, no stemming (`unigrams`). Words are runs of Unicode letters and digits, so every
-  script has them; in the scripts written without spaces (Han, kana, Thai) each character is a word. Text
-  with no word at all (only symbols) falls back to its non-space characters, so two identical non-empty
+  lowercased words, no stemming (`unigrams`), after NFC normalisation (a precomposed and a decomposed "é"
+  are one word). Words are runs of Unicode letters, numbers and combining marks (categories L, N, M), so every
+  script has them and a vowel sign, virama or harakat stays inside its word; in the scripts written without
+  spaces (Thai, Lao, Tibetan, Myanmar, Khmer, kana, Han) each letter or number with its following marks is a
+  word. Text with no word at all (only symbols) falls back to its non-space characters, so two identical non-empty
   chunks score 1 in any alphabet. On ASCII text this is `rouge-score`'s rouge1 F1 without stemmer (tested).
 - `hybrid`: `cosine(s, r) * J(s, r)` with J the multiset Jaccard index |A ∩ B| / |A ∪ B| of the *exact
   tokens* of the two texts (J = 1 when neither has any). Exact tokens are
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -144,14 +147,48 @@ def _ned(flat_s: list[str], flat_r: list[str], workers: int) -> torch.Tensor:
     return torch.as_tensor(out, dtype=torch.float32)
 
 
-# Scripts written without spaces between words: each character is a unigram.
-_UNSPACED = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_UNIGRAM = re.compile(f"[{_UNSPACED}]|(?:(?![{_UNSPACED}])[^\\W_])+")
+# Scripts written without spaces between words (Thai, Lao, Tibetan, Myanmar, Khmer, kana, Han): each letter or
+# number, with the combining marks that follow it, is a unigram.
+_UNSPACED = ((0x0E00, 0x0E7F), (0x0E80, 0x0EFF), (0x0F00, 0x0FFF), (0x1000, 0x109F), (0x1780, 0x17FF),
+             (0x19E0, 0x19FF), (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _unspaced(char: str) -> bool:
+    code = ord(char)
+    return any(lo <= code <= hi for lo, hi in _UNSPACED)
+
+
+def _words(text: str) -> list[str]:
+    """Runs of letters, numbers and combining marks (Unicode L*, N*, M*), so a vowel sign or a harakat stays
+    inside its word; in the unspaced scripts each letter or number starts a new unigram."""
+    words: list[str] = []
+    current: list[str] = []
+    current_unspaced = False
+    for char in text:
+        kind = unicodedata.category(char)[0]
+        if kind not in "LNM":
+            if current:
+                words.append("".join(current))
+            current = []
+            continue
+        if kind != "M":  # a base character: a new unigram in (or at the border of) an unspaced script
+            if current and (current_unspaced or _unspaced(char)):
+                words.append("".join(current))
+                current = []
+            current_unspaced = _unspaced(char)
+        elif not current:
+            current_unspaced = False  # a mark with no base: a word of its own, spaced
+        current.append(char)
+    if current:
+        words.append("".join(current))
+    return words
 
 
 def unigrams(text: str) -> Counter[str]:
-    """ROUGE-1's multiset of lowercased words (see the module docstring); symbols-only text: its characters."""
-    words = _UNIGRAM.findall(text.lower())
+    """ROUGE-1's multiset of lowercased NFC words (see the module docstring); symbols-only text: its characters."""
+    text = unicodedata.normalize("NFC", text.lower())
+    words = _ASCII_WORD.findall(text) if text.isascii() else _words(text)
     return Counter(words if words else [c for c in text if not c.isspace()])
 
 

@@ -169,13 +169,16 @@ def _stats(prefix: str, t: torch.Tensor) -> dict[str, float]:
 
 def _metrics(r: AuditResult, entropy: torch.Tensor | None, response_mask: torch.Tensor | None) -> dict[str, float]:
     has_fork = r.anchors >= 0
-    per_response = r.kept.sum(1).double()  # a response with room for fewer than M chunks gets as many as fit
+    # A response with room for fewer than M chunks gets as many as fit (placed); of those, the ones the teacher
+    # answered in full are scored (audited). "Without chunks" means no room: nothing placed.
+    placed, scored = has_fork.sum(1).double(), r.kept.sum(1).double()
+    some = placed.numel() > 0
     m = {"audit/chunks_audited": summed(r.kept.sum().item()),  # counts: ranks add them
          "audit/chunks_dropped": summed((has_fork & ~r.kept).sum().item()),
          # per-rank means over equally many responses: their mean over ranks is the step's
-         "audit/chunks_per_response_mean": per_response.mean().item() if per_response.numel() else math.nan,
-         "audit/responses_without_chunks_frac": (per_response == 0).double().mean().item()
-         if per_response.numel() else math.nan}
+         "audit/chunks_per_response_mean": scored.mean().item() if some else math.nan,
+         "audit/chunks_placed_per_response_mean": placed.mean().item() if some else math.nan,
+         "audit/responses_without_chunks_frac": (placed == 0).double().mean().item() if some else math.nan}
     for name, t in (("phi", r.phi), ("k_sem", r.k_sem[r.kept]), ("pi_bar", r.pi_bar[r.kept]),
                     ("pi_hat", r.pi_hat[r.kept])):
         m.update(_stats(f"audit/{name}", t))
