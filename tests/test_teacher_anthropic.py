@@ -1,6 +1,6 @@
-"""Anthropic teacher: the real `anthropic` SDK against a loopback server replaying recorded replies.
+"""Anthropic teacher: the real `anthropic` SDK against a loopback server replaying canned replies.
 
-The fixtures in tests/fixtures/anthropic/ follow the documented Messages API shapes (a message with
+The fixtures in tests/fixtures/anthropic/ are hand-written in the documented Messages API shapes (a message with
 text blocks, usage and stop_reason; errors as {"type": "error", "error": {"type", "message"}}).
 The server records every request, so the test checks what the teacher sends, not only what it parses.
 """
@@ -28,7 +28,7 @@ def fixture(name: str) -> dict:
 
 
 class Replay(Loopback):
-    """A loopback HTTP server answering each POST with the next queued recorded reply."""
+    """A loopback HTTP server answering each POST with the next queued canned (hand-written) reply."""
 
     def __init__(self):
         self.queue: list[dict] = []

@@ -1,5 +1,5 @@
-"""Gemini teacher: the real `google-genai` SDK against a loopback server replaying recorded replies
-(tests/fixtures/gemini/, the documented generateContent REST shapes: candidates with parts, finishReason,
+"""Gemini teacher: the real `google-genai` SDK against a loopback server replaying canned replies
+(tests/fixtures/gemini/, hand-written in the documented generateContent REST shapes: candidates with parts, finishReason,
 usageMetadata, promptFeedback; errors as {"error": {"code", "message", "status", "details"}})."""
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_restarts():
 
 
 def test_anthropic_in_instruct_mode_sends_no_prefill_and_keys_the_cache_apart(monkeypatch, tmp_path):
-    """The real `anthropic` SDK against a loopback replay of a recorded Messages reply: the partial answer goes in
+    """The real `anthropic` SDK against a loopback replay of a hand-written Messages reply: the partial answer goes in
     the user turn (no assistant turn), and the instruct reply is cached apart from a prefill reply."""
     from loopback import api_teachers
     from replay import Replay

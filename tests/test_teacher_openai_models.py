@@ -1,6 +1,6 @@
 """OpenAI's own chat models as teachers: the request follows the model family, a parameter the API rejects is a
 config error naming our key (not retried), and instruct mode for an API that cannot continue a partial answer.
-The real `openai` SDK talks to a loopback server replaying recorded replies (tests/fixtures/openai/, the
+The real `openai` SDK talks to a loopback server replaying hand-written replies (tests/fixtures/openai/, the
 documented chat.completion and error shapes)."""
 
 from __future__ import annotations
