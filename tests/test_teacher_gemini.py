@@ -1,6 +1,7 @@
 """Gemini teacher: the real `google-genai` SDK against a loopback server replaying canned replies
-(tests/fixtures/gemini/, hand-written in the documented generateContent REST shapes: candidates with parts, finishReason,
-usageMetadata, promptFeedback; errors as {"error": {"code", "message", "status", "details"}})."""
+(tests/fixtures/gemini/, hand-written in the documented generateContent REST shapes, not recorded: candidates with
+parts, finishReason, usageMetadata, promptFeedback; errors as {"error": {"code", "message", "status", "details"}}).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ CHAT = [{"role": "system", "content": "You are a careful math tutor."},
         {"role": "user", "content": "What is 12 + 7?"}]
 PREFIX = "12 + 7 = "
 ANSWER = "19, so the answer is \\boxed{19}."
+LONG_PREFIX = "Adding the two numbers gives "  # a repeat this long (>= MIN_OVERLAP) is dropped
 
 
 @pytest.fixture()
@@ -51,7 +53,7 @@ def ask(teacher, n: int = 1, prefix: str = PREFIX, **fields) -> object:
 def test_instruct_request_shape_and_normalised_candidates(replay, teacher_for):
     replay.push("two_candidates")
     teacher = teacher_for(price_in_per_mtok=0.3, price_out_per_mtok=2.5)
-    result = ask(teacher, n=2)
+    result = ask(teacher, n=2, prefix=LONG_PREFIX)
     [sent] = replay.requests
     assert sent["path"].endswith("/models/gemini-2.5-flash:generateContent")  # v1beta or v1 by SDK version
     assert sent["headers"]["x-goog-api-key"] == KEY
@@ -59,7 +61,7 @@ def test_instruct_request_shape_and_normalised_candidates(replay, teacher_for):
     assert body["systemInstruction"]["parts"] == [{"text": "You are a careful math tutor."}]
     [turn] = body["contents"]  # no model turn: the partial answer is in the user turn, with the instruction
     assert turn["role"] == "user" and turn["parts"][0]["text"].startswith("What is 12 + 7?\n\n")
-    assert turn["parts"][0]["text"].endswith(f"{OPEN}{PREFIX}{CLOSE}")
+    assert turn["parts"][0]["text"].endswith(f"{OPEN}{LONG_PREFIX}{CLOSE}")
     config = dict(body["generationConfig"])
     assert thinking_budget(config.pop("thinkingConfig")) == 0
     assert config == {"candidateCount": 2, "maxOutputTokens": 32, "temperature": 0.7}
