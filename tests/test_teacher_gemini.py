@@ -151,3 +151,44 @@ def test_instruct_and_prefill_replies_are_cached_apart(replay, teacher_for, tmp_
     again = ask(teacher_for(cache_path=cache, completion_mode="chat"))
     other = ask(teacher_for(cache_path=cache, completion_mode="instruct"), n=2)
     assert again.cached and again.texts == first.texts and not other.cached and len(replay.requests) == 2
+
+
+def test_one_blocked_candidate_keeps_the_others_and_asks_only_for_the_missing_one(replay, teacher_for):
+    replay.push("safety_and_answer", "thought_and_answer")
+    result = ask(teacher_for(max_concurrency=1), n=2)
+    assert result.texts == ["19.", "19."] and result.retries == 1
+    assert [r["body"]["generationConfig"]["candidateCount"] for r in replay.requests] == [2, 1]
+    assert (result.prompt_tokens, result.completion_tokens) == (41 + 41, 3 + 33)  # both calls billed
+
+
+def test_a_language_finish_is_not_retried(replay, teacher_for):
+    replay.push("language", "thought_and_answer")
+    result = ask(teacher_for())
+    assert result.texts is None and result.retries == 0 and len(replay.requests) == 1
+    assert "LANGUAGE" in result.error and "not retried" in result.error
+
+
+@pytest.mark.parametrize("bad, key", [("error_field_violation", "teacher.temperature"),
+                                      ("error_turns_alternate", "teacher.completion_mode")])
+def test_a_400_blames_the_field_it_names_or_the_completion_mode(replay, teacher_for, bad, key):
+    """The details' fieldViolations win over words in the message (both messages mention 'model')."""
+    replay.push(bad, "thought_and_answer")
+    result = ask(teacher_for(completion_mode="chat"))
+    assert result.texts is None and result.retries == 0 and len(replay.requests) == 1
+    assert f"config error: the API rejects a parameter set by {key}:" in result.error
+
+
+def test_the_thinking_budget_keys_the_cache(replay, teacher_for, tmp_path):
+    cache = str(tmp_path / "cache.sqlite")
+    replay.push("thought_and_answer", "thought_and_answer")
+    ask(teacher_for(cache_path=cache))
+    again = ask(teacher_for(cache_path=cache))
+    thinking = ask(teacher_for(cache_path=cache, thinking_budget=256))
+    assert again.cached and not thinking.cached and len(replay.requests) == 2
+
+
+def test_the_rate_budget_charges_the_thinking_budget_up_front(teacher_for):
+    req = TeacherRequest(CHAT, PREFIX, n=2, max_tokens=32, temperature=0.7)
+    plain, thinking = teacher_for(), teacher_for(thinking_budget=256)
+    assert plain.estimate_split(req, 2)[1] == 2 * 32
+    assert thinking.estimate_split(req, 2) == (plain.estimate_split(req, 2)[0], 2 * (32 + 256))
