@@ -37,7 +37,7 @@ class JsonHandler(BaseHTTPRequestHandler):
     def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         headers = dict(headers or {})
-        if not any(name.lower() == "content-type" for name in headers):  # recorded replies carry their own
+        if not any(name.lower() == "content-type" for name in headers):  # canned replies carry their own
             headers["Content-Type"] = "application/json"
         for name, value in headers.items():
             self.send_header(name, value)

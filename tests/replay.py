@@ -1,6 +1,7 @@
-"""A loopback HTTP server that answers each POST with the next queued recorded reply (tests/fixtures/<provider>/,
-hand-written in the provider's documented wire format: {"status", "headers", "body"}) and records every request,
-so a test checks what the real SDK client sent as well as what the teacher made of the reply."""
+"""A loopback HTTP server that answers each POST with the next queued canned reply (tests/fixtures/<provider>/,
+hand-written in the provider's documented wire format, not recorded from the live service: {"status", "headers",
+"body"}) and records every request, so a test checks what the real SDK client sent as well as what the teacher
+made of the reply."""
 
 from __future__ import annotations
 

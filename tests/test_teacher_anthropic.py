@@ -1,6 +1,6 @@
-"""Anthropic teacher: the real `anthropic` SDK against a loopback server replaying recorded replies.
+"""Anthropic teacher: the real `anthropic` SDK against a loopback server replaying canned replies.
 
-The fixtures in tests/fixtures/anthropic/ follow the documented Messages API shapes (a message with
+The fixtures in tests/fixtures/anthropic/ are hand-written in the documented Messages API shapes (a message with
 text blocks, usage and stop_reason; errors as {"type": "error", "error": {"type", "message"}}).
 The server records every request, so the test checks what the teacher sends, not only what it parses.
 """
@@ -28,7 +28,7 @@ def fixture(name: str) -> dict:
 
 
 class Replay(Loopback):
-    """A loopback HTTP server answering each POST with the next queued recorded reply."""
+    """A loopback HTTP server answering each POST with the next queued canned (hand-written) reply."""
 
     def __init__(self):
         self.queue: list[dict] = []
@@ -124,6 +124,19 @@ def test_one_failed_sample_fails_the_request_never_fewer_texts(replay, teacher_f
     [result] = teacher_for(max_concurrency=1).generate(
         [TeacherRequest(CHAT, "12 + 7 = ", n=3, max_tokens=32, temperature=0.7)])
     assert result.texts is None and "400" in result.error
+
+
+def test_a_model_that_refuses_prefill_is_a_config_error_naming_instruct_mode(replay, teacher_for):
+    replay.queue += [fixture("error_prefill_unsupported"), fixture("message_prefill")]
+    [result] = teacher_for(max_retries=3).generate(
+        [TeacherRequest(CHAT, "12 + 7 = ", n=1, max_tokens=32, temperature=0.7, key="seq 4 anchor 1")])
+    assert result.texts is None and result.retries == 0 and len(replay.requests) == 1
+    assert "config error" in result.error and "teacher.completion_mode=instruct" in result.error
+    assert "not retried" in result.error and "seq 4 anchor 1" in result.error and KEY not in result.error
+    # Any other 400 stays the API's own message, not this advice.
+    replay.queue[:] = [fixture("error_invalid_request")]
+    [other] = teacher_for().generate([TeacherRequest(CHAT, "", n=1, max_tokens=8, temperature=0.0)])
+    assert "trailing whitespace" in other.error and "completion_mode" not in other.error
 
 
 def test_missing_key_is_a_clear_error(monkeypatch):

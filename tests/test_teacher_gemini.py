@@ -1,6 +1,7 @@
-"""Gemini teacher: the real `google-genai` SDK against a loopback server replaying recorded replies
-(tests/fixtures/gemini/, the documented generateContent REST shapes: candidates with parts, finishReason,
-usageMetadata, promptFeedback; errors as {"error": {"code", "message", "status", "details"}})."""
+"""Gemini teacher: the real `google-genai` SDK against a loopback server replaying canned replies
+(tests/fixtures/gemini/, hand-written in the documented generateContent REST shapes, not recorded: candidates with
+parts, finishReason, usageMetadata, promptFeedback; errors as {"error": {"code", "message", "status", "details"}}).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ CHAT = [{"role": "system", "content": "You are a careful math tutor."},
         {"role": "user", "content": "What is 12 + 7?"}]
 PREFIX = "12 + 7 = "
 ANSWER = "19, so the answer is \\boxed{19}."
+LONG_PREFIX = "Adding the two numbers gives "  # a repeat this long (>= MIN_OVERLAP) is dropped
 
 
 @pytest.fixture()
@@ -51,7 +53,7 @@ def ask(teacher, n: int = 1, prefix: str = PREFIX, **fields) -> object:
 def test_instruct_request_shape_and_normalised_candidates(replay, teacher_for):
     replay.push("two_candidates")
     teacher = teacher_for(price_in_per_mtok=0.3, price_out_per_mtok=2.5)
-    result = ask(teacher, n=2)
+    result = ask(teacher, n=2, prefix=LONG_PREFIX)
     [sent] = replay.requests
     assert sent["path"].endswith("/models/gemini-2.5-flash:generateContent")  # v1beta or v1 by SDK version
     assert sent["headers"]["x-goog-api-key"] == KEY
@@ -59,7 +61,7 @@ def test_instruct_request_shape_and_normalised_candidates(replay, teacher_for):
     assert body["systemInstruction"]["parts"] == [{"text": "You are a careful math tutor."}]
     [turn] = body["contents"]  # no model turn: the partial answer is in the user turn, with the instruction
     assert turn["role"] == "user" and turn["parts"][0]["text"].startswith("What is 12 + 7?\n\n")
-    assert turn["parts"][0]["text"].endswith(f"{OPEN}{PREFIX}{CLOSE}")
+    assert turn["parts"][0]["text"].endswith(f"{OPEN}{LONG_PREFIX}{CLOSE}")
     config = dict(body["generationConfig"])
     assert thinking_budget(config.pop("thinkingConfig")) == 0
     assert config == {"candidateCount": 2, "maxOutputTokens": 32, "temperature": 0.7}
@@ -149,3 +151,44 @@ def test_instruct_and_prefill_replies_are_cached_apart(replay, teacher_for, tmp_
     again = ask(teacher_for(cache_path=cache, completion_mode="chat"))
     other = ask(teacher_for(cache_path=cache, completion_mode="instruct"), n=2)
     assert again.cached and again.texts == first.texts and not other.cached and len(replay.requests) == 2
+
+
+def test_one_blocked_candidate_keeps_the_others_and_asks_only_for_the_missing_one(replay, teacher_for):
+    replay.push("safety_and_answer", "thought_and_answer")
+    result = ask(teacher_for(max_concurrency=1), n=2)
+    assert result.texts == ["19.", "19."] and result.retries == 1
+    assert [r["body"]["generationConfig"]["candidateCount"] for r in replay.requests] == [2, 1]
+    assert (result.prompt_tokens, result.completion_tokens) == (41 + 41, 3 + 33)  # both calls billed
+
+
+def test_a_language_finish_is_not_retried(replay, teacher_for):
+    replay.push("language", "thought_and_answer")
+    result = ask(teacher_for())
+    assert result.texts is None and result.retries == 0 and len(replay.requests) == 1
+    assert "LANGUAGE" in result.error and "not retried" in result.error
+
+
+@pytest.mark.parametrize("bad, key", [("error_field_violation", "teacher.temperature"),
+                                      ("error_turns_alternate", "teacher.completion_mode")])
+def test_a_400_blames_the_field_it_names_or_the_completion_mode(replay, teacher_for, bad, key):
+    """The details' fieldViolations win over words in the message (both messages mention 'model')."""
+    replay.push(bad, "thought_and_answer")
+    result = ask(teacher_for(completion_mode="chat"))
+    assert result.texts is None and result.retries == 0 and len(replay.requests) == 1
+    assert f"config error: the API rejects a parameter set by {key}:" in result.error
+
+
+def test_the_thinking_budget_keys_the_cache(replay, teacher_for, tmp_path):
+    cache = str(tmp_path / "cache.sqlite")
+    replay.push("thought_and_answer", "thought_and_answer")
+    ask(teacher_for(cache_path=cache))
+    again = ask(teacher_for(cache_path=cache))
+    thinking = ask(teacher_for(cache_path=cache, thinking_budget=256))
+    assert again.cached and not thinking.cached and len(replay.requests) == 2
+
+
+def test_the_rate_budget_charges_the_thinking_budget_up_front(teacher_for):
+    req = TeacherRequest(CHAT, PREFIX, n=2, max_tokens=32, temperature=0.7)
+    plain, thinking = teacher_for(), teacher_for(thinking_budget=256)
+    assert plain.estimate_split(req, 2)[1] == 2 * 32
+    assert thinking.estimate_split(req, 2) == (plain.estimate_split(req, 2)[0], 2 * (32 + 256))

@@ -31,12 +31,21 @@ def test_the_partial_answer_goes_in_the_last_user_turn_with_the_instruction():
     ("19.", "12 + 7 = ", "19."),                                        # a plain continuation: unchanged
     (" 19.", "12 + 7 = ", "19."),                                       # the prefix's space is the joint
     (" 19.", "12 + 7 =", " 19."),                                       # the joint's space as written
-    ("12 + 7 = 19.", "12 + 7 = ", "19."),                               # the whole prefix repeated
-    ("  12 + 7 = 19.", "12 + 7 = ", "19."),
+    ("First, we add 12 + 7 = 19.", "First, we add 12 + 7 = ", "19."),     # the whole prefix repeated
+    ("  First, we add 12 + 7 = 19.", "First, we add 12 + 7 = ", "19."),
+    ("11 + 2 = 13", "1", "11 + 2 = 13"),                                # a whole prefix < MIN_OVERLAP: kept
+    ("12 + 7 = 19.", "12 + 7 = ", "12 + 7 = 19."),
+    (f"{OPEN}So 3 + 4{CLOSE} = 7", "So 3 + 4", " = 7"),                 # an echoed block, then the reply
+    (f"{OPEN}So 3 + 4 {CLOSE} 7", "So 3 + 4 = ", "7"),
+    ('"abc"', "x = ", '"abc"'),                                         # quotes after `=`: a string literal
+    ("'a', 'b')", "f(", "'a', 'b')"),
+    ("“hi”", "he said “", "“hi”"),
+    ("‘it’s done’", "So ", "it’s done"),                           # the apostrophe inside stays
+    ("'it's done'", "So ", "'it's done'"),
     ("```\n19.\n```", "12 + 7 = ", "19."),                              # a fence around the reply
     ("```text\n19.\n```", "12 + 7 = ", "19."),
-    ('"19."', "12 + 7 = ", "19."),                                      # quotes around the reply
-    ("\u201c19.\u201d", "12 + 7 = ", "19."),
+    ('"19."', "The sum is ", "19."),                                      # quotes around the reply
+    ("\u201c19.\u201d", "The sum is ", "19."),
     (f"{OPEN}12 + 7 = 19.{CLOSE}", "12 + 7 = ", "19."),                 # the tags echoed
     ("2 + 7 = 9.", "First, we add 2 + 7", "2 + 7 = 9."),                # an overlap < MIN_OVERLAP: kept
     ("we add the ones: 2 + 7 = 9.", "First, we add the ones: 2 + 7", " = 9."),  # a long tail repeated
@@ -54,7 +63,7 @@ words = st.text(alphabet=st.characters(codec="ascii", categories=["L", "N"]) | s
 @given(prefix=words, continuation=words)
 def test_a_repeated_prefix_is_dropped_and_a_fence_unwrapped(prefix, continuation):
     continuation = continuation.strip() or "x"
-    prefix = (prefix.strip() or "a") + " "
+    prefix = "The answer so far: " + prefix.strip() + " "  # at least MIN_OVERLAP characters
     assert normalise(prefix + continuation, prefix) == continuation
     assume(not continuation.startswith(prefix.strip()))  # else rule 2 rightly drops it after unwrapping
     assert normalise(f"```\n{continuation}\n```", prefix) == continuation
@@ -67,6 +76,21 @@ def test_a_continuation_that_shares_no_long_overlap_is_kept(prefix, continuation
         assert normalise(continuation, prefix) == continuation
 
 
+@given(prefix=words, reply=words)
+def test_a_short_whole_prefix_is_never_dropped(prefix, reply):
+    """Rule 2's minimum length holds for the whole-prefix repeat as for a tail: a prefix shorter than MIN_OVERLAP
+    is never cut from the start of a plain (unwrapped, untagged) reply."""
+    assume(len(prefix.strip()) < MIN_OVERLAP and not prefix[-1:].isspace() and not reply.startswith(("'", '"')))
+    assert normalise(reply, prefix) == reply
+
+
+@pytest.mark.parametrize("reply, prefix", [("", "12 + 7 = "), ("   ", "12 + 7 = "), ('""', "So "),
+                                           (f"{OPEN}First, we add the ones{CLOSE}", "First, we add the ones"),
+                                           ("First, we add the ones", "First, we add the ones ")])
+def test_nothing_left_after_normalising_is_empty(reply, prefix):
+    assert normalise(reply, prefix).strip() == ""
+
+
 def test_restarts():
     assert restarts("First, we add the ones: 2 + 7 = 9", "First,  we add the ones and then")
     assert not restarts(" = 9, then the tens", "First, we add the ones")
@@ -74,7 +98,7 @@ def test_restarts():
 
 
 def test_anthropic_in_instruct_mode_sends_no_prefill_and_keys_the_cache_apart(monkeypatch, tmp_path):
-    """The real `anthropic` SDK against a loopback replay of a recorded Messages reply: the partial answer goes in
+    """The real `anthropic` SDK against a loopback replay of a hand-written Messages reply: the partial answer goes in
     the user turn (no assistant turn), and the instruct reply is cached apart from a prefill reply."""
     from loopback import api_teachers
     from replay import Replay

@@ -1,6 +1,6 @@
 """OpenAI's own chat models as teachers: the request follows the model family, a parameter the API rejects is a
 config error naming our key (not retried), and instruct mode for an API that cannot continue a partial answer.
-The real `openai` SDK talks to a loopback server replaying recorded replies (tests/fixtures/openai/, the
+The real `openai` SDK talks to a loopback server replaying hand-written replies (tests/fixtures/openai/, the
 documented chat.completion and error shapes)."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def teacher_for(replay, monkeypatch):
         yield make
 
 
-def ask(teacher, n: int = 1, temperature: float = 0.7):
-    [result] = teacher.generate([TeacherRequest(CHAT, PREFIX, n=n, max_tokens=16, temperature=temperature,
+def ask(teacher, n: int = 1, temperature: float = 0.7, prefix: str = PREFIX):
+    [result] = teacher.generate([TeacherRequest(CHAT, prefix, n=n, max_tokens=16, temperature=temperature,
                                                 key="seq 2 anchor 9")])
     return result
 
@@ -66,14 +66,15 @@ def test_reasoning_model_request_and_normalised_instruct_replies(replay, teacher
     with caplog.at_level("WARNING", logger="omniopd.teacher"):
         teacher = teacher_for(model="gpt-5-mini", price_in_per_mtok=0.25, price_out_per_mtok=2.0)
     assert "fixed temperature 1" in caplog.text
-    result = ask(teacher, n=2)
+    long_prefix = "Adding the two numbers gives "  # repeats of at least MIN_OVERLAP characters are dropped
+    result = ask(teacher, n=2, prefix=long_prefix)
     [sent] = replay.requests
     assert sent["path"] == "/v1/chat/completions" and sent["headers"]["authorization"] == f"Bearer {KEY}"
     body = sent["body"]
     assert {k: body[k] for k in body if k != "messages"} == {
         "model": "gpt-5-mini", "n": 2, "max_completion_tokens": 16, "reasoning_effort": "minimal"}
     [turn] = body["messages"]  # no assistant turn: the partial answer is in the user turn
-    assert turn["role"] == "user" and turn["content"].endswith(f"{OPEN}{PREFIX}{CLOSE}")
+    assert turn["role"] == "user" and turn["content"].endswith(f"{OPEN}{long_prefix}{CLOSE}")
     # One reply in quotes, one repeating the prefix: both normalised to the continuation.
     assert result.texts == [ANSWER, ANSWER]
     assert (result.prompt_tokens, result.completion_tokens) == (52, 90)  # reasoning tokens are output
@@ -106,3 +107,31 @@ def test_a_429_is_retried_after_retry_after_ms(replay, teacher_for):
     assert replay.requests[1]["time"] - replay.requests[0]["time"] >= 0.28
     # A non-reasoning model on a compatible endpoint gets our temperature and max_tokens.
     assert replay.requests[1]["body"]["temperature"] == 0.7 and replay.requests[1]["body"]["max_tokens"] == 16
+
+
+def _choices(*contents: str) -> dict:
+    """The chat_one_choice fixture with one choice per content (hand-written, the documented shape)."""
+    from replay import fixture
+
+    reply = fixture("openai", "chat_one_choice")
+    template = reply["body"]["choices"][0]
+    reply["body"]["choices"] = [{**template, "index": i, "message": {**template["message"], "content": c}}
+                                for i, c in enumerate(contents)]
+    return reply
+
+
+def test_a_reply_empty_after_normalising_is_a_failed_sample_asked_for_again(replay, teacher_for):
+    """An instruct reply that only echoes the partial answer normalises to nothing: that sample failed (never ''),
+    the call's good sample is kept and only the missing one is asked for again."""
+    replay.queue += [_choices(f"{OPEN}{PREFIX}{CLOSE}", ANSWER), _choices(ANSWER)]
+    result = ask(teacher_for(model="gpt-4.1-mini"), n=2)
+    assert result.texts == [ANSWER, ANSWER] and result.retries == 1
+    assert [r["body"]["n"] for r in replay.requests] == [2, 1]
+    assert (result.prompt_tokens, result.completion_tokens) == (100, 24)  # both calls billed
+
+
+def test_a_sample_that_keeps_normalising_to_nothing_fails_the_request(replay, teacher_for):
+    replay.queue += [_choices(f"{OPEN}{PREFIX}{CLOSE}")] * 3
+    result = ask(teacher_for(model="gpt-4.1-mini", max_retries=2))
+    assert result.texts is None and "nothing left after normalising" in result.error
+    assert "gave up after 2 retries" in result.error

@@ -8,8 +8,9 @@ System turns are joined into the top-level `system` parameter.
 
 `temperature` is sent (in the body; SDK 2.x no longer types it) only when it differs from the API's
 default of 1.0, so `teacher.temperature=1.0` also works with models that refuse sampling parameters.
-Models without prefill support answer HTTP 400; such requests are reported failed, never retried: use
-`teacher.completion_mode=instruct` with them (the partial answer goes in the user turn, `instruct.py`).
+Models without prefill support answer HTTP 400; that is a config error naming
+`teacher.completion_mode=instruct` (`prefill_refused`), never retried: in that mode the partial answer goes in
+the user turn (`instruct.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,24 @@ def build_messages_params(model: str, req: TeacherRequest, *, instruct: bool = F
     if req.temperature != 1.0:
         params["extra_body"] = {"temperature": req.temperature}
     return params, "" if instruct else req.prefix[len(head):]
+
+
+def prefill_refused(exc: BaseException) -> CallError | None:
+    """An HTTP 400 saying the model takes no prefilled final assistant turn, as a config error naming the mode
+    that avoids it (None for any other error)."""
+    if getattr(exc, "status_code", None) != 400:
+        return None
+    body = getattr(exc, "body", None)
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = str((error or {}).get("message") or getattr(exc, "message", "") or exc)
+    lowered = message.lower()
+    about_prefill = "prefill" in lowered or ("assistant" in lowered and ("final" in lowered or "last" in lowered))
+    refused = any(word in lowered for word in ("not support", "does not accept", "not accept", "not allowed",
+                                               "must end with a user", "unsupported"))
+    if not (about_prefill and refused):
+        return None
+    return CallError(f"config error: this model takes no prefilled assistant turn; set "
+                     f"teacher.completion_mode=instruct (HTTP 400: {message})", retryable=False, status=400)
 
 
 def continuation_text(content: list, held_back: str) -> str:
@@ -67,7 +86,10 @@ class AnthropicTeacher(RemoteTeacher):
 
     async def _attempt(self, req: TeacherRequest, n: int) -> Reply:
         params, held_back = build_messages_params(self.cfg.model, req, instruct=self.mode == "instruct")
-        message = await self._client.messages.create(**params)
+        try:
+            message = await self._client.messages.create(**params)
+        except self.sdk.BadRequestError as e:
+            raise (prefill_refused(e) if self.mode == "prefill" else None) or e from None
         try:
             if message.stop_reason is None or not isinstance(message.content, list):
                 raise CallError("malformed response: no stop_reason or content", retryable=True)

@@ -12,10 +12,15 @@ models and endpoints that continue one (a prefill). System turns go in `system_i
 - Errors (`classify`): 429 and RESOURCE_EXHAUSTED wait for the RetryInfo delay the body carries (or back off)
   and pause every sender; 5xx, timeouts, connection errors are retried; a 400 that names a parameter we set is
   a config error naming our key, not retried; other 4xx fail at once. A blocked prompt (`prompt_feedback.
-  block_reason`) fails at once. A candidate that ends in SAFETY, RECITATION or another block, a reply with no
-  candidates, a candidate with no text, and a thinking-only candidate are failed samples (retried: a new
-  sample may pass), never an empty string; a thinking-only candidate cut at MAX_TOKENS fails at once (the
-  thinking budget leaves no room for the answer).
+  block_reason`) fails at once. A candidate that ends in SAFETY, RECITATION or another block, a candidate with
+  no text, and a thinking-only candidate are failed samples, never an empty string: the call's good candidates
+  are kept and only the missing ones are asked for again (a new sample may pass); a reply with no candidates
+  is retried whole. A thinking-only candidate cut at MAX_TOKENS (the thinking budget leaves no room for the
+  answer) and a LANGUAGE finish (a language the model does not take) fail at once. The config key a 400
+  blames is the field its `fieldViolations` name, else `teacher.completion_mode` for turns that must
+  alternate between user and model, else a parameter its message names.
+- The thinking budget is part of the teacher cache key, and the rate budget charges each candidate
+  max_tokens + thinking budget up front.
 The SDK's own retries are off (it retries only when given retry options): the engine in `remote.py` retries.
 """
 
@@ -30,7 +35,7 @@ from omniopd.rollout.teachers.remote import CallError, RemoteTeacher, Reply, par
 from omniopd.rollout.teachers.secrets import read_api_key
 
 _OK_FINISH = {"STOP", "MAX_TOKENS", "FINISH_REASON_UNSPECIFIED", None}
-# Words in a 400's message -> the config key that set the parameter it complains about.
+# Words in a 400's field violation (or, failing that, its message) -> the config key that set that parameter.
 _PARAM_KEYS = (("thinking", "teacher.thinking_budget"), ("candidate", "teacher.candidates_per_call"),
                ("temperature", "teacher.temperature"), ("max_output_tokens", "audit.chunk_len"),
                ("maxoutputtokens", "audit.chunk_len"), ("seed", "teacher.send_seed"), ("model", "teacher.model"))
@@ -45,6 +50,36 @@ def retry_info_delay(details: object) -> float | None:
             if found:
                 return float(found.group(1))
     return None
+
+
+def _field_violations(details: object) -> list[str]:
+    """The fields a google.rpc.BadRequest entry in an error body names (`fieldViolations[].field`)."""
+    error = details.get("error", details) if isinstance(details, dict) else None
+    fields = []
+    for entry in (error or {}).get("details") or []:
+        for violation in (entry.get("fieldViolations") or [] if isinstance(entry, dict) else []):
+            if isinstance(violation, dict) and violation.get("field"):
+                fields.append(str(violation["field"]))
+    return fields
+
+
+def _key_for(text: str) -> str | None:
+    lowered = text.lower().replace(" ", "_")
+    return next((k for word, k in _PARAM_KEYS if word in lowered or word in lowered.replace("_", "")), None)
+
+
+def blamed_key(message: str, details: object) -> str | None:
+    """The config key a 400 blames: the field its details name first; a complaint that turns do not alternate
+    between user and model is about how the partial answer is sent (`teacher.completion_mode`); else a
+    parameter the message names."""
+    for field in _field_violations(details):
+        key = _key_for(field)
+        if key is not None:
+            return key
+    lowered = message.lower()
+    if "alternat" in lowered and "user" in lowered and "model" in lowered:
+        return "teacher.completion_mode"
+    return _key_for(message)
 
 
 def classify(exc: BaseException) -> CallError:
@@ -62,8 +97,7 @@ def classify(exc: BaseException) -> CallError:
             return CallError(text, retryable=True, status=429,
                              retry_after=delay if delay is not None else parse_retry_after(headers))
         if code == 400:
-            lowered = message.lower()
-            key = next((k for word, k in _PARAM_KEYS if word in lowered.replace(" ", "_")), None)
+            key = blamed_key(message, exc.details)
             if key is not None:
                 return CallError(f"config error: the API rejects a parameter set by {key}: {text}",
                                  retryable=False, status=400)
@@ -91,6 +125,9 @@ def _is_transport_error(exc: BaseException) -> bool:
 def candidate_text(candidate) -> str:
     """The answer text of one candidate (thought parts left out), or CallError for a failed sample."""
     finish = getattr(candidate.finish_reason, "value", candidate.finish_reason)
+    if finish == "LANGUAGE":  # the model does not answer in this language: a new sample will not either
+        raise CallError("a candidate was blocked (finish_reason LANGUAGE: a language the model does not "
+                        "support)", retryable=False)
     if finish not in _OK_FINISH:
         raise CallError(f"a candidate was blocked (finish_reason {finish})", retryable=True)
     parts = (candidate.content.parts if candidate.content is not None else None) or []
@@ -122,6 +159,16 @@ class GeminiTeacher(RemoteTeacher):
         super().__init__(cfg, cache)
         options = types.HttpOptions(base_url=cfg.base_url or None, timeout=int(cfg.timeout_s * 1000))
         self._client = genai.Client(api_key=key, http_options=options)
+
+    @property
+    def cache_tag(self) -> str:
+        """The thinking budget changes the replies, so it keys the cache too."""
+        return f"{super().cache_tag}+thinking-{self.cfg.thinking_budget}"
+
+    def estimate_split(self, req: TeacherRequest, n: int) -> tuple[int, int]:
+        """Each candidate may spend `max_output_tokens` = max_tokens + the thinking budget: charged up front."""
+        prompt, completion = super().estimate_split(req, n)
+        return prompt, completion + n * self.cfg.thinking_budget
 
     def _split(self, req: TeacherRequest) -> list[int]:
         per_call = self.cfg.candidates_per_call
@@ -159,11 +206,20 @@ class GeminiTeacher(RemoteTeacher):
             if not response.candidates:
                 raise CallError("malformed response: no candidates", retryable=True)
             candidates = sorted(response.candidates, key=lambda c: c.index or 0)
-            texts = [self.continuation(candidate_text(c), req) for c in candidates]
+            texts: list[str | None] = []
+            failures: list[str] = []
+            for candidate in candidates:  # a failed candidate is one failed sample: the others are kept
+                try:
+                    texts.append(self.continuation(candidate_text(candidate), req))
+                except CallError as e:
+                    if not e.retryable:
+                        raise
+                    texts.append(None)
+                    failures.append(str(e))
         except CallError as e:  # billed all the same
             e.prompt_tokens, e.completion_tokens = prompt, output
             raise
-        return Reply(texts, prompt, output)
+        return Reply(texts, prompt, output, failure="; ".join(dict.fromkeys(failures)))
 
     async def _aclose(self) -> None:
         await self._client.aio.aclose()

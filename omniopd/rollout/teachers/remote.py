@@ -41,6 +41,7 @@ from omniopd.rollout.teachers.secrets import scrub
 _MAX_BACKOFF_S = 30.0
 # Prompt characters per token before any reply has reported usage: low, so the first estimates are high.
 _FIRST_CHARS_PER_TOKEN = 3.0
+_NO_TEXT = "a sample with no text (in instruct mode: nothing left after normalising the reply)"
 
 
 class CallError(Exception):
@@ -65,8 +66,11 @@ class Reply:
     """What one HTTP call returned: `texts` must hold exactly as many samples as were asked for."""
 
     texts: list[str | None]
+    """None marks a failed sample (the call's other samples are kept; only the missing ones are asked again)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    failure: str = ""
+    """Why the None samples failed, when the backend knows."""
 
 
 @dataclass
@@ -159,8 +163,11 @@ class RemoteTeacher(Teacher):
         return instruct_messages(req.messages, req.prefix)
 
     def continuation(self, text: str | None, req: TeacherRequest) -> str | None:
-        """A reply's text as the continuation of `req.prefix` (normalised in instruct mode; None stays None)."""
-        return normalise(text, req.prefix) if text is not None and self.mode == "instruct" else text
+        """A reply's text as the continuation of `req.prefix` (normalised in instruct mode). None is a failed
+        sample: no text, or (instruct mode) nothing left after normalising, which is never an empty string."""
+        if text is None or self.mode != "instruct":
+            return text
+        return normalise(text, req.prefix) or None
 
     def usage(self) -> dict:
         """The base counters plus HTTP calls sent (retries included) and the rate budget's: seconds calls waited
@@ -242,18 +249,23 @@ class RemoteTeacher(Teacher):
 
     async def _part(self, req: TeacherRequest, n: int, p: _Progress, deadline: float) -> list[str]:
         attempt = 0
+        got: list[str] = []  # good samples so far: a retry asks only for the ones still missing
         while True:
+            want = n - len(got)
             try:
                 async with self._slots:
-                    reply = await self._budgeted_attempt(req, n, deadline)
+                    reply = await self._budgeted_attempt(req, want, deadline)
                 p.prompt_tokens += reply.prompt_tokens  # billed even when the reply is then rejected
                 p.completion_tokens += reply.completion_tokens
-                if len(reply.texts) != n:
-                    raise CallError(f"malformed response: {len(reply.texts)} choices, asked for {n}",
+                if len(reply.texts) != want:
+                    raise CallError(f"malformed response: {len(reply.texts)} choices, asked for {want}",
                                     retryable=True)
-                if any(not isinstance(t, str) for t in reply.texts):
-                    raise CallError("malformed response: a choice without text", retryable=True)
-                return list(reply.texts)  # type: ignore[arg-type]
+                good = [t for t in reply.texts if isinstance(t, str)]
+                got += good
+                if len(got) == n:
+                    return got
+                raise CallError(f"{want - len(good)} of {want} samples failed: "
+                                f"{reply.failure or _NO_TEXT}", retryable=True)
             except asyncio.CancelledError:
                 raise
             except BudgetExceeded as e:
