@@ -364,3 +364,13 @@ def test_a_second_stop_signal_stops_at_once_without_a_checkpoint(tiny, tmp_path)
     assert _lines(stderr)[-1].startswith("omniopd.train: error: stopped at once by a second SIGTERM")
     assert checkpoints(out / "checkpoints") == [] and _steps_once(out) == [1]
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_fresh_start_in_a_folder_holding_a_run_is_refused_and_touches_nothing(base_run, tmp_path):
+    """Without --resume the new run would append to metrics.jsonl and prune checkpoints by step number."""
+    out = _copy(base_run, tmp_path)
+    before = (out / "metrics.jsonl").read_text()
+    proc = _train(Path("/x"), out, "--train.steps=3", timeout=QUICK_S)
+    _one_error_line(proc, f"log.dir={out}", "--resume", "--checkpoint.resume=true", "new --log.dir")
+    assert [s for s, _ in checkpoints(out / "checkpoints")] == [1, 2, 3]
+    assert (out / "metrics.jsonl").read_text() == before

@@ -132,3 +132,39 @@ def test_the_export_target_is_ours_only_with_our_marker_and_no_foreign_file(tmp_
     assert export_problem(out) is None
     (out / "notes.txt").write_text("mine")
     assert export_problem(out) == f"{out} holds files an export did not write: notes.txt"
+
+
+def test_the_demo_restarts_only_its_own_folder_and_any_other_fresh_start_is_refused(tmp_path, monkeypatch):
+    """`bash scripts/train.sh` twice restarts the demo in runs/default; the same folder holding another run
+    (or any other folder holding a run) is refused, and nothing is removed."""
+    from omniopd.config import load_config
+    from omniopd.faults import RunFault
+    from omniopd.preflight import check_fresh_start
+
+    monkeypatch.chdir(tmp_path)
+    demo = load_config([])
+    out = Path(demo.log.dir)
+    said: list[str] = []
+
+    def previous_run(config: dict) -> None:
+        (out / "checkpoints" / "step_000004").mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text('{"step": 1}\n')
+        (out / "config.json").write_text(json.dumps(config))
+
+    paper = load_config(["--train.defaults=paper"])
+    previous_run(paper.to_dict())  # a run of the paper's values in the default folder: not the demo's
+    with pytest.raises(RunFault, match=r"log.dir=runs/default: holds an earlier run .*--resume"):
+        check_fresh_start(demo, out, said.append, is_main=True)
+    assert (out / "checkpoints" / "step_000004").is_dir() and (out / "metrics.jsonl").stat().st_size > 0
+
+    previous_run(demo.to_dict())
+    check_fresh_start(demo, out, said.append, is_main=True)
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert said and "restarting the demo" in said[0]
+
+    elsewhere = load_config([f"--log.dir={tmp_path / 'other'}"])
+    out = Path(elsewhere.log.dir)
+    previous_run(elsewhere.to_dict())
+    with pytest.raises(RunFault, match="new --log.dir"):
+        check_fresh_start(elsewhere, out, said.append, is_main=True)
+    check_fresh_start(load_config([f"--log.dir={out}", "--resume"]), out, said.append, is_main=True)  # resume: fine
