@@ -90,12 +90,20 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
         raise CheckpointError(f"{tmp}: writing the step-{step} checkpoint failed ({reason}); the partial folder "
                               "was removed and the earlier checkpoints are untouched") from e
     if rank == 0:
+        # The same step saved again (a resumed run re-reaching it): the earlier copy is set aside, not deleted,
+        # until the new one verifies.
+        aside = root / f"step_{step:06d}.old"
         if final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(aside, ignore_errors=True)
+            final.rename(aside)
         tmp.rename(final)
         problem = verify(final)  # before anything older goes: never prune down to a bad checkpoint
         if problem is not None:
+            if aside.exists():
+                shutil.rmtree(final, ignore_errors=True)
+                aside.rename(final)
             raise CheckpointError(f"{final}: the new checkpoint does not verify ({problem}); older ones kept")
+        shutil.rmtree(aside, ignore_errors=True)
         for _, old in checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()

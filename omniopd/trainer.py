@@ -95,6 +95,7 @@ class Trainer:
         self.eval_set = load_split(cfg.data.eval, cfg.data, "eval")
         self.stream = PromptStream(self.train_set, seed=cfg.train.seed)
         self.step = 0
+        self._saved_step: int | None = None  # the step of the newest checkpoint (saved or resumed from)
         self.nonfinite_steps = 0
         self.teacher_failed_steps, self.teacher_last_error = 0, ""  # consecutive all-failed teacher steps
         self._stop_signals: StopSignals | None = None  # installed by `with Trainer(...)`
@@ -451,9 +452,15 @@ class Trainer:
         self.stream.load_state_dict(state["stream"])
         checkpoint.set_rng_state(state["rng"])
 
-    def save(self) -> Path:
-        return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, self.state_dict(),
+    def save(self) -> Path | None:
+        """A checkpoint of this step, unless it is saved already (a stop signal right after a periodic save)."""
+        if self._saved_step == self.step:
+            self.log.print(f"step {self.step} is checkpointed already")
+            return None
+        path = checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, self.state_dict(),
                                keep=self.cfg.checkpoint.keep, config=self.cfg.to_dict())
+        self._saved_step = self.step
+        return path
 
     def _resume(self) -> None:
         if not self.cfg.checkpoint.resume:
@@ -465,6 +472,7 @@ class Trainer:
         step, path = found
         self.load_state_dict(checkpoint.load(path, self.model, self.optimizer))
         resume_rules.apply_optim(self.optimizer, self.scheduler, self.cfg.optim)  # this run's rate, not the saved one
+        self._saved_step = step
         self._sync_generator()
         self.log.print(f"resumed from {path} at step {step}")
 

@@ -374,3 +374,20 @@ def test_a_fresh_start_in_a_folder_holding_a_run_is_refused_and_touches_nothing(
     _one_error_line(proc, f"log.dir={out}", "--resume", "--checkpoint.resume=true", "new --log.dir")
     assert [s for s, _ in checkpoints(out / "checkpoints")] == [1, 2, 3]
     assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_a_stop_signal_right_after_a_periodic_save_does_not_save_that_step_again(tiny, tmp_path):
+    """With a checkpoint every step, the stop request is seen right after a periodic save: that checkpoint is
+    kept as it is (saving it again deleted the good copy before the new one was verified)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(tiny, out, "--train.steps=60", "--checkpoint.every=1", "--checkpoint.keep=2"),
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, out, 1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
+    found = checkpoints(out / "checkpoints")
+    step = found[-1][0]
+    assert f"step {step} is checkpointed already" in stdout, stdout[-2000:]
+    assert all(verify(p) is None for _, p in found) and _steps_once(out) == list(range(1, step + 1))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [p.name for _, p in found]  # no .old / .tmp
