@@ -18,6 +18,7 @@ holds nothing but an earlier export of ours (its `.omniopd-export` marker lists 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -83,6 +84,7 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
             if config is not None:
                 (tmp / CONFIG).write_text(json.dumps(config, indent=1))
             write_manifest(tmp)
+            _fsync_tree(tmp)  # on disk before the rename makes it a checkpoint: a power cut leaves no hollow one
     except (OSError, RuntimeError, CheckpointException) as e:  # a full disk, a file-size limit
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -104,10 +106,28 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
                 aside.rename(final)
             raise CheckpointError(f"{final}: the new checkpoint does not verify ({problem}); older ones kept")
         shutil.rmtree(aside, ignore_errors=True)
+        _fsync_dir(root)  # the rename itself
         for _, old in checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    for sub in [p for p in folder.rglob("*") if p.is_dir()] + [folder]:
+        _fsync_dir(sub)
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -72,9 +72,10 @@ def apply_optim(optimizer: Any, scheduler: Any, optim_cfg: Any) -> None:
     scheduler._last_lr = lrs
 
 
-def truncate_metrics(path: Path, step: int) -> int:
+def truncate_metrics(path: Path, step: int, in_place: bool = False) -> int:
     """Cut `metrics.jsonl` back to the rows of steps <= `step` (the checkpoint's), so the resumed steps
-    appear once; a line that does not parse (a half-written last line) is dropped. Returns rows dropped."""
+    appear once; a line that does not parse (a half-written last line) is dropped. Returns rows dropped.
+    `in_place` rewrites the same file (the run log's append handle stays valid) instead of replacing it."""
     if not path.is_file():
         return 0
     kept, dropped = [], 0
@@ -88,7 +89,11 @@ def truncate_metrics(path: Path, step: int) -> int:
             kept.append(line + "\n")
         elif line.strip():
             dropped += 1
-    if dropped:
+    if dropped and in_place:
+        with path.open("r+") as f:
+            f.write("".join(kept))
+            f.truncate()
+    elif dropped:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(kept))
         tmp.replace(path)

@@ -465,12 +465,26 @@ class Trainer:
     def _resume(self) -> None:
         if not self.cfg.checkpoint.resume:
             return
-        found, _ = checkpoint.newest_intact(self.out / "checkpoints")  # preflight said what it skipped
-        if found is None:
-            self.log.print(f"--resume: no checkpoint under {self.out / 'checkpoints'}, starting fresh")
+        root = self.out / "checkpoints"
+        newest, _ = checkpoint.newest_intact(root)  # preflight said what it skipped
+        if newest is None:
+            self.log.print(f"--resume: no checkpoint under {root}, starting fresh")
             return
-        step, path = found
-        self.load_state_dict(checkpoint.load(path, self.model, self.optimizer))
+        failed = []
+        for step, path in reversed(checkpoint.checkpoints(root)):
+            if step > newest[0] or checkpoint.verify(path) is not None:
+                continue
+            try:
+                self.load_state_dict(checkpoint.load(path, self.model, self.optimizer))
+            except checkpoint.CheckpointError as e:  # it verifies, yet does not load: try the one before it
+                failed.append(str(e))
+                self.log.print(f"resume: skipping checkpoint {e}")
+                continue
+            break
+        else:
+            raise checkpoint.CheckpointError(f"resume: no checkpoint under {root} loads ({'; '.join(failed)})")
+        if failed and self.dist.is_main:  # preflight cut metrics.jsonl back to the newest; this one is older
+            resume_rules.truncate_metrics(self.out / "metrics.jsonl", step, in_place=True)
         resume_rules.apply_optim(self.optimizer, self.scheduler, self.cfg.optim)  # this run's rate, not the saved one
         self._saved_step = step
         self._sync_generator()

@@ -391,3 +391,20 @@ def test_a_stop_signal_right_after_a_periodic_save_does_not_save_that_step_again
     assert f"step {step} is checkpointed already" in stdout, stdout[-2000:]
     assert all(verify(p) is None for _, p in found) and _steps_once(out) == list(range(1, step + 1))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [p.name for _, p in found]  # no .old / .tmp
+
+
+def test_a_newest_checkpoint_that_verifies_but_does_not_load_falls_back_to_the_one_before(tiny, base_run, tmp_path):
+    """Shard contents are checked by size only: zeroed bytes of the right length pass the manifest and fail to
+    load. The run says which checkpoint it skipped and why, resumes from step 2, and logs step 3 once."""
+    out = _copy(base_run, tmp_path)
+    ckpt = out / "checkpoints"
+    for shard in (ckpt / "step_000003").glob("*.distcp"):
+        shard.write_bytes(bytes(shard.stat().st_size))
+    assert verify(ckpt / "step_000003") is None
+    proc = _train(tiny, out, "--train.steps=3", "--resume")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    said = proc.stdout + proc.stderr
+    assert f"resume: skipping checkpoint {ckpt / 'step_000003'}: cannot restore this checkpoint" in said, said[-3000:]
+    assert f"resumed from {ckpt / 'step_000002'} at step 2" in said
+    assert _steps_once(out) == [1, 2, 3]
+    assert [s for s, _ in checkpoints(ckpt)] == [1, 2, 3] and verify(ckpt / "step_000003") is None
