@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -86,6 +87,8 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
             write_manifest(tmp)
             _fsync_tree(tmp)  # on disk before the rename makes it a checkpoint: a power cut leaves no hollow one
     except (OSError, RuntimeError, CheckpointException) as e:  # a full disk, a file-size limit
+        if not _checkpoint_fault(e):
+            raise  # a bug of ours keeps its traceback
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         reason = _reason(e)
@@ -142,10 +145,24 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
         dcp.load(state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         return torch.load(path / f"trainer_state_rank{dist.get_rank()}.pt", weights_only=False)
-    except (OSError, RuntimeError, ValueError, KeyError, EOFError, CheckpointException) as e:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, CheckpointException) as e:
+        if not _checkpoint_fault(e):
+            raise  # a bug of ours keeps its traceback
         # The manifest check runs before this; what still fails here is a checkpoint of another model (a
         # shape mismatch) or one damaged in a way sizes and checksums cannot see.
         raise CheckpointError(f"{path}: cannot restore this checkpoint ({_reason(e)})") from e
+
+
+# What torch raises as a bare RuntimeError for a file it cannot write or read (a full disk, a truncated zip)
+# and for a checkpoint of another model (a shape mismatch); any other RuntimeError is a bug of ours.
+_FILE_FAULTS = ("inline_container", "PytorchStreamWriter", "PytorchStreamReader", "file write failed", "size mismatch",
+                "Error(s) in loading state_dict")
+
+
+def _checkpoint_fault(e: BaseException) -> bool:
+    if isinstance(e, OSError | EOFError | pickle.UnpicklingError | CheckpointException):
+        return True
+    return isinstance(e, RuntimeError) and any(text in str(e) for text in _FILE_FAULTS)
 
 
 def _reason(e: BaseException) -> str:

@@ -168,3 +168,39 @@ def test_the_demo_restarts_only_its_own_folder_and_any_other_fresh_start_is_refu
     with pytest.raises(RunFault, match="new --log.dir"):
         check_fresh_start(elsewhere, out, said.append, is_main=True)
     check_fresh_start(load_config([f"--log.dir={out}", "--resume"]), out, said.append, is_main=True)  # resume: fine
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class _BuggyLinear(torch.nn.Linear):
+    def state_dict(self, *args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+
+def test_a_checkpoint_of_another_shape_is_a_checkpoint_error_and_a_bug_of_ours_keeps_its_type(tmp_path, one_rank_group):
+    """Only file and shape faults become the one-line CheckpointError (exit 2); any other RuntimeError is raised
+    as it is, so its traceback shows."""
+    from omniopd import checkpoint
+
+    root = tmp_path / "checkpoints"
+    model = torch.nn.Linear(4, 4)
+    path = checkpoint.save(root, 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, keep=2)
+    assert checkpoint.verify(path) is None
+    other = torch.nn.Linear(4, 5)
+    with pytest.raises(checkpoint.CheckpointError, match="cannot restore this checkpoint"):
+        checkpoint.load(path, other, torch.optim.AdamW(other.parameters()))
+    buggy = _BuggyLinear(4, 4)
+    with pytest.raises(RuntimeError, match="a bug of ours") as caught:
+        checkpoint.save(root, 2, buggy, torch.optim.AdamW(buggy.parameters()), {"step": 2}, keep=2)
+    assert not isinstance(caught.value, checkpoint.CheckpointError)
+    with pytest.raises(RuntimeError, match="a bug of ours") as caught:
+        checkpoint.load(path, buggy, torch.optim.AdamW(buggy.parameters()))
+    assert not isinstance(caught.value, checkpoint.CheckpointError)
+
