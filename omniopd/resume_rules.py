@@ -27,11 +27,17 @@ SAFE_TO_CHANGE = frozenset({
     "generation.gpu_memory_utilization", "generation.kv_cache_gib", "generation.start_timeout_s",
     "generation.enforce_eager", "generation.sleep_level", "generation.max_model_len",
     "teacher.kv_cache_gib", "teacher.gpu_memory_utilization", "teacher.max_concurrency",
-    "teacher.tokens_per_minute", "teacher.requests_per_minute", "teacher.rate_burst_s", "teacher.max_failed_steps",
+    "teacher.tokens_per_minute", "teacher.input_tokens_per_minute", "teacher.output_tokens_per_minute",
+    "teacher.requests_per_minute", "teacher.rate_burst_s", "teacher.max_failed_steps",
     "teacher.timeout_s", "teacher.max_retries", "teacher.retry_backoff_s", "teacher.step_deadline_s",
     "teacher.price_in_per_mtok", "teacher.price_out_per_mtok", "teacher.api_key_env", "teacher.cache",
-    "parallel.backend",
+    "parallel.backend", "model.activation_checkpointing", "generation.tensor_parallel_size",
+    "train.dry_run",  # a resumed dry run estimates and exits; it trains nothing
 })
+
+# A key split off an older one: a checkpoint written before it existed ran with the older key's value
+# (the rl baseline used objective.beta for its KL before objective.rl_beta), not with the new key's default.
+SPLIT_FROM = {"objective.rl_beta": "objective.beta"}
 
 
 class ResumeConfigError(RunFault):
@@ -45,11 +51,12 @@ def _flat(config: dict[str, Any]) -> dict[str, Any]:
 
 def compare(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
     """The safe changes as 'key: old -> new' lines; raises on the first unsafe one. A key the checkpoint
-    does not know (added since) is compared against its default, which is what that run used."""
+    does not know (added since) is compared against its default, which is what that run used, or against the
+    key it was split from (`SPLIT_FROM`)."""
     old, new, default = _flat(saved), _flat(json.loads(json.dumps(current))), _flat(json.loads(json.dumps(defaults)))
     changes = []
     for key in sorted(new):
-        before = old.get(key, default.get(key))
+        before = old[key] if key in old else old.get(SPLIT_FROM.get(key, ""), default.get(key))
         if before == new[key]:
             continue
         if key not in SAFE_TO_CHANGE:

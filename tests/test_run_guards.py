@@ -204,3 +204,23 @@ def test_a_checkpoint_of_another_shape_is_a_checkpoint_error_and_a_bug_of_ours_k
         checkpoint.load(path, buggy, torch.optim.AdamW(buggy.parameters()))
     assert not isinstance(caught.value, checkpoint.CheckpointError)
 
+
+def test_engine_and_rate_keys_may_change_and_a_checkpoint_before_rl_beta_compares_with_its_beta():
+    saved = Config().to_dict()
+    current = Config()
+    current.teacher.input_tokens_per_minute, current.teacher.output_tokens_per_minute = 1000, 500
+    current.model.activation_checkpointing = not current.model.activation_checkpointing
+    current.generation.tensor_parallel_size, current.train.dry_run = 2, True
+    assert len(compare(saved, current.to_dict(), Config().to_dict())) == 5
+
+    old = Config()
+    old.objective.beta = 0.25  # the rl baseline's KL weight then
+    saved = old.to_dict()
+    del saved["objective"]["rl_beta"]  # written before objective.rl_beta existed
+    current = Config()
+    current.objective.beta = 0.25
+    current.objective.rl_beta = 0.25  # what that run used: no change
+    assert compare(saved, current.to_dict(), Config().to_dict()) == []
+    current.objective.rl_beta = Config().objective.rl_beta  # the new default differs from what that run used
+    with pytest.raises(ResumeConfigError, match=r"objective.rl_beta was 0.25 in the checkpoint"):
+        compare(saved, current.to_dict(), Config().to_dict())
