@@ -56,7 +56,17 @@ class TeacherDeadError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, stop_signals: StopSignals | None = None):
+        """`stop_signals`: handlers the caller installed before building (a signal while the models load is
+        then a request, seen by `stop_requested()`); without them `with Trainer(...)` installs its own."""
+        self._stop_signals = stop_signals
+        try:
+            self._build(cfg)
+        except BaseException as e:  # close the engines, teacher and process group opened so far, then raise
+            self._cleanup_after(e)
+            raise
+
+    def _build(self, cfg: Config) -> None:
         self.cfg = cfg.validate()  # a config changed in place after construction is checked here too
         self.dist = parallel.init(cfg.parallel)
         self.out = Path(cfg.log.dir)
@@ -98,7 +108,6 @@ class Trainer:
         self._saved_step: int | None = None  # the step of the newest checkpoint (saved or resumed from)
         self.nonfinite_steps = 0
         self.teacher_failed_steps, self.teacher_last_error = 0, ""  # consecutive all-failed teacher steps
-        self._stop_signals: StopSignals | None = None  # installed by `with Trainer(...)`
         self._prepared: Prepared | None = None  # train.pipeline: the next step's batch, its teacher in flight
 
         # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
@@ -135,7 +144,7 @@ class Trainer:
             self.log.log(0, summary["before"])
         try:
             while self.step < cfg.train.steps:
-                if self._stop_requested():
+                if self.stop_requested():
                     raise KeyboardInterrupt
                 metrics = self.train_step()
                 self.step += 1
@@ -147,7 +156,7 @@ class Trainer:
                     held_out = self.evaluate(f"step{self.step}")
                     self.log.print(f"held-out accuracy at step {self.step}: {held_out['eval/accuracy']:.3f}")
                     self.log.log(self.step, held_out)
-            if self._stop_requested():  # a signal during the last step
+            if self.stop_requested():  # a signal during the last step
                 raise KeyboardInterrupt
         except KeyboardInterrupt as stop:
             if isinstance(stop, faults.StopNow):  # a second signal: the step in flight is half done, never saved
@@ -521,13 +530,14 @@ class Trainer:
             self.generator.close()
         parallel.shutdown()
 
-    def _stop_requested(self) -> bool:
+    def stop_requested(self) -> bool:
         """A stop signal reached any rank (every rank asks at the same step boundary: one collective)."""
         mine = float(self._stop_signals is not None and self._stop_signals.requested)
         return bool(parallel.all_reduce_sum([mine])[0] > 0)
 
     def __enter__(self) -> Trainer:
-        self._stop_signals = StopSignals().install()
+        if self._stop_signals is None:
+            self._stop_signals = StopSignals().install()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -536,6 +546,9 @@ class Trainer:
         if exc is None:
             self.close()
             return
+        self._cleanup_after(exc)
+
+    def _cleanup_after(self, exc: BaseException) -> None:
         # A failure inside the run (an OOM, say) must stay the last error the user sees: clean up without
         # collectives, and report a clean-up failure instead of raising it over the original.
         if not isinstance(exc, KeyboardInterrupt):  # an interrupt leaves the device usable: clean up normally

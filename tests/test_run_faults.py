@@ -408,3 +408,25 @@ def test_a_newest_checkpoint_that_verifies_but_does_not_load_falls_back_to_the_o
     assert f"resumed from {ckpt / 'step_000002'} at step 2" in said
     assert _steps_once(out) == [1, 2, 3]
     assert [s for s, _ in checkpoints(ckpt)] == [1, 2, 3] and verify(ckpt / "step_000003") is None
+
+
+def test_a_stop_signal_while_the_models_load_ends_with_its_code_and_one_line(tiny, tmp_path):
+    """The signal lands after the preflight took the lock, while torch and the models load: the run ends with
+    128 + SIGTERM and one line saying no checkpoint exists yet, and releases the lock."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(tiny, out, "--train.steps=3"), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + QUICK_S
+    while not (out / LOCK_NAME).exists():
+        assert proc.poll() is None and time.time() < deadline, "the run never took its lock"
+        time.sleep(0.01)
+    time.sleep(0.2)  # past the preflight, into the imports and model loads (seconds)
+    assert not (out / "metrics.jsonl").exists() or not _rows(out / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
+    assert "Traceback" not in stderr
+    assert _lines(stderr)[-1] == "omniopd.train: error: stopped by SIGTERM while the models loaded: nothing was " \
+                                 "trained and no checkpoint exists yet"
+    assert checkpoints(out / "checkpoints") == [] and not (out / LOCK_NAME).exists()
+
