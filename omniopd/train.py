@@ -39,6 +39,11 @@ def _run(argv: list[str]) -> int:
 
         print(first_line(cfg), flush=True)  # the first line: what differs from the paper's method, and why
     if cfg.train.dry_run:  # a cost estimate: it takes no lock and touches no run state
+        if rank != 0:  # under torchrun one estimate is the answer: the other ranks have nothing to do
+            return faults.EXIT_OK
+        from omniopd.preflight import check_data  # light: no torch
+
+        check_data(cfg)  # bad rows fail in a second, not after the models load
         quiet_libraries(cfg.log.verbosity)
         from omniopd import dryrun
 

@@ -430,3 +430,19 @@ def test_a_stop_signal_while_the_models_load_ends_with_its_code_and_one_line(tin
                                  "trained and no checkpoint exists yet"
     assert checkpoints(out / "checkpoints") == [] and not (out / LOCK_NAME).exists()
 
+
+def test_the_dry_run_checks_the_data_first_and_runs_on_rank_0_only(tmp_path):
+    """Bad rows are named before any model loads (the student here does not exist); under torchrun a rank
+    other than 0 exits 0 at once without estimating (or loading anything)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": {"value": 2}}\n')
+    out = tmp_path / "run"
+    proc = _train(Path("/nonexistent-model-never-loaded"), out, f"--data.train={data}", "--dry-run", timeout=QUICK_S)
+    _one_error_line(proc, "data.train", f"{data}:line 1", "answer")
+    t0 = time.monotonic()
+    other_rank = subprocess.run(_cmd(Path("/nonexistent-model-never-loaded"), out, "--dry-run"), cwd=REPO,
+                                env=dict(_env(), RANK="1", WORLD_SIZE="2"), capture_output=True, text=True,
+                                timeout=QUICK_S)
+    assert other_rank.returncode == 0, other_rank.stderr[-3000:]
+    assert time.monotonic() - t0 < QUICK_S and other_rank.stdout == "" and "Traceback" not in other_rank.stderr
+    assert not (out / "teacher_estimate.json").exists()
