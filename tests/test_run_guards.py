@@ -224,3 +224,19 @@ def test_engine_and_rate_keys_may_change_and_a_checkpoint_before_rl_beta_compare
     current.objective.rl_beta = Config().objective.rl_beta  # the new default differs from what that run used
     with pytest.raises(ResumeConfigError, match=r"objective.rl_beta was 0.25 in the checkpoint"):
         compare(saved, current.to_dict(), Config().to_dict())
+
+
+def test_saving_a_saved_step_again_replaces_it_whole_and_leaves_no_aside_copy(tmp_path, one_rank_group):
+    from omniopd import checkpoint
+
+    root = tmp_path / "checkpoints"
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    checkpoint.save(root, 1, model, optimizer, {"step": 1}, keep=2)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    path = checkpoint.save(root, 1, model, optimizer, {"step": 1}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step_000001"] and checkpoint.verify(path) is None
+    fresh = torch.nn.Linear(4, 4)
+    checkpoint.load(path, fresh, torch.optim.AdamW(fresh.parameters()))
+    assert torch.equal(fresh.weight, torch.full((4, 4), 3.0))  # the second save's weights
