@@ -297,7 +297,9 @@ def test_no_intact_checkpoint_fails_naming_the_path_and_reason(base_run, tmp_pat
 
 def test_a_changed_unsafe_key_refuses_naming_both_values(base_run, tmp_path):
     out = _copy(base_run, tmp_path)
-    _one_error_line(_train(Path("/x"), out, "--resume", "--audit.num_chunks=1"), "audit.num_chunks", "2", "1")
+    saved = json.loads((out / "checkpoints" / "step_000003" / "config.json").read_text())["audit"]["num_chunks"]
+    _one_error_line(_train(Path("/x"), out, "--resume", "--audit.num_chunks=1"), "audit.num_chunks",
+                    f"was {saved} in the checkpoint and is 1 now")
     _one_error_line(_train(Path("/other-student"), out, "--resume"), "model.student", "/other-student")
 
 
