@@ -18,6 +18,8 @@ holds nothing but an earlier export of ours (its `.omniopd-export` marker lists 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -83,23 +85,52 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
             if config is not None:
                 (tmp / CONFIG).write_text(json.dumps(config, indent=1))
             write_manifest(tmp)
+            _fsync_tree(tmp)  # on disk before the rename makes it a checkpoint: a power cut leaves no hollow one
     except (OSError, RuntimeError, CheckpointException) as e:  # a full disk, a file-size limit
+        if not _checkpoint_fault(e):
+            raise  # a bug of ours keeps its traceback
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         reason = _reason(e)
         raise CheckpointError(f"{tmp}: writing the step-{step} checkpoint failed ({reason}); the partial folder "
                               "was removed and the earlier checkpoints are untouched") from e
     if rank == 0:
+        # The same step saved again (a resumed run re-reaching it): the earlier copy is set aside, not deleted,
+        # until the new one verifies.
+        aside = root / f"step_{step:06d}.old"
         if final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(aside, ignore_errors=True)
+            final.rename(aside)
         tmp.rename(final)
         problem = verify(final)  # before anything older goes: never prune down to a bad checkpoint
         if problem is not None:
+            if aside.exists():
+                shutil.rmtree(final, ignore_errors=True)
+                aside.rename(final)
             raise CheckpointError(f"{final}: the new checkpoint does not verify ({problem}); older ones kept")
+        shutil.rmtree(aside, ignore_errors=True)
+        _fsync_dir(root)  # the rename itself
         for _, old in checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    for sub in [p for p in folder.rglob("*") if p.is_dir()] + [folder]:
+        _fsync_dir(sub)
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -114,10 +145,24 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
         dcp.load(state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         return torch.load(path / f"trainer_state_rank{dist.get_rank()}.pt", weights_only=False)
-    except (OSError, RuntimeError, ValueError, KeyError, EOFError, CheckpointException) as e:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, CheckpointException) as e:
+        if not _checkpoint_fault(e):
+            raise  # a bug of ours keeps its traceback
         # The manifest check runs before this; what still fails here is a checkpoint of another model (a
         # shape mismatch) or one damaged in a way sizes and checksums cannot see.
         raise CheckpointError(f"{path}: cannot restore this checkpoint ({_reason(e)})") from e
+
+
+# What torch raises as a bare RuntimeError for a file it cannot write or read (a full disk, a truncated zip)
+# and for a checkpoint of another model (a shape mismatch); any other RuntimeError is a bug of ours.
+_FILE_FAULTS = ("inline_container", "PytorchStreamWriter", "PytorchStreamReader", "file write failed", "size mismatch",
+                "Error(s) in loading state_dict")
+
+
+def _checkpoint_fault(e: BaseException) -> bool:
+    if isinstance(e, OSError | EOFError | pickle.UnpicklingError | CheckpointException):
+        return True
+    return isinstance(e, RuntimeError) and any(text in str(e) for text in _FILE_FAULTS)
 
 
 def _reason(e: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.parse
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from omniopd import checkpoint_files as ckpt
-from omniopd.config import Config
+from omniopd.config import Config, LogConfig
 from omniopd.eval.data import DataError
 from omniopd.faults import RunFault
 from omniopd.resume_rules import compare, truncate_metrics
@@ -58,6 +59,46 @@ def check_export(cfg: Config, out: Path) -> None:
         if problem:
             raise ckpt.ExportTargetError(f"checkpoint.export: {problem}; the export would replace it (move it "
                                          "away, or pass --export.overwrite=true)")
+
+
+def _previous_run(out: Path) -> list[str]:
+    """What a finished or stopped run left in `out` that a new start would mix with or prune."""
+    found = [str(p) for _, p in ckpt.checkpoints(out / "checkpoints")]
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append(str(metrics))
+    return found
+
+
+def _is_our_demo_folder(cfg: Config, out: Path) -> bool:
+    """The built-in demo in the default folder, over an earlier demo run there: `bash scripts/train.sh` twice."""
+    if cfg.train.defaults != "demo" or cfg.log.dir != LogConfig().dir:
+        return False
+    try:
+        previous = json.loads((out / "config.json").read_text())
+        return previous["train"]["defaults"] == "demo" and previous["log"]["dir"] == cfg.log.dir
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def check_fresh_start(cfg: Config, out: Path, say: Callable[[str], None], is_main: bool) -> None:
+    """A new start (no --resume) in a folder holding another run would append to its metrics and prune its
+    checkpoints by step number, the new run's own among them: refused, except the demo restarting itself."""
+    if cfg.checkpoint.resume:
+        return
+    previous = _previous_run(out)
+    if not previous:
+        return
+    if _is_our_demo_folder(cfg, out):
+        if is_main:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            say(f"log.dir={cfg.log.dir}: restarting the demo: removed the previous demo run's checkpoints and "
+                "metrics (--resume continues it instead)")
+        return
+    raise RunFault(f"log.dir={cfg.log.dir}: holds an earlier run ({len(previous)} checkpoint(s) or metrics, e.g. "
+                   f"{previous[-1]}); continue it with --resume (--checkpoint.resume=true), or start in a new "
+                   "--log.dir")
 
 
 def check_resume(cfg: Config, out: Path, say: Callable[[str], None], is_main: bool) -> None:
@@ -135,6 +176,7 @@ def preflight(cfg: Config, *, rank: int, say: Callable[[str], None]) -> RunLock 
     try:
         check_data(cfg)
         check_export(cfg, out)
+        check_fresh_start(cfg, out, say, is_main=rank == 0)
         check_resume(cfg, out, say, is_main=rank == 0)
         check_teacher(cfg)
     except BaseException:

@@ -27,10 +27,12 @@ SAFE_TO_CHANGE = frozenset({
     "generation.gpu_memory_utilization", "generation.kv_cache_gib", "generation.start_timeout_s",
     "generation.enforce_eager", "generation.sleep_level", "generation.max_model_len",
     "teacher.kv_cache_gib", "teacher.gpu_memory_utilization", "teacher.max_concurrency",
-    "teacher.tokens_per_minute", "teacher.requests_per_minute", "teacher.rate_burst_s", "teacher.max_failed_steps",
+    "teacher.tokens_per_minute", "teacher.input_tokens_per_minute", "teacher.output_tokens_per_minute",
+    "teacher.requests_per_minute", "teacher.rate_burst_s", "teacher.max_failed_steps",
     "teacher.timeout_s", "teacher.max_retries", "teacher.retry_backoff_s", "teacher.step_deadline_s",
     "teacher.price_in_per_mtok", "teacher.price_out_per_mtok", "teacher.api_key_env", "teacher.cache",
-    "parallel.backend",
+    "parallel.backend", "model.activation_checkpointing", "generation.tensor_parallel_size",
+    "train.dry_run",  # a resumed dry run estimates and exits; it trains nothing
 })
 
 NOT_COMPARED = frozenset({
@@ -39,6 +41,10 @@ NOT_COMPARED = frozenset({
     # nothing and refuses checkpoints written before the key existed (their 'auto' vs a resolved 'demo').
     "train.defaults",
 })
+
+# A key split off an older one: a checkpoint written before it existed ran with the older key's value
+# (the rl baseline used objective.beta for its KL before objective.rl_beta), not with the new key's default.
+SPLIT_FROM = {"objective.rl_beta": "objective.beta"}
 
 
 class ResumeConfigError(RunFault):
@@ -52,14 +58,14 @@ def _flat(config: dict[str, Any]) -> dict[str, Any]:
 
 def compare(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
     """The safe changes as 'key: old -> new' lines; raises on the first unsafe one. A key the checkpoint
-    does not know (added since) is compared against its default, which is what that run used. Keys in
-    `NOT_COMPARED` are skipped."""
+    does not know (added since) is compared against its default, which is what that run used, or against the
+    key it was split from (`SPLIT_FROM`). Keys in `NOT_COMPARED` are skipped."""
     old, new, default = _flat(saved), _flat(json.loads(json.dumps(current))), _flat(json.loads(json.dumps(defaults)))
     changes = []
     for key in sorted(new):
         if key in NOT_COMPARED:
             continue
-        before = old.get(key, default.get(key))
+        before = old[key] if key in old else old.get(SPLIT_FROM.get(key, ""), default.get(key))
         if before == new[key]:
             continue
         if key not in SAFE_TO_CHANGE:
@@ -82,9 +88,10 @@ def apply_optim(optimizer: Any, scheduler: Any, optim_cfg: Any) -> None:
     scheduler._last_lr = lrs
 
 
-def truncate_metrics(path: Path, step: int) -> int:
+def truncate_metrics(path: Path, step: int, in_place: bool = False) -> int:
     """Cut `metrics.jsonl` back to the rows of steps <= `step` (the checkpoint's), so the resumed steps
-    appear once; a line that does not parse (a half-written last line) is dropped. Returns rows dropped."""
+    appear once; a line that does not parse (a half-written last line) is dropped. Returns rows dropped.
+    `in_place` rewrites the same file (the run log's append handle stays valid) instead of replacing it."""
     if not path.is_file():
         return 0
     kept, dropped = [], 0
@@ -98,7 +105,11 @@ def truncate_metrics(path: Path, step: int) -> int:
             kept.append(line + "\n")
         elif line.strip():
             dropped += 1
-    if dropped:
+    if dropped and in_place:
+        with path.open("r+") as f:
+            f.write("".join(kept))
+            f.truncate()
+    elif dropped:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(kept))
         tmp.replace(path)

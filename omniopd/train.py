@@ -39,6 +39,11 @@ def _run(argv: list[str]) -> int:
 
         print(first_line(cfg), flush=True)  # the first line: what differs from the paper's method, and why
     if cfg.train.dry_run:  # a cost estimate: it takes no lock and touches no run state
+        if rank != 0:  # under torchrun one estimate is the answer: the other ranks have nothing to do
+            return faults.EXIT_OK
+        from omniopd.preflight import check_data  # light: no torch
+
+        check_data(cfg)  # bad rows fail in a second, not after the models load
         quiet_libraries(cfg.log.verbosity)
         from omniopd import dryrun
 
@@ -46,19 +51,29 @@ def _run(argv: list[str]) -> int:
     from omniopd.preflight import preflight  # light: no torch
 
     lock = preflight(cfg, rank=rank, say=_say if rank == 0 else lambda _: None)
+    from omniopd.signals import StopSignals  # light
+
+    signals = StopSignals().install()  # a signal while the models load: a request, seen once they are built
     try:
         quiet_libraries(cfg.log.verbosity)  # before vLLM and transformers are imported: they read it then
         from omniopd import dryrun
         from omniopd.trainer import Trainer  # heavy imports only once the inputs are checked
 
-        with Trainer(cfg) as trainer:
+        with Trainer(cfg, stop_signals=signals) as trainer:
+            if trainer.stop_requested():  # every rank asks: one collective
+                raise StoppedWhileLoading
             summary = trainer.fit()
             if trainer.dist.is_main:
                 dryrun.report_beside(cfg, summary)
     finally:
+        signals.restore()
         if lock is not None:
             lock.release()
     return faults.EXIT_OK
+
+
+class StoppedWhileLoading(KeyboardInterrupt):
+    """A stop signal came while the models loaded: nothing was trained, so there is nothing to save."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         argv = [a for a in argv if a != "--dry-run"] + ["--train.dry_run=true"]
     try:
         return _run(argv)
+    except StoppedWhileLoading:
+        _error(f"stopped by {faults.stop_signal_name()} while the models loaded: nothing was trained and no "
+               "checkpoint exists yet")
+        return faults.stop_exit_code()
     except faults.StopNow as stop:
         _error(f"stopped at once by a second {faults.stop_signal_name()}: no checkpoint of the step in flight "
                "(--resume continues from the newest intact one)")

@@ -56,7 +56,17 @@ class TeacherDeadError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, stop_signals: StopSignals | None = None):
+        """`stop_signals`: handlers the caller installed before building (a signal while the models load is
+        then a request, seen by `stop_requested()`); without them `with Trainer(...)` installs its own."""
+        self._stop_signals = stop_signals
+        try:
+            self._build(cfg)
+        except BaseException as e:  # close the engines, teacher and process group opened so far, then raise
+            self._cleanup_after(e)
+            raise
+
+    def _build(self, cfg: Config) -> None:
         self.cfg = cfg.validate()  # a config changed in place after construction is checked here too
         self.dist = parallel.init(cfg.parallel)
         self.out = Path(cfg.log.dir)
@@ -95,9 +105,9 @@ class Trainer:
         self.eval_set = load_split(cfg.data.eval, cfg.data, "eval")
         self.stream = PromptStream(self.train_set, seed=cfg.train.seed)
         self.step = 0
+        self._saved_step: int | None = None  # the step of the newest checkpoint (saved or resumed from)
         self.nonfinite_steps = 0
         self.teacher_failed_steps, self.teacher_last_error = 0, ""  # consecutive all-failed teacher steps
-        self._stop_signals: StopSignals | None = None  # installed by `with Trainer(...)`
         self._prepared: Prepared | None = None  # train.pipeline: the next step's batch, its teacher in flight
 
         # Rollouts and teacher. The HF backend shares the trainer's weights unless they are sharded.
@@ -134,7 +144,7 @@ class Trainer:
             self.log.log(0, summary["before"])
         try:
             while self.step < cfg.train.steps:
-                if self._stop_requested():
+                if self.stop_requested():
                     raise KeyboardInterrupt
                 metrics = self.train_step()
                 self.step += 1
@@ -146,7 +156,7 @@ class Trainer:
                     held_out = self.evaluate(f"step{self.step}")
                     self.log.print(f"held-out accuracy at step {self.step}: {held_out['eval/accuracy']:.3f}")
                     self.log.log(self.step, held_out)
-            if self._stop_requested():  # a signal during the last step
+            if self.stop_requested():  # a signal during the last step
                 raise KeyboardInterrupt
         except KeyboardInterrupt as stop:
             if isinstance(stop, faults.StopNow):  # a second signal: the step in flight is half done, never saved
@@ -451,20 +461,41 @@ class Trainer:
         self.stream.load_state_dict(state["stream"])
         checkpoint.set_rng_state(state["rng"])
 
-    def save(self) -> Path:
-        return checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, self.state_dict(),
+    def save(self) -> Path | None:
+        """A checkpoint of this step, unless it is saved already (a stop signal right after a periodic save)."""
+        if self._saved_step == self.step:
+            self.log.print(f"step {self.step} is checkpointed already")
+            return None
+        path = checkpoint.save(self.out / "checkpoints", self.step, self.model, self.optimizer, self.state_dict(),
                                keep=self.cfg.checkpoint.keep, config=self.cfg.to_dict())
+        self._saved_step = self.step
+        return path
 
     def _resume(self) -> None:
         if not self.cfg.checkpoint.resume:
             return
-        found, _ = checkpoint.newest_intact(self.out / "checkpoints")  # preflight said what it skipped
-        if found is None:
-            self.log.print(f"--resume: no checkpoint under {self.out / 'checkpoints'}, starting fresh")
+        root = self.out / "checkpoints"
+        newest, _ = checkpoint.newest_intact(root)  # preflight said what it skipped
+        if newest is None:
+            self.log.print(f"--resume: no checkpoint under {root}, starting fresh")
             return
-        step, path = found
-        self.load_state_dict(checkpoint.load(path, self.model, self.optimizer))
+        failed = []
+        for step, path in reversed(checkpoint.checkpoints(root)):
+            if step > newest[0] or checkpoint.verify(path) is not None:
+                continue
+            try:
+                self.load_state_dict(checkpoint.load(path, self.model, self.optimizer))
+            except checkpoint.CheckpointError as e:  # it verifies, yet does not load: try the one before it
+                failed.append(str(e))
+                self.log.print(f"resume: skipping checkpoint {e}")
+                continue
+            break
+        else:
+            raise checkpoint.CheckpointError(f"resume: no checkpoint under {root} loads ({'; '.join(failed)})")
+        if failed and self.dist.is_main:  # preflight cut metrics.jsonl back to the newest; this one is older
+            resume_rules.truncate_metrics(self.out / "metrics.jsonl", step, in_place=True)
         resume_rules.apply_optim(self.optimizer, self.scheduler, self.cfg.optim)  # this run's rate, not the saved one
+        self._saved_step = step
         self._sync_generator()
         self.log.print(f"resumed from {path} at step {step}")
 
@@ -499,13 +530,14 @@ class Trainer:
             self.generator.close()
         parallel.shutdown()
 
-    def _stop_requested(self) -> bool:
+    def stop_requested(self) -> bool:
         """A stop signal reached any rank (every rank asks at the same step boundary: one collective)."""
         mine = float(self._stop_signals is not None and self._stop_signals.requested)
         return bool(parallel.all_reduce_sum([mine])[0] > 0)
 
     def __enter__(self) -> Trainer:
-        self._stop_signals = StopSignals().install()
+        if self._stop_signals is None:
+            self._stop_signals = StopSignals().install()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -514,6 +546,9 @@ class Trainer:
         if exc is None:
             self.close()
             return
+        self._cleanup_after(exc)
+
+    def _cleanup_after(self, exc: BaseException) -> None:
         # A failure inside the run (an OOM, say) must stay the last error the user sees: clean up without
         # collectives, and report a clean-up failure instead of raising it over the original.
         if not isinstance(exc, KeyboardInterrupt):  # an interrupt leaves the device usable: clean up normally

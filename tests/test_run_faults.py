@@ -297,7 +297,9 @@ def test_no_intact_checkpoint_fails_naming_the_path_and_reason(base_run, tmp_pat
 
 def test_a_changed_unsafe_key_refuses_naming_both_values(base_run, tmp_path):
     out = _copy(base_run, tmp_path)
-    _one_error_line(_train(Path("/x"), out, "--resume", "--audit.num_chunks=1"), "audit.num_chunks", "2", "1")
+    saved = json.loads((out / "checkpoints" / "step_000003" / "config.json").read_text())["audit"]["num_chunks"]
+    _one_error_line(_train(Path("/x"), out, "--resume", "--audit.num_chunks=1"), "audit.num_chunks",
+                    f"was {saved} in the checkpoint and is 1 now")
     _one_error_line(_train(Path("/other-student"), out, "--resume"), "model.student", "/other-student")
 
 
@@ -364,3 +366,85 @@ def test_a_second_stop_signal_stops_at_once_without_a_checkpoint(tiny, tmp_path)
     assert _lines(stderr)[-1].startswith("omniopd.train: error: stopped at once by a second SIGTERM")
     assert checkpoints(out / "checkpoints") == [] and _steps_once(out) == [1]
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_fresh_start_in_a_folder_holding_a_run_is_refused_and_touches_nothing(base_run, tmp_path):
+    """Without --resume the new run would append to metrics.jsonl and prune checkpoints by step number."""
+    out = _copy(base_run, tmp_path)
+    before = (out / "metrics.jsonl").read_text()
+    proc = _train(Path("/x"), out, "--train.steps=3", timeout=QUICK_S)
+    _one_error_line(proc, f"log.dir={out}", "--resume", "--checkpoint.resume=true", "new --log.dir")
+    assert [s for s, _ in checkpoints(out / "checkpoints")] == [1, 2, 3]
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_a_stop_signal_right_after_a_periodic_save_does_not_save_that_step_again(tiny, tmp_path):
+    """With a checkpoint every step, the stop request is seen right after a periodic save: that checkpoint is
+    kept as it is (saving it again deleted the good copy before the new one was verified)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(tiny, out, "--train.steps=60", "--checkpoint.every=1", "--checkpoint.keep=2"),
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, out, 1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
+    found = checkpoints(out / "checkpoints")
+    step = found[-1][0]
+    assert f"step {step} is checkpointed already" in stdout, stdout[-2000:]
+    assert all(verify(p) is None for _, p in found) and _steps_once(out) == list(range(1, step + 1))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [p.name for _, p in found]  # no .old / .tmp
+
+
+def test_a_newest_checkpoint_that_verifies_but_does_not_load_falls_back_to_the_one_before(tiny, base_run, tmp_path):
+    """Shard contents are checked by size only: zeroed bytes of the right length pass the manifest and fail to
+    load. The run says which checkpoint it skipped and why, resumes from step 2, and logs step 3 once."""
+    out = _copy(base_run, tmp_path)
+    ckpt = out / "checkpoints"
+    for shard in (ckpt / "step_000003").glob("*.distcp"):
+        shard.write_bytes(bytes(shard.stat().st_size))
+    assert verify(ckpt / "step_000003") is None
+    proc = _train(tiny, out, "--train.steps=3", "--resume")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    said = proc.stdout + proc.stderr
+    assert f"resume: skipping checkpoint {ckpt / 'step_000003'}: cannot restore this checkpoint" in said, said[-3000:]
+    assert f"resumed from {ckpt / 'step_000002'} at step 2" in said
+    assert _steps_once(out) == [1, 2, 3]
+    assert [s for s, _ in checkpoints(ckpt)] == [1, 2, 3] and verify(ckpt / "step_000003") is None
+
+
+def test_a_stop_signal_while_the_models_load_ends_with_its_code_and_one_line(tiny, tmp_path):
+    """The signal lands after the preflight took the lock, while torch and the models load: the run ends with
+    128 + SIGTERM and one line saying no checkpoint exists yet, and releases the lock."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(tiny, out, "--train.steps=3"), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + QUICK_S
+    while not (out / LOCK_NAME).exists():
+        assert proc.poll() is None and time.time() < deadline, "the run never took its lock"
+        time.sleep(0.01)
+    time.sleep(0.2)  # past the preflight, into the imports and model loads (seconds)
+    assert not (out / "metrics.jsonl").exists() or not _rows(out / "metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
+    assert "Traceback" not in stderr
+    assert _lines(stderr)[-1] == "omniopd.train: error: stopped by SIGTERM while the models loaded: nothing was " \
+                                 "trained and no checkpoint exists yet"
+    assert checkpoints(out / "checkpoints") == [] and not (out / LOCK_NAME).exists()
+
+
+def test_the_dry_run_checks_the_data_first_and_runs_on_rank_0_only(tmp_path):
+    """Bad rows are named before any model loads (the student here does not exist); under torchrun a rank
+    other than 0 exits 0 at once without estimating (or loading anything)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": {"value": 2}}\n')
+    out = tmp_path / "run"
+    proc = _train(Path("/nonexistent-model-never-loaded"), out, f"--data.train={data}", "--dry-run", timeout=QUICK_S)
+    _one_error_line(proc, "data.train", f"{data}:line 1", "answer")
+    t0 = time.monotonic()
+    other_rank = subprocess.run(_cmd(Path("/nonexistent-model-never-loaded"), out, "--dry-run"), cwd=REPO,
+                                env=dict(_env(), RANK="1", WORLD_SIZE="2"), capture_output=True, text=True,
+                                timeout=QUICK_S)
+    assert other_rank.returncode == 0, other_rank.stderr[-3000:]
+    assert time.monotonic() - t0 < QUICK_S and other_rank.stdout == "" and "Traceback" not in other_rank.stderr
+    assert not (out / "teacher_estimate.json").exists()

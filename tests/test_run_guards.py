@@ -148,3 +148,111 @@ def test_the_export_target_is_ours_only_with_our_marker_and_no_foreign_file(tmp_
     assert export_problem(out) is None
     (out / "notes.txt").write_text("mine")
     assert export_problem(out) == f"{out} holds files an export did not write: notes.txt"
+
+
+def test_the_demo_restarts_only_its_own_folder_and_any_other_fresh_start_is_refused(tmp_path, monkeypatch):
+    """`bash scripts/train.sh` twice restarts the demo in runs/default; the same folder holding another run
+    (or any other folder holding a run) is refused, and nothing is removed."""
+    from omniopd.config import load_config
+    from omniopd.faults import RunFault
+    from omniopd.preflight import check_fresh_start
+
+    monkeypatch.chdir(tmp_path)
+    demo = load_config([])
+    out = Path(demo.log.dir)
+    said: list[str] = []
+
+    def previous_run(config: dict) -> None:
+        (out / "checkpoints" / "step_000004").mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text('{"step": 1}\n')
+        (out / "config.json").write_text(json.dumps(config))
+
+    paper = load_config(["--train.defaults=paper"])
+    previous_run(paper.to_dict())  # a run of the paper's values in the default folder: not the demo's
+    with pytest.raises(RunFault, match=r"log.dir=runs/default: holds an earlier run .*--resume"):
+        check_fresh_start(demo, out, said.append, is_main=True)
+    assert (out / "checkpoints" / "step_000004").is_dir() and (out / "metrics.jsonl").stat().st_size > 0
+
+    previous_run(demo.to_dict())
+    check_fresh_start(demo, out, said.append, is_main=True)
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert said and "restarting the demo" in said[0]
+
+    elsewhere = load_config([f"--log.dir={tmp_path / 'other'}"])
+    out = Path(elsewhere.log.dir)
+    previous_run(elsewhere.to_dict())
+    with pytest.raises(RunFault, match="new --log.dir"):
+        check_fresh_start(elsewhere, out, said.append, is_main=True)
+    check_fresh_start(load_config([f"--log.dir={out}", "--resume"]), out, said.append, is_main=True)  # resume: fine
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class _BuggyLinear(torch.nn.Linear):
+    def state_dict(self, *args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+
+def test_a_checkpoint_of_another_shape_is_a_checkpoint_error_and_a_bug_of_ours_keeps_its_type(tmp_path, one_rank_group):
+    """Only file and shape faults become the one-line CheckpointError (exit 2); any other RuntimeError is raised
+    as it is, so its traceback shows."""
+    from omniopd import checkpoint
+
+    root = tmp_path / "checkpoints"
+    model = torch.nn.Linear(4, 4)
+    path = checkpoint.save(root, 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, keep=2)
+    assert checkpoint.verify(path) is None
+    other = torch.nn.Linear(4, 5)
+    with pytest.raises(checkpoint.CheckpointError, match="cannot restore this checkpoint"):
+        checkpoint.load(path, other, torch.optim.AdamW(other.parameters()))
+    buggy = _BuggyLinear(4, 4)
+    with pytest.raises(RuntimeError, match="a bug of ours") as caught:
+        checkpoint.save(root, 2, buggy, torch.optim.AdamW(buggy.parameters()), {"step": 2}, keep=2)
+    assert not isinstance(caught.value, checkpoint.CheckpointError)
+    with pytest.raises(RuntimeError, match="a bug of ours") as caught:
+        checkpoint.load(path, buggy, torch.optim.AdamW(buggy.parameters()))
+    assert not isinstance(caught.value, checkpoint.CheckpointError)
+
+
+def test_engine_and_rate_keys_may_change_and_a_checkpoint_before_rl_beta_compares_with_its_beta():
+    saved = Config().to_dict()
+    current = Config()
+    current.teacher.input_tokens_per_minute, current.teacher.output_tokens_per_minute = 1000, 500
+    current.model.activation_checkpointing = not current.model.activation_checkpointing
+    current.generation.tensor_parallel_size, current.train.dry_run = 2, True
+    assert len(compare(saved, current.to_dict(), Config().to_dict())) == 5
+
+    old = Config()
+    old.objective.beta = 0.25  # the rl baseline's KL weight then
+    saved = old.to_dict()
+    del saved["objective"]["rl_beta"]  # written before objective.rl_beta existed
+    current = Config()
+    current.objective.beta = 0.25
+    current.objective.rl_beta = 0.25  # what that run used: no change
+    assert compare(saved, current.to_dict(), Config().to_dict()) == []
+    current.objective.rl_beta = Config().objective.rl_beta  # the new default differs from what that run used
+    with pytest.raises(ResumeConfigError, match=r"objective.rl_beta was 0.25 in the checkpoint"):
+        compare(saved, current.to_dict(), Config().to_dict())
+
+
+def test_saving_a_saved_step_again_replaces_it_whole_and_leaves_no_aside_copy(tmp_path, one_rank_group):
+    from omniopd import checkpoint
+
+    root = tmp_path / "checkpoints"
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    checkpoint.save(root, 1, model, optimizer, {"step": 1}, keep=2)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    path = checkpoint.save(root, 1, model, optimizer, {"step": 1}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step_000001"] and checkpoint.verify(path) is None
+    fresh = torch.nn.Linear(4, 4)
+    checkpoint.load(path, fresh, torch.optim.AdamW(fresh.parameters()))
+    assert torch.equal(fresh.weight, torch.full((4, 4), 3.0))  # the second save's weights
