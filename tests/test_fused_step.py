@@ -61,7 +61,7 @@ def tiny_random_student(folder: Path, vocab: int | None = None) -> Path:
 
 
 STEP = ["--train.batch_size=2", "--generation.n=2", "--generation.max_new_tokens=24", "--audit.chunk_len=4",
-        "--audit.num_chunks=2",
+        "--audit.num_chunks=2", "--teacher.hint=solution",  # the hint is what makes the same tiny model a teacher
         "--audit.num_continuations=2", "--generation.backend=hf", "--log.tensorboard=false",
         "--audit.similarity=ned", "--train.eval_before=false", "--train.eval_after=false",
         "--checkpoint.export=false", "--log.plots=false", "--teacher.cache=off"]
