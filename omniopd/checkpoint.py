@@ -159,6 +159,22 @@ _FILE_FAULTS = ("inline_container", "PytorchStreamWriter", "PytorchStreamReader"
                 "Error(s) in loading state_dict")
 
 
+def load_newest(root: Path, newest_step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                say: Any) -> tuple[int, Path, dict[str, Any], bool]:
+    """`(step, path, extra, fell_back)` of the newest checkpoint at or below `newest_step` that verifies and
+    loads: one that verifies yet fails to load is skipped (`say` names it) for the one before it."""
+    failed = []
+    for step, path in reversed(checkpoints(root)):
+        if step > newest_step or verify(path) is not None:
+            continue
+        try:
+            return step, path, load(path, model, optimizer), bool(failed)
+        except CheckpointError as e:
+            failed.append(str(e))
+            say(f"resume: skipping checkpoint {e}")
+    raise CheckpointError(f"resume: no checkpoint under {root} loads ({'; '.join(failed)})")
+
+
 def _checkpoint_fault(e: BaseException) -> bool:
     if isinstance(e, OSError | EOFError | pickle.UnpicklingError | CheckpointException):
         return True

@@ -479,20 +479,10 @@ class Trainer:
         if newest is None:
             self.log.print(f"--resume: no checkpoint under {root}, starting fresh")
             return
-        failed = []
-        for step, path in reversed(checkpoint.checkpoints(root)):
-            if step > newest[0] or checkpoint.verify(path) is not None:
-                continue
-            try:
-                self.load_state_dict(checkpoint.load(path, self.model, self.optimizer))
-            except checkpoint.CheckpointError as e:  # it verifies, yet does not load: try the one before it
-                failed.append(str(e))
-                self.log.print(f"resume: skipping checkpoint {e}")
-                continue
-            break
-        else:
-            raise checkpoint.CheckpointError(f"resume: no checkpoint under {root} loads ({'; '.join(failed)})")
-        if failed and self.dist.is_main:  # preflight cut metrics.jsonl back to the newest; this one is older
+        step, path, state, fell_back = checkpoint.load_newest(root, newest[0], self.model, self.optimizer,
+                                                              self.log.print)
+        self.load_state_dict(state)
+        if fell_back and self.dist.is_main:  # preflight cut metrics.jsonl back to the newest; this one is older
             resume_rules.truncate_metrics(self.out / "metrics.jsonl", step, in_place=True)
         resume_rules.apply_optim(self.optimizer, self.scheduler, self.cfg.optim)  # this run's rate, not the saved one
         self._saved_step = step
