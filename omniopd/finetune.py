@@ -67,12 +67,12 @@ class Recipe:
 
 
 # Sized to this machine's measured SFT speed (37-77 tokens/s on 2 shared cores, experiments/results/finetune/
-# throughput.md) so that the four builds take about 1.5-3 hours: ~22k, 42k, 153k and 174k tokens. Teachers see
+# throughput.md) so that the four builds take about 1.5-3 hours: ~22k, 42k, 92k and 174k tokens. Teachers see
 # each generated problem once (problems = steps x batch), warm students a slice of the training split.
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("warm", "addition", problems=512, steps=20),
     Recipe("warm", "chained", problems=2048, steps=20),
-    Recipe("teacher", "addition", problems=800, steps=100, lr=1e-4, hint_fraction=0.5),
+    Recipe("teacher", "addition", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
     Recipe("teacher", "chained", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
 ]}
 
@@ -293,12 +293,35 @@ def build(recipe: Recipe, *, log=print, stop_after: int | None = None) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation of a built model
+def problem_bootstrap_interval(right_per_problem: list[int], samples_per_problem: int, *, resamples: int = 2000,
+                               seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the accuracy, resampling problems (a problem's samples are not
+    independent draws, so a per-sample binomial interval would be too narrow)."""
+    rng = random.Random(seed)
+    n = len(right_per_problem)
+    means = sorted(sum(right_per_problem[rng.randrange(n)] for _ in range(n)) / (n * samples_per_problem)
+                   for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
+
+
+def _row_key(model_path: str, task: str, problems: int, n: int, temperature: float, limit: int, hint: bool,
+             seed: int) -> dict[str, Any]:
+    """What decides an evaluation row: a finished row with this key is reused by a rerun."""
+    meta_file = Path(model_path) / "finetune.json"
+    recipe = json.loads(meta_file.read_text())["recipe"] if meta_file.is_file() else None
+    return {"path": model_path, "recipe": recipe, "task": task, "problems": problems, "n": n,
+            "temperature": temperature, "max_new_tokens": limit, "hint": hint, "seed": seed}
+
+
 def evaluate(name: str, task: str, *, problems: int, k: int, temperatures: list[float], limits: list[int],
-             hint: bool, backend: str = "auto", seed: int = 0, log=print) -> dict[str, Any]:
+             hint: bool, backend: str = "auto", seed: int = 0, rows_file: Path | None = None,
+             log=print) -> dict[str, Any]:
     """Accuracy and cut-off fraction of `name` on the task's held-out split, per (temperature, limit).
 
     Greedy rows take one sample per problem (they are deterministic); sampled rows `k`. A response is cut
     off when it reached the limit without ending its turn; every verdict comes from the eval grader.
+    Each finished row is appended to `rows_file` (when given) and a rerun reuses the rows it finds there, so
+    an evaluation stopped part-way loses at most the row in progress.
     """
     import torch
 
@@ -308,39 +331,64 @@ def evaluate(name: str, task: str, *, problems: int, k: int, temperatures: list[
     from omniopd.eval.mathgrade import MathVerifier
     from omniopd.rollout.student import build_generator
 
+    path = student_path(name)
     held_out = builtin_task("eval", task)[:problems]
-    chats = [teacher_messages(p, SYSTEM_PROMPT, "solution") if hint else student_messages(p, SYSTEM_PROMPT)
-             for p in held_out]
-    generator = build_generator(GenerationConfig(backend=backend, seed=seed, max_model_len=2048),
-                                student_path(name), serving_threads=torch.get_num_threads())
-    verifier = MathVerifier()
-    rows = []
+    done: list[dict[str, Any]] = []
+    if rows_file is not None and rows_file.is_file():
+        done = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    plan = [(t, limit, 1 if t == 0 else k) for t in temperatures for limit in limits]
+    keys = [_row_key(path, task, len(held_out), n, t, limit, hint, seed) for t, limit, n in plan]
+    found = {json.dumps(r["key"], sort_keys=True): r["row"] for r in done if "key" in r}
+    rows: list[dict[str, Any] | None] = [found.get(json.dumps(key, sort_keys=True)) for key in keys]
+    generator = verifier = None
     try:
-        for temperature in temperatures:
-            for limit in limits:
-                n = 1 if temperature == 0 else k
-                started = time.monotonic()
-                outputs = generator.generate(chats, n, temperature=temperature, top_p=1.0, max_new_tokens=limit)
-                samples = [(p, s) for p, group in zip(held_out, outputs) for s in group]
-                right = sum(grade_response(p, s.text, "math", verifier=verifier)[0] for p, s in samples)
-                cut = sum(s.finish_reason == "length" for _, s in samples)
-                row = {"temperature": temperature, "max_new_tokens": limit, "hint": hint, "problems": len(held_out),
-                       "samples": len(samples), "accuracy": right / len(samples), "cut_off": cut / len(samples),
-                       "mean_tokens": sum(len(s.token_ids) for _, s in samples) / len(samples),
-                       "seconds": round(time.monotonic() - started, 1)}
-                rows.append(row)
-                log(f"[finetune] {name} T={temperature} limit={limit} hint={hint}: right {row['accuracy']:.3f}, "
-                    f"cut off {row['cut_off']:.3f} ({len(samples)} samples, {row['seconds']:.0f} s)")
+        for i, ((temperature, limit, n), key) in enumerate(zip(plan, keys)):
+            if rows[i] is not None:
+                log(f"[finetune] {name} T={temperature} limit={limit} hint={hint}: reused from {rows_file}")
+                continue
+            if generator is None:
+                chats = [teacher_messages(p, SYSTEM_PROMPT, "solution") if hint else student_messages(p, SYSTEM_PROMPT)
+                         for p in held_out]
+                generator = build_generator(GenerationConfig(backend=backend, seed=seed, max_model_len=2048), path,
+                                            serving_threads=torch.get_num_threads())
+                verifier = MathVerifier()
+            started = time.monotonic()
+            outputs = generator.generate(chats, n, temperature=temperature, top_p=1.0, max_new_tokens=limit)
+            right_per_problem = [sum(grade_response(p, s.text, "math", verifier=verifier)[0] for s in group)
+                                 for p, group in zip(held_out, outputs)]
+            samples = [s for group in outputs for s in group]
+            right = sum(right_per_problem)
+            cut = sum(s.finish_reason == "length" for s in samples)
+            low, high = problem_bootstrap_interval(right_per_problem, n)
+            row = {"temperature": temperature, "max_new_tokens": limit, "hint": hint, "problems": len(held_out),
+                   "samples": len(samples), "accuracy": right / len(samples), "accuracy_ci95": [low, high],
+                   "problems_with_a_right_sample": sum(r > 0 for r in right_per_problem),
+                   "cut_off": cut / len(samples), "mean_tokens": sum(len(s.token_ids) for s in samples) / len(samples),
+                   "seconds": round(time.monotonic() - started, 1), "backend": generator.backend}
+            rows[i] = row
+            if rows_file is not None:
+                rows_file.parent.mkdir(parents=True, exist_ok=True)
+                with rows_file.open("a") as f:
+                    f.write(json.dumps({"key": key, "row": row}) + "\n")
+            log(f"[finetune] {name} T={temperature} limit={limit} hint={hint}: right {row['accuracy']:.3f} "
+                f"[{low:.3f}, {high:.3f}], cut off {row['cut_off']:.3f} ({len(samples)} samples, "
+                f"{row['seconds']:.0f} s)")
     finally:
-        verifier.close()
-        generator.close()
-    return {"model": name, "path": student_path(name), "task": task, "backend": generator.backend, "rows": rows}
+        if verifier is not None:
+            verifier.close()
+        if generator is not None:
+            generator.close()
+    return {"model": name, "path": path, "task": task, "rows": rows}
+
+
+def result_stem(model: str, path: str) -> str:
+    return model.replace(":", "-") if parse_alias(model) else Path(path).name
 
 
 def write_results(result: dict[str, Any], out_dir: Path, command: str) -> Path:
     """<kind>-<task>.json and .md under `out_dir`, each carrying the command that made them."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = result["model"].replace(":", "-") if parse_alias(result["model"]) else Path(result["path"]).name
+    stem = result_stem(result["model"], result["path"])
     meta_file = Path(result["path"]) / "finetune.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     meta.pop("losses", None)
@@ -351,11 +399,14 @@ def write_results(result: dict[str, Any], out_dir: Path, command: str) -> Path:
         lines += [f"Fine-tune: {meta['steps']} steps, {meta['tokens']} tokens, {meta['train_seconds'] / 60:.1f} min "
                   f"of training ({meta['tokens_per_second']:.0f} tokens/s, {meta.get('torch_threads')} threads); "
                   f"recipe `{json.dumps(meta['recipe'])}`", ""]
-    lines += ["| temperature | response limit | hint | samples | right | cut off | mean tokens |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| temperature | response limit | hint | samples | right | 95% interval (problems resampled) "
+              "| cut off | mean tokens | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        ci = r.get("accuracy_ci95")
+        interval = f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci else "–"
         lines.append(f"| {r['temperature']} | {r['max_new_tokens']} | {'yes' if r['hint'] else 'no'} | {r['samples']} "
-                     f"| {100 * r['accuracy']:.1f}% | {100 * r['cut_off']:.1f}% | {r['mean_tokens']:.0f} |")
+                     f"| {100 * r['accuracy']:.1f}% | {interval} | {100 * r['cut_off']:.1f}% | {r['mean_tokens']:.0f} "
+                     f"| {r.get('seconds', '–')} |")
     (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return out_dir / f"{stem}.json"
 
@@ -425,12 +476,16 @@ def main(argv: list[str] | None = None) -> int:
             raise FinetuneError(f"--task is needed for model '{args.model}' (not a warm:/teacher: alias)")
         limits = args.max_new_tokens or [96 if task == "addition" else 256]
         hints = {"none": [False], "solution": [True], "both": [False, True]}[args.hint]
+        from omniopd.assets import student_path
+
+        out_dir = Path(args.out)
+        rows_file = out_dir / f".{result_stem(args.model, student_path(args.model))}.rows.jsonl"
         result: dict[str, Any] | None = None
         for hint in hints:
             part = evaluate(args.model, task, problems=args.problems, k=args.k, temperatures=args.temperatures,
-                            limits=limits, hint=hint, backend=args.backend)
+                            limits=limits, hint=hint, backend=args.backend, rows_file=rows_file)
             result = part if result is None else {**result, "rows": result["rows"] + part["rows"]}
-        print(f"[finetune] results: {write_results(result, Path(args.out), command)}")
+        print(f"[finetune] results: {write_results(result, out_dir, command)}")
         return 0
     except (FinetuneError, AssetError) as e:
         print(f"error: {e}", file=sys.stderr)

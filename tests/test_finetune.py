@@ -131,4 +131,4 @@ def test_results_carry_the_command_the_fine_tune_and_every_row(tmp_path):
     assert "losses" not in written["finetune"]
     md = (tmp_path / "out" / "warm-chained.md").read_text()
     assert "`python -m omniopd.finetune eval warm:chained`" in md and "10.0 min of training" in md
-    assert "| 1.0 | 256 | no | 16 | 12.5% | 6.2% | 170 |" in md
+    assert "| 1.0 | 256 | no | 16 | 12.5% | – | 6.2% | 170 | 1.0 |" in md
