@@ -132,3 +132,13 @@ def test_results_carry_the_command_the_fine_tune_and_every_row(tmp_path):
     md = (tmp_path / "out" / "warm-chained.md").read_text()
     assert "`python -m omniopd.finetune eval warm:chained`" in md and "10.0 min of training" in md
     assert "| 1.0 | 256 | no | 16 | 12.5% | – | 6.2% | 170 | 1.0 |" in md
+
+
+def test_the_accuracy_interval_resamples_problems():
+    # Every problem right (or none): no spread whatever is resampled.
+    assert finetune.problem_bootstrap_interval([4, 4, 4], 4) == (1.0, 1.0)
+    assert finetune.problem_bootstrap_interval([0, 0], 2) == (0.0, 0.0)
+    # Half the problems always right, half never: the interval is the binomial spread of the problem draw
+    # (40 problems: sd 0.079), far wider than 160 independent samples would suggest (sd 0.040).
+    low, high = finetune.problem_bootstrap_interval([4] * 20 + [0] * 20, 4)
+    assert low < 0.5 < high and 0.25 < high - low < 0.38
