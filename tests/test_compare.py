@@ -95,7 +95,8 @@ def test_every_row_of_a_large_matrix_draws_alike_to_no_other():
 def test_a_real_matrix_runs_reports_and_resumes(tmp_path, capsys):
     path = _matrix(tmp_path, '[[row]]\nname = "rl"\nargs = ["--objective.name=rl"]\n'
                              '[[row]]\nname = "sft"\nargs = ["--objective.name=sft"]\n')
-    argv = ["--matrix", str(path), "--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    argv = ["--matrix", str(path), "--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
+            "--jobs", "2"]  # both rows at once, a thread each
     assert compare.main(argv) == 0
     results = json.loads((tmp_path / "results" / "matrix.json").read_text())
     assert sorted(results["runs"]) == ["rl/seed0", "sft/seed0"] and results["missing"] == []

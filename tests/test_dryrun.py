@@ -66,8 +66,8 @@ def test_step_figures_by_hand(tokenizer):
     assert g.output_tokens == 4 * 4 + 100
 
 
-SMALL = ["--train.batch_size=4", "--generation.n=2", "--generation.max_new_tokens=32", "--audit.chunk_len=4",
-         "--audit.num_continuations=4", "--generation.backend=hf", "--teacher.local_backend=hf",
+SMALL = ["--train.batch_size=2", "--generation.n=2", "--generation.max_new_tokens=32", "--audit.chunk_len=4",
+         "--audit.num_continuations=2", "--generation.backend=hf", "--teacher.local_backend=hf",
          "--train.eval_before=false", "--train.eval_after=false", "--log.tensorboard=false", "--log.plots=false",
          "--checkpoint.every=0", "--checkpoint.export=false", "--teacher.cache=off", "--train.steps=2",
          "--teacher.price_in_per_mtok=1", "--teacher.price_out_per_mtok=4"]

@@ -22,16 +22,30 @@ from omniopd import assets, finetune
 from omniopd.runlog import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_BUILD = ["--steps=2", "--batch-size=2", "--problems=8", "--save-every=1"]
+TINY_BUILD = ["--steps=2", "--batch-size=2", "--problems=8"]
+
+
+def _private_cache(folder: Path) -> Path:
+    base = Path(assets.student_path())  # converted once in the real cache; linked, not rebuilt
+    folder.mkdir()
+    (folder / base.name).symlink_to(base)
+    return folder
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    base = Path(assets.student_path())  # converted once in the real cache; linked, not rebuilt
-    private = tmp_path / "cache"
-    private.mkdir()
-    (private / base.name).symlink_to(base)
+    private = _private_cache(tmp_path / "cache")
     monkeypatch.setenv("OMNIOPD_CACHE", str(private))
+    return private
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A private cache where the one command built both tiny chained models (the user's way, in one go)."""
+    private = _private_cache(tmp_path_factory.mktemp("built") / "cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMNIOPD_CACHE", str(private))
+        _run("omniopd.finetune", "build", "--task=chained", *TINY_BUILD)
     return private
 
 
@@ -56,8 +70,9 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in common)
 
 
-def test_a_stopped_build_resumes_to_the_same_weights_and_a_rerun_is_cached(cache, tmp_path):
-    recipe = dataclasses.replace(finetune.RECIPES["warm:chained"], problems=8, steps=3, batch_size=2, save_every=1)
+def test_a_stopped_build_resumes_to_the_same_weights_and_a_rerun_is_cached(built, cache):
+    # TINY_BUILD's warm recipe: `built` holds it trained in one go, without a stop
+    recipe = dataclasses.replace(finetune.RECIPES["warm:chained"], problems=8, steps=2, batch_size=2)
     out = finetune.output_dir("warm", "chained")
     partial = finetune.build(recipe, stop_after=1)  # what a kill after step 1 leaves
     assert not finetune.is_built(out) and (partial / "checkpoint.pt").is_file()
@@ -65,14 +80,14 @@ def test_a_stopped_build_resumes_to_the_same_weights_and_a_rerun_is_cached(cache
         assets.student_path("warm:chained")
     lines: list[str] = []
     assert finetune.build(recipe, log=lines.append) == out
-    assert any("resuming at step 1/3" in line for line in lines) and not partial.exists()
+    assert any("resuming at step 1/2" in line for line in lines) and not partial.exists()
     meta = json.loads((out / "finetune.json").read_text())
-    assert meta["steps"] == 3 and meta["recipe"] == recipe.key() and meta["tokens"] > meta["response_tokens"] > 0
+    assert meta["steps"] == 2 and meta["recipe"] == recipe.key() and meta["tokens"] > meta["response_tokens"] > 0
     resumed = _weights(out)
 
-    os.replace(out, tmp_path / "resumed")  # the same recipe in one go
-    finetune.build(recipe)
-    straight = _weights(out)
+    in_one_go = built / out.relative_to(cache)
+    assert json.loads((in_one_go / "finetune.json").read_text())["recipe"] == recipe.key()
+    straight = _weights(in_one_go)
     base = _weights(Path(assets.student_path()))
     assert resumed.keys() == straight.keys() and _max_diff(resumed, straight) < 1e-6
     assert _max_diff(straight, base) > 1e-4  # it did train
@@ -93,8 +108,8 @@ def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_train_runs_with_the_warm_student_the_chained_task_and_the_trained_teacher(cache, tmp_path):
-    _run("omniopd.finetune", "build", "--task=chained", *TINY_BUILD)  # the one command: both models
+def test_train_runs_with_the_warm_student_the_chained_task_and_the_trained_teacher(built, monkeypatch, tmp_path):
+    monkeypatch.setenv("OMNIOPD_CACHE", str(built))  # the one command built both models there
     again = _run("omniopd.finetune", "build", "--task=chained", *TINY_BUILD)
     assert again.stdout.count("cached at") == 2
     warm = Path(assets.student_path("warm:chained"))

@@ -7,52 +7,22 @@ The server records every request, so the test checks what the teacher sends, not
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-
 import pytest
-from loopback import JsonHandler, Loopback, api_teachers
+from loopback import api_teachers
+from replay import fixture, replaying
 
 from omniopd.config import TeacherConfig
 from omniopd.rollout.teachers import MissingKeyError, TeacherRequest, build_teacher
 
-FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 KEY = "sk-ant-api03-omniopd-test-0c3f9d1e7a"
 CHAT = [{"role": "system", "content": "You are a careful math tutor."},
         {"role": "user", "content": "What is 12 + 7?"}]
 
 
-def fixture(name: str) -> dict:
-    return json.loads((FIXTURES / f"{name}.json").read_text())
-
-
-class Replay(Loopback):
-    """A loopback HTTP server answering each POST with the next queued canned (hand-written) reply."""
-
-    def __init__(self):
-        self.queue: list[dict] = []
-        self.requests: list[dict] = []
-        super().__init__()
-
-    def serve(self, request: JsonHandler, method: str) -> None:
-        body = json.loads(request.body())
-        with self.lock:
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            self.requests.append({"path": request.path, "headers": headers, "body": body, "time": time.monotonic()})
-            reply = self.queue.pop(0) if self.queue else {
-                "status": 418, "headers": {}, "body": {"type": "error", "error": {
-                    "type": "invalid_request_error", "message": "replay queue is empty"}}}
-        request.reply(reply["status"], json.dumps(reply["body"]).encode(), reply["headers"])
-
-
 @pytest.fixture()
 def replay():
-    server = Replay()
-    try:
+    with replaying("anthropic") as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture()
@@ -64,7 +34,7 @@ def teacher_for(replay, monkeypatch):
 
 
 def test_prefill_request_and_parsed_continuations(replay, teacher_for):
-    replay.queue += [fixture("message_prefill"), fixture("message_prefill")]
+    replay.push("message_prefill", "message_prefill")
     teacher = teacher_for(price_in_per_mtok=3.0, price_out_per_mtok=15.0)
     [result] = teacher.generate([TeacherRequest(CHAT, "12 + 7 = ", n=2, max_tokens=32, temperature=0.7,
                                                 seed=5, key="seq 0 anchor 3")])
@@ -90,7 +60,7 @@ def test_prefill_request_and_parsed_continuations(replay, teacher_for):
 
 
 def test_no_prefix_sends_no_assistant_turn_and_joins_text_blocks(replay, teacher_for):
-    replay.queue.append(fixture("message_two_blocks"))
+    replay.push("message_two_blocks")
     [result] = teacher_for().generate([TeacherRequest(CHAT[1:], "", n=1, max_tokens=16, temperature=0.0)])
     body = replay.requests[0]["body"]
     assert body["messages"] == [{"role": "user", "content": "What is 12 + 7?"}] and "system" not in body
@@ -98,8 +68,7 @@ def test_no_prefix_sends_no_assistant_turn_and_joins_text_blocks(replay, teacher
 
 
 def test_overloaded_malformed_and_rate_limited_replies_are_retried(replay, teacher_for):
-    replay.queue += [fixture("error_overloaded"), fixture("message_malformed"), fixture("error_rate_limit"),
-                     fixture("message_prefill")]
+    replay.push("error_overloaded", "message_malformed", "error_rate_limit", "message_prefill")
     [result] = teacher_for(max_concurrency=1, max_retries=3).generate(
         [TeacherRequest(CHAT, "12 + 7 = ", n=1, max_tokens=32, temperature=0.7)])
     assert result.texts == ["19, so the answer is \\boxed{19}."] and result.retries == 3
@@ -110,31 +79,31 @@ def test_overloaded_malformed_and_rate_limited_replies_are_retried(replay, teach
 @pytest.mark.parametrize("name, message", [("error_invalid_request", "trailing whitespace"),
                                            ("error_authentication", "invalid x-api-key")])
 def test_client_errors_fail_at_once_with_the_api_message(replay, teacher_for, name, message):
-    replay.queue.append(fixture(name))
+    replay.push(name)
     [result] = teacher_for().generate([TeacherRequest(CHAT, "", n=1, max_tokens=8, temperature=0.0,
                                                       key="seq 1 anchor 2")])
     assert result.texts is None and result.retries == 0 and len(replay.requests) == 1
     assert "seq 1 anchor 2" in result.error and message in result.error and KEY not in result.error
-    assert str(fixture(name)["status"]) in result.error
+    assert str(fixture("anthropic", name)["status"]) in result.error
 
 
 def test_one_failed_sample_fails_the_request_never_fewer_texts(replay, teacher_for):
     # n=3: one of the three calls gets a 400, so the request is reported failed, not 2 texts.
-    replay.queue += [fixture("message_prefill"), fixture("error_invalid_request"), fixture("message_prefill")]
+    replay.push("message_prefill", "error_invalid_request", "message_prefill")
     [result] = teacher_for(max_concurrency=1).generate(
         [TeacherRequest(CHAT, "12 + 7 = ", n=3, max_tokens=32, temperature=0.7)])
     assert result.texts is None and "400" in result.error
 
 
 def test_a_model_that_refuses_prefill_is_a_config_error_naming_instruct_mode(replay, teacher_for):
-    replay.queue += [fixture("error_prefill_unsupported"), fixture("message_prefill")]
+    replay.push("error_prefill_unsupported", "message_prefill")
     [result] = teacher_for(max_retries=3).generate(
         [TeacherRequest(CHAT, "12 + 7 = ", n=1, max_tokens=32, temperature=0.7, key="seq 4 anchor 1")])
     assert result.texts is None and result.retries == 0 and len(replay.requests) == 1
     assert "config error" in result.error and "teacher.completion_mode=instruct" in result.error
     assert "not retried" in result.error and "seq 4 anchor 1" in result.error and KEY not in result.error
     # Any other 400 stays the API's own message, not this advice.
-    replay.queue[:] = [fixture("error_invalid_request")]
+    replay.queue[:] = [fixture("anthropic", "error_invalid_request")]
     [other] = teacher_for().generate([TeacherRequest(CHAT, "", n=1, max_tokens=8, temperature=0.0)])
     assert "trailing whitespace" in other.error and "completion_mode" not in other.error
 

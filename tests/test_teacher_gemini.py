@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from loopback import api_teachers
-from replay import Replay
+from replay import replaying
 
 from omniopd.rollout.teachers import TeacherRequest
 from omniopd.rollout.teachers.instruct import CLOSE, OPEN
@@ -22,11 +22,8 @@ LONG_PREFIX = "Adding the two numbers gives "  # a repeat this long (>= MIN_OVER
 
 @pytest.fixture()
 def replay():
-    server = Replay("gemini")
-    try:
+    with replaying("gemini") as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture()

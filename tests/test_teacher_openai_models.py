@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from loopback import api_teachers
-from replay import Replay
+from replay import replaying
 
 from omniopd.rollout.teachers import TeacherRequest
 from omniopd.rollout.teachers.instruct import CLOSE, OPEN
@@ -21,11 +21,8 @@ ANSWER = "19, so the answer is \\boxed{19}."
 
 @pytest.fixture()
 def replay():
-    server = Replay("openai")
-    try:
+    with replaying("openai") as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture()
