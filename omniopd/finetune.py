@@ -395,6 +395,8 @@ def write_results(result: dict[str, Any], out_dir: Path, command: str) -> Path:
     result = {"command": command, "finetune": meta, **result}
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"# {result['model']} on the {result['task']} task", "", f"Command: `{command}`", ""]
+    if meta and parse_alias(result["model"]):
+        lines += [f"Built by: `{build_command(*parse_alias(result['model']))}`", ""]
     if meta:
         lines += [f"Fine-tune: {meta['steps']} steps, {meta['tokens']} tokens, {meta['train_seconds'] / 60:.1f} min "
                   f"of training ({meta['tokens_per_second']:.0f} tokens/s, {meta.get('torch_threads')} threads); "
