@@ -1,0 +1,199 @@
+"""experiments/signal.py: its statistics against brute-force references, its stage files, and one tiny real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("signal_probe", REPO / "experiments" / "signal.py")
+signal_probe = importlib.util.module_from_spec(_spec)
+sys.modules["signal_probe"] = signal_probe
+_spec.loader.exec_module(signal_probe)
+
+
+def brute_auc(scores, labels) -> float:
+    """Every (positive, negative) pair, one by one: 1 if the positive scores higher, 1/2 on a tie."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return math.nan
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def brute_within(scores, labels, groups) -> float:
+    wins = pairs = 0.0
+    for i, j in itertools.product(range(len(scores)), repeat=2):
+        if groups[i] == groups[j] and labels[i] and not labels[j]:
+            pairs += 1
+            wins += 1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0
+    return wins / pairs if pairs else math.nan
+
+
+def test_auc_hand_cases():
+    assert signal_probe.auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert signal_probe.auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert signal_probe.auc([0.5, 0.5, 0.5], [1, 0, 0]) == 0.5  # ties count half
+    # 3 positives x 2 negatives: (0.7 > 0.4, 0.7 > 0.2), (0.4 = 0.4 -> 1/2, 0.4 > 0.2), (0.1 < both) = 3.5 / 6
+    assert signal_probe.auc([0.7, 0.4, 0.1, 0.4, 0.2], [1, 1, 1, 0, 0]) == pytest.approx(3.5 / 6)
+    assert math.isnan(signal_probe.auc([0.3, 0.4], [1, 1]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_and_within_match_pairwise_counting(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    scores = rng.integers(0, 6, n) / 5.0  # few distinct values: many ties
+    labels = rng.random(n) < 0.4
+    groups = rng.integers(0, 7, n)
+    assert signal_probe.auc(scores, labels) == pytest.approx(brute_auc(scores, labels), abs=1e-12, nan_ok=True)
+    value, both = signal_probe.within_auc(scores, labels, groups)
+    assert value == pytest.approx(brute_within(scores, labels, groups), abs=1e-12, nan_ok=True)
+    assert both == sum(len({bool(y) for y, g in zip(labels, groups) if g == k}) == 2 for k in set(groups))
+
+
+def test_within_prompt_ignores_between_prompt_pairs():
+    # Prompt 0 is easy (all high), prompt 1 hard (all low): pooled AUC rewards the prompt, within does not.
+    scores = [0.9, 0.8, 0.2, 0.1]
+    labels = [1, 0, 1, 0]
+    groups = [0, 0, 1, 1]
+    assert signal_probe.within_auc(scores, labels, groups) == (1.0, 2)
+    assert signal_probe.auc(scores, labels) == pytest.approx(brute_auc(scores, labels))  # 3/4
+    assert signal_probe.auc(scores, labels) == 0.75
+
+
+def test_paired_bootstrap_matches_the_exact_resampling_distribution():
+    # Two prompts: the bootstrap draws (0,0), (0,1), (1,0), (1,1) with probability 1/4 each. The paired difference
+    # on each draw, computed by brute force (a prompt drawn twice: two copies, pairs within each copy only).
+    a = [0.9, 0.1, 0.6, 0.7, 0.2]
+    b = [0.2, 0.8, 0.5, 0.1, 0.6]
+    labels = [1, 0, 1, 1, 0]
+    groups = [0, 0, 1, 1, 1]
+    units = {0: [0, 1], 1: [2, 3, 4]}
+
+    def exact(draw, within):
+        idx = [i for d in draw for i in units[d]]
+        copy = [c for c, d in enumerate(draw) for _ in units[d]]
+        y = [labels[i] for i in idx]
+        if within:
+            return brute_within([a[i] for i in idx], y, copy) - brute_within([b[i] for i in idx], y, copy)
+        return brute_auc([a[i] for i in idx], y) - brute_auc([b[i] for i in idx], y)
+
+    for within in (False, True):
+        res = signal_probe.paired_difference(a, b, labels, groups, within=within, reps=4000, seed=1)
+        assert res["diff"] == pytest.approx(exact((0, 1), within))
+        draws = {d: exact(d, within) for d in itertools.product((0, 1), repeat=2)}
+        values = signal_probe.bootstrap(
+            lambda i: (signal_probe.within_auc(np.asarray(a)[i], np.asarray(labels)[i],
+                                               signal_probe._resampled_groups(np.asarray(groups), i))[0]
+                       - signal_probe.within_auc(np.asarray(b)[i], np.asarray(labels)[i],
+                                                 signal_probe._resampled_groups(np.asarray(groups), i))[0])
+            if within else signal_probe.auc(np.asarray(a)[i], np.asarray(labels)[i])
+            - signal_probe.auc(np.asarray(b)[i], np.asarray(labels)[i]),
+            groups, reps=4000, seed=1)
+        expected = {}  # exact probability of each distinct value (NaN draws are dropped by the bootstrap)
+        for d, v in draws.items():
+            if not math.isnan(v):
+                expected[round(v, 12)] = expected.get(round(v, 12), 0) + 0.25
+        total = sum(expected.values())
+        seen = {k: np.mean(np.isclose(values, k)) for k in expected}
+        assert sum(seen.values()) == pytest.approx(1.0)  # every replicate is one of the exact values
+        for k, p in expected.items():
+            assert seen[k] == pytest.approx(p / total, abs=0.03)
+        lo, hi = res["ci"]
+        assert min(expected) <= lo <= hi <= max(expected)
+
+
+def test_identical_configurations_differ_by_exactly_zero():
+    rng = np.random.default_rng(0)
+    s = rng.random(40)
+    y = rng.random(40) < 0.5
+    g = np.repeat(np.arange(10), 4)
+    for within in (False, True):
+        res = signal_probe.paired_difference(s, s, y, g, within=within, reps=200)
+        assert res["diff"] == 0.0 and res["ci"] == [0.0, 0.0]
+
+
+def test_stage_units_are_written_once_and_skipped_after(tmp_path):
+    calls = []
+    stages = signal_probe.Stages(tmp_path, log=lambda _: None)
+    first = stages.unit("a", lambda: calls.append(1) or {"x": 1})
+    again = signal_probe.Stages(tmp_path, log=lambda _: None).unit("a", lambda: calls.append(2) or {"x": 2})
+    assert calls == [1] and first["x"] == again["x"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary file left behind
+    stopping = signal_probe.Stages(tmp_path, stop_after=0, log=lambda _: None)
+    assert stopping.unit("a", lambda: {"x": 3})["x"] == 1  # a finished unit is read, not counted
+    with pytest.raises(signal_probe.StopAfter):
+        stopping.unit("b", lambda: {"x": 4})
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_failed_unit_leaves_no_file(tmp_path):
+    def boom():
+        raise RuntimeError("killed mid-unit")
+
+    with pytest.raises(RuntimeError):
+        signal_probe.Stages(tmp_path, log=lambda _: None).unit("c", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _stage_files(out: Path) -> dict[str, tuple[int, str]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in out.glob("*.json")
+            if not p.name.startswith(("report-", "summary"))}
+
+
+def _report_core(out: Path) -> dict:
+    rep = json.loads((out / "report-addition-C8-hinted.json").read_text())
+    rep.pop("cost")
+    return rep
+
+
+def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
+    """The bundled student and the hinted bundled teacher at tiny sizes: stopped after two stage units, resumed,
+    then its later units deleted and redone: same report, and finished files never rewritten."""
+    out = tmp_path / "sig"
+    args = ["--task", "addition", "--chunk", "8", "--teacher", "hinted", "--student", "smollm2-135m", "--smoke",
+            "--phi", "ned", "rouge1", "--out", str(out)]
+    assert signal_probe.main(args + ["--stop-after", "2"]) == 3
+    early = _stage_files(out)
+    assert sorted(early) == ["continuations-addition-C8-hinted.json", "rollouts-addition.json"]
+    assert signal_probe.main(args) == 0
+    done = _stage_files(out)
+    assert {k: done[k] for k in early} == early  # not recomputed, not rewritten
+    assert {"scores-addition-C8-hinted-ned.json", "scores-addition-C8-hinted-rouge1.json",
+            "teacher-logprobs-addition-hinted.json", "contrast-addition-C8-hinted.json"} <= set(done)
+
+    roll = json.loads((out / "rollouts-addition.json").read_text())
+    assert len(roll["rollouts"]) == 4 and {r["prompt"] for r in roll["rollouts"]} == {0, 1}
+    assert all(len(r["entropy"]) == len(r["logprob"]) == len(r["token_ids"]) for r in roll["rollouts"])
+    cont = json.loads((out / "continuations-addition-C8-hinted.json").read_text())
+    assert cont["forks"] and all(len(t) == 2 for t in cont["texts"])  # N=2 each
+    assert cont["completion_tokens"] > 0
+    rep = _report_core(out)
+    for name in ("ned/N2", "rouge1/N2"):
+        c = rep["configs"][name]
+        assert c["chunks"] == len(cont["forks"])
+        assert 0 < c["pi_hat_spread"]["min"] <= c["pi_hat_spread"]["max"] < 1  # α=1: π̂ ∈ (0, 1)
+        for score in ("pi_hat", "k_over_n", "pi_bar", "opd"):
+            assert c["auc"][score]["rollout"]["units"] == sum(v is not None for v in
+                                                              rep["per_rollout"][f"{name}/{score}"])
+    assert (out / "report-addition-C8-hinted.md").read_text().startswith("# Signal probe")
+    assert (out / "summary.md").is_file()
+
+    # Delete everything after the two first units and redo it: the same numbers, the early files untouched.
+    for p in out.glob("*.json"):
+        if p.name not in early:
+            p.unlink()
+    assert signal_probe.main(args) == 0
+    assert {k: v for k, v in _stage_files(out).items() if k in early} == early
+    assert _report_core(out) == rep
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert os.path.getsize(out / "teacher_cache.sqlite") > 0
