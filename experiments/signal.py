@@ -99,10 +99,11 @@ def within_auc(scores: Sequence[float], labels: Sequence[bool], groups: Sequence
     return (u_sum / pair_sum if pair_sum else math.nan), both
 
 
-def bootstrap(stat: Callable[[np.ndarray], float], groups: Sequence[Any], *, reps: int = 1000,
+def bootstrap(stat: Callable[[np.ndarray, np.ndarray], float], groups: Sequence[Any], *, reps: int = 1000,
               seed: int = 0) -> np.ndarray:
-    """`reps` values of `stat(index)`, each on a resample of the groups (prompts) with replacement: `index` are
-    the units of the drawn groups, a group drawn twice appearing twice. NaN replicates are dropped."""
+    """`reps` values of `stat(index, copy)`, each on a resample of the groups (prompts) with replacement: `index`
+    are the units of the drawn groups and `copy[j]` the draw unit `index[j]` came with, so a prompt drawn twice
+    is two groups (a within-prompt statistic never pairs its two copies). NaN replicates are dropped."""
     g = np.asarray(groups)
     keys = np.unique(g)
     members = [np.flatnonzero(g == k) for k in keys]
@@ -110,15 +111,11 @@ def bootstrap(stat: Callable[[np.ndarray], float], groups: Sequence[Any], *, rep
     out = []
     for _ in range(reps):
         drawn = rng.integers(0, len(keys), len(keys))
-        out.append(stat(np.concatenate([members[d] for d in drawn])))
+        index = np.concatenate([members[d] for d in drawn])
+        copy = np.concatenate([np.full(len(members[d]), j) for j, d in enumerate(drawn)])
+        out.append(stat(index, copy))
     values = np.asarray(out, dtype=np.float64)
     return values[~np.isnan(values)]
-
-
-def _resampled_groups(groups: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Group ids for a bootstrap index: each drawn copy of a prompt is its own group (runs of equal ids)."""
-    starts = np.r_[True, groups[index][1:] != groups[index][:-1]]
-    return np.cumsum(starts)
 
 
 def interval(values: np.ndarray) -> list[float]:
@@ -133,9 +130,9 @@ def auc_with_interval(scores, labels, groups, *, within: bool, reps: int, seed: 
     s, y, g = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool), np.asarray(groups)
     if within:
         value, both = within_auc(s, y, g)
-        reps_ = bootstrap(lambda i: within_auc(s[i], y[i], _resampled_groups(g, i))[0], g, reps=reps, seed=seed)
+        reps_ = bootstrap(lambda i, c: within_auc(s[i], y[i], c)[0], g, reps=reps, seed=seed)
         return {"auc": value, "ci": interval(reps_), "prompts_with_both": both}
-    reps_ = bootstrap(lambda i: auc(s[i], y[i]), g, reps=reps, seed=seed)
+    reps_ = bootstrap(lambda i, _c: auc(s[i], y[i]), g, reps=reps, seed=seed)
     return {"auc": auc(s, y), "ci": interval(reps_)}
 
 
@@ -144,13 +141,12 @@ def paired_difference(a, b, labels, groups, *, within: bool, reps: int, seed: in
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     y, g = np.asarray(labels, dtype=bool), np.asarray(groups)
 
-    def diff(i: np.ndarray) -> float:
+    def diff(i: np.ndarray, copy: np.ndarray) -> float:
         if within:
-            gg = _resampled_groups(g, i)
-            return within_auc(a[i], y[i], gg)[0] - within_auc(b[i], y[i], gg)[0]
+            return within_auc(a[i], y[i], copy)[0] - within_auc(b[i], y[i], copy)[0]
         return auc(a[i], y[i]) - auc(b[i], y[i])
 
-    full = diff(np.argsort(g, kind="stable"))
+    full = diff(np.arange(len(y)), g)
     return {"diff": full, "ci": interval(bootstrap(diff, g, reps=reps, seed=seed)), "units": len(y)}
 
 
@@ -352,7 +348,7 @@ def student_pass(models: Models, problems, samples) -> tuple[list[list[float]], 
 def make_rollouts(s: Settings, models: Models) -> dict[str, Any]:
     import torch
 
-    from omniopd.config import DataConfig
+    from omniopd.config import DataConfig, GenerationConfig
     from omniopd.data import student_messages
     from omniopd.eval.harness import grade_response
     from omniopd.eval.mathgrade import MathVerifier
@@ -362,7 +358,8 @@ def make_rollouts(s: Settings, models: Models) -> dict[str, Any]:
     started = time.monotonic()
     generator = models.generator()
     grouped = generator.generate([student_messages(p, DataConfig().system_prompt) for p in problems], s.rollouts,
-                                 temperature=s.temperature, top_p=1.0, max_new_tokens=s.max_new_tokens)
+                                 temperature=s.temperature, top_p=GenerationConfig().top_p,
+                                 max_new_tokens=s.max_new_tokens)
     gen_seconds = time.monotonic() - started
     rows = [(p, smp) for p, group in zip(problems, grouped) for smp in group]
     verifier = MathVerifier()
@@ -505,8 +502,8 @@ def make_contrast(s: Settings, models: Models, rollouts: dict[str, Any], cont: d
     for p, lp in zip(pairs, logprob):
         a = cont["forks"][p["fork"]]["anchor"]
         p["pi_bar"] = math.exp(sum(lp[a:a + chunk]) / chunk)
-    return {"pairs": pairs, "correct_forks": sum(rows[f["seq"]]["correct"] for f in cont["forks"]),
-            "skipped_no_digit": sum(rows[f["seq"]]["correct"] for f in cont["forks"]) - len(pairs)}
+    eligible = sum(rows[f["seq"]]["correct"] and complete(t, cont["n"]) for f, t in zip(cont["forks"], cont["texts"]))
+    return {"pairs": pairs, "eligible_forks": eligible, "skipped_no_digit": eligible - len(pairs)}
 
 
 # ---------------------------------------------------------------------------------------------

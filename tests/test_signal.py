@@ -71,13 +71,13 @@ def test_within_prompt_ignores_between_prompt_pairs():
 
 
 def test_paired_bootstrap_matches_the_exact_resampling_distribution():
-    # Two prompts: the bootstrap draws (0,0), (0,1), (1,0), (1,1) with probability 1/4 each. The paired difference
-    # on each draw, computed by brute force (a prompt drawn twice: two copies, pairs within each copy only).
-    a = [0.9, 0.1, 0.6, 0.7, 0.2]
-    b = [0.2, 0.8, 0.5, 0.1, 0.6]
-    labels = [1, 0, 1, 1, 0]
-    groups = [0, 0, 1, 1, 1]
-    units = {0: [0, 1], 1: [2, 3, 4]}
+    # Three prompts: the bootstrap draws each of the 27 ordered triples with probability 1/27. The paired difference
+    # on each draw by brute force; a prompt drawn twice is two copies, paired within each copy only.
+    a = [0.9, 0.1, 0.6, 0.7, 0.2, 0.3, 0.4, 0.8]
+    b = [0.2, 0.8, 0.5, 0.1, 0.6, 0.9, 0.35, 0.3]
+    labels = [1, 0, 1, 1, 0, 0, 1, 1]
+    groups = [0, 0, 1, 1, 1, 2, 2, 2]
+    units = {0: [0, 1], 1: [2, 3, 4], 2: [5, 6, 7]}
 
     def exact(draw, within):
         idx = [i for d in draw for i in units[d]]
@@ -88,28 +88,30 @@ def test_paired_bootstrap_matches_the_exact_resampling_distribution():
         return brute_auc([a[i] for i in idx], y) - brute_auc([b[i] for i in idx], y)
 
     for within in (False, True):
-        res = signal_probe.paired_difference(a, b, labels, groups, within=within, reps=4000, seed=1)
-        assert res["diff"] == pytest.approx(exact((0, 1), within))
-        draws = {d: exact(d, within) for d in itertools.product((0, 1), repeat=2)}
-        values = signal_probe.bootstrap(
-            lambda i: (signal_probe.within_auc(np.asarray(a)[i], np.asarray(labels)[i],
-                                               signal_probe._resampled_groups(np.asarray(groups), i))[0]
-                       - signal_probe.within_auc(np.asarray(b)[i], np.asarray(labels)[i],
-                                                 signal_probe._resampled_groups(np.asarray(groups), i))[0])
-            if within else signal_probe.auc(np.asarray(a)[i], np.asarray(labels)[i])
-            - signal_probe.auc(np.asarray(b)[i], np.asarray(labels)[i]),
-            groups, reps=4000, seed=1)
-        expected = {}  # exact probability of each distinct value (NaN draws are dropped by the bootstrap)
-        for d, v in draws.items():
+        res = signal_probe.paired_difference(a, b, labels, groups, within=within, reps=6000, seed=1)
+        assert res["diff"] == pytest.approx(exact((0, 1, 2), within), abs=1e-12)
+        expected: dict[float, float] = {}  # exact probability of each distinct value; NaN draws are dropped
+        for d in itertools.product((0, 1, 2), repeat=3):
+            v = exact(d, within)
             if not math.isnan(v):
-                expected[round(v, 12)] = expected.get(round(v, 12), 0) + 0.25
+                expected[round(v, 9)] = expected.get(round(v, 9), 0.0) + 1 / 27
         total = sum(expected.values())
-        seen = {k: np.mean(np.isclose(values, k)) for k in expected}
-        assert sum(seen.values()) == pytest.approx(1.0)  # every replicate is one of the exact values
-        for k, p in expected.items():
-            assert seen[k] == pytest.approx(p / total, abs=0.03)
+        values = sorted(expected)
+        cdf = np.cumsum([expected[k] / total for k in values])
         lo, hi = res["ci"]
-        assert min(expected) <= lo <= hi <= max(expected)
+        # the interval's ends are the exact distribution's 2.5% and 97.5% quantiles (up to sampling error)
+        assert values[int(np.searchsorted(cdf, 0.015))] <= lo <= values[int(np.searchsorted(cdf, 0.035))]
+        assert values[int(np.searchsorted(cdf, 0.965))] <= hi <= values[int(np.searchsorted(cdf, 0.985))]
+        # and every replicate is one of the exact values, each about as often as its probability
+        reps_ = signal_probe.bootstrap(
+            lambda i, c, w=within: (signal_probe.within_auc(np.asarray(a)[i], np.asarray(labels)[i], c)[0]
+                                    - signal_probe.within_auc(np.asarray(b)[i], np.asarray(labels)[i], c)[0])
+            if w else signal_probe.auc(np.asarray(a)[i], np.asarray(labels)[i])
+            - signal_probe.auc(np.asarray(b)[i], np.asarray(labels)[i]), groups, reps=6000, seed=1)
+        seen = {k: float(np.mean(np.isclose(reps_, k, atol=1e-9))) for k in values}
+        assert sum(seen.values()) == pytest.approx(1.0)
+        for k in values:
+            assert seen[k] == pytest.approx(expected[k] / total, abs=0.025)
 
 
 def test_identical_configurations_differ_by_exactly_zero():
