@@ -1,4 +1,4 @@
-"""experiments/signal.py: its statistics against brute-force references, its stage files, and one tiny real run."""
+"""experiments/signal_probe.py: its statistics against brute-force references, its stage files, and one tiny real run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("signal_probe", REPO / "experiments" / "signal.py")
+_spec = importlib.util.spec_from_file_location("signal_probe", REPO / "experiments" / "signal_probe.py")
 signal_probe = importlib.util.module_from_spec(_spec)
 sys.modules["signal_probe"] = signal_probe
 _spec.loader.exec_module(signal_probe)

@@ -1,8 +1,8 @@
 """Signal probe: does the chunk target π̂ tell a rollout that ends right from one that ends wrong?
 
-    python experiments/signal.py --task addition --chunk 8 --teacher hinted            # the smallest cell
-    python experiments/signal.py --grid                                                # the issue's whole grid
-    python experiments/signal.py --task addition --chunk 8 --student smollm2-135m --smoke --out /tmp/sig
+    python experiments/signal_probe.py --task addition --chunk 8 --teacher hinted            # the smallest cell
+    python experiments/signal_probe.py --grid                                                # the issue's whole grid
+    python experiments/signal_probe.py --task addition --chunk 8 --student smollm2-135m --smoke --out /tmp/sig
 
 The warm student samples rollouts on held-out problems (the task's `eval` split, which neither fine-tune saw)
 the way the trainer does (its generator, temperature and response limit), the eval grader grades them, and the
@@ -949,7 +949,7 @@ def _contrast_scores(models: Models, changed: dict[str, Any], phi: str, chunks: 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python experiments/signal.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python experiments/signal_probe.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=tuple(GRID), default="addition")
     p.add_argument("--chunk", type=int, nargs="+", default=None, help="C values (default: the grid's for the task)")
@@ -983,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/signal.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python experiments/signal_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.smoke:
         args.prompts, args.rollouts, args.n, args.reps = 2, 2, 2, 200
         args.backend = "hf" if args.backend == "auto" else args.backend
