@@ -775,7 +775,8 @@ def _diff_cell(d: dict[str, Any]) -> str:
 # Grid summary and plots
 def grid_summary(out: Path, reps: int) -> dict[str, Any]:
     """Every report under `out` in one table, plus paired differences across cells on shared rollouts:
-    trained vs hinted teacher and random vs entropy anchors (ned, N=10, π̂ per rollout)."""
+    trained vs hinted teacher, random vs entropy anchors, and each C vs the task's smallest (ned/N10 π̂ per
+    rollout)."""
     reports = {p.stem.removeprefix("report-"): json.loads(p.read_text()) for p in sorted(out.glob("report-*.json"))}
     lines = ["# Signal probe: grid summary", "",
              "Per-rollout AUC of π̂ against final correctness [95% prompt-bootstrap interval], pooled and within "
@@ -805,6 +806,11 @@ def grid_summary(out: Path, reps: int) -> dict[str, Any]:
         if rep["selection"] == "random":
             other = cell_name(rep["task"], rep["chunk"], rep["teacher"])
             if other in reports:
+                across[f"{cell} - {other}"] = _across(rep, reports[other], rows, reps)
+        if rep["selection"] == "entropy":  # each C against the task's smallest C, same teacher
+            smallest = min(r["chunk"] for r in reports.values() if r["task"] == rep["task"])
+            other = cell_name(rep["task"], smallest, rep["teacher"])
+            if rep["chunk"] != smallest and other in reports:
                 across[f"{cell} - {other}"] = _across(rep, reports[other], rows, reps)
     if across:
         lines += ["", "Paired differences across cells (ned/N10 π̂ per rollout, shared rollouts):", "",

@@ -1,4 +1,4 @@
-"""experiments/signal_probe.py: its statistics against brute-force references, its stage files, and one tiny real run."""
+"""experiments/signal_probe.py: its statistics against brute-force references, its stage files, a tiny real run."""
 
 from __future__ import annotations
 
