@@ -462,6 +462,24 @@ def make_teacher_logprobs(s: Settings, models: Models, rollouts: dict[str, Any],
     return {"teacher": teacher, "teacher_model": cfg.teacher.model, "hint": cfg.teacher.hint, "logprobs": out}
 
 
+def change_one_digit(token_ids: Sequence[int], anchor: int, chunk: int, digit_ids: dict[int, int],
+                     seed: int) -> tuple[int, int, int, list[int]] | None:
+    """(position, old digit, new digit, changed ids): one single-digit token of `[anchor, anchor + chunk)`, picked
+    with `random.Random(seed)`, replaced by another digit (so the number it belongs to takes a wrong value);
+    None when the chunk holds no digit token. SmolLM2's tokenizer writes every digit as its own token."""
+    by_id = {v: k for k, v in digit_ids.items()}
+    ids = list(token_ids)
+    spots = [t for t in range(anchor, anchor + chunk) if ids[t] in by_id]
+    if not spots:
+        return None
+    rng = random.Random(seed)
+    at = rng.choice(spots)
+    old = by_id[ids[at]]
+    new = rng.choice([d for d in range(10) if d != old])
+    ids[at] = digit_ids[new]
+    return at, old, new, ids
+
+
 def make_contrast(s: Settings, models: Models, rollouts: dict[str, Any], cont: dict[str, Any]) -> dict[str, Any]:
     """For every fork of a correct rollout with a digit in its chunk: one digit token (seeded choice) changed to
     another digit, the chunk text re-decoded, π̄ recomputed by the student on the changed response."""
@@ -471,22 +489,17 @@ def make_contrast(s: Settings, models: Models, rollouts: dict[str, Any], cont: d
 
     tok = models.tokenizer
     digit_ids = {d: tok.convert_tokens_to_ids(str(d)) for d in range(10)}
-    by_id = {v: k for k, v in digit_ids.items()}
     rows, chunk = rollouts["rollouts"], cont["chunk"]
     pairs, changed_rows = [], []
     for i, f in enumerate(cont["forks"]):
         r = rows[f["seq"]]
         if not r["correct"] or not complete(cont["texts"][i], cont["n"]):
             continue
-        ids = list(r["token_ids"])
-        spots = [t for t in range(f["anchor"], f["anchor"] + chunk) if ids[t] in by_id]
-        if not spots:
+        changed = change_one_digit(r["token_ids"], f["anchor"], chunk, digit_ids,
+                                   stable_seed("contrast", r["problem_id"], f["seq"], f["anchor"]))
+        if changed is None:
             continue
-        rng = random.Random(stable_seed("contrast", r["problem_id"], f["seq"], f["anchor"]))
-        at = rng.choice(spots)
-        old = by_id[ids[at]]
-        new = rng.choice([d for d in range(10) if d != old])
-        ids[at] = digit_ids[new]
+        at, old, new, ids = changed
         anchors = torch.tensor([[f["anchor"]]], dtype=torch.int64)
         fork = build_forks([ids], anchors, tok, chunk)[0]
         pairs.append({"fork": i, "position": at, "old": old, "new": new, "chunk": fork.chunk_text,
@@ -869,11 +882,12 @@ def plots(out: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.4), squeeze=False)
         for ax, name in zip(axes[0], names):
             h = rep["pi_hat_hist"][name]
-            ax.hist([h["correct"], h["wrong"]], bins=np.linspace(0, 1, 21), density=True,
-                    label=["right rollouts", "wrong rollouts"])
+            for key, label in (("correct", "right rollouts"), ("wrong", "wrong rollouts")):
+                if h[key]:  # an empty class has no density
+                    ax.hist(h[key], bins=np.linspace(0, 1, 21), density=True, alpha=0.6, label=label)
             ax.set_title(name, fontsize=8)
             ax.set_xlabel("π̂", fontsize=8)
-        axes[0][0].legend(fontsize=6)
+        axes[0][0].legend(fontsize=6) if axes[0][0].get_legend_handles_labels()[0] else None
         fig.suptitle(rep["cell"], fontsize=9)
         fig.tight_layout()
         path = out / f"hist-{rep['cell']}.png"

@@ -199,3 +199,45 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
     assert _report_core(out) == rep
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert os.path.getsize(out / "teacher_cache.sqlite") > 0
+
+
+def test_one_digit_change_with_the_real_tokenizer():
+    from transformers import AutoTokenizer
+
+    from omniopd.assets import student_path
+
+    tok = AutoTokenizer.from_pretrained(student_path("smollm2-135m"))
+    digit_ids = {d: tok.convert_tokens_to_ids(str(d)) for d in range(10)}
+    ids = tok.encode("Ones: 7 + 8 = 15, write 5 and carry 1. The answer is 85.", add_special_tokens=False)
+    anchor, chunk = 2, 8
+    for seed in range(20):
+        at, old, new, changed = signal_probe.change_one_digit(ids, anchor, chunk, digit_ids, seed)
+        assert anchor <= at < anchor + chunk and old != new
+        assert [i for i, (x, y) in enumerate(zip(ids, changed)) if x != y] == [at]
+        before, after = tok.decode(ids), tok.decode(changed)
+        assert len(before) == len(after)
+        assert [(x, y) for x, y in zip(before, after) if x != y] == [(str(old), str(new))]
+    words = tok.encode(" and carry the one over", add_special_tokens=False)
+    assert signal_probe.change_one_digit(words, 0, len(words), digit_ids, 0) is None
+
+
+def test_contrast_summary_against_the_dirichlet_formula():
+    # Two forks of right rollouts (C=2, N=2, α=1): π̂ = (Σφ + α·π̄) / (N + α) in float64 by hand.
+    lp_rows = [[-0.1, -0.3, -2.0], [-0.5, -0.5]]
+    cont = {"chunk": 2, "n": 2, "forks": [{"seq": 0, "anchor": 0, "prefix": "", "chunk": "12"},
+                                          {"seq": 1, "anchor": 0, "prefix": "", "chunk": "34"}],
+            "texts": [["a", "b"], ["c", "d"]]}
+    sc = {"values": [[1.0, 0.5], [0.2, 0.2]]}
+    contrast = {"pairs": [{"fork": 0, "chunk": "19", "pi_bar": 0.3}, {"fork": 1, "chunk": "39", "pi_bar": 0.9}],
+                "skipped_no_digit": 0}
+    csc = {"values": [[0.5, 0.5], [0.2, 0.2]]}
+    got = signal_probe.contrast_summary(cont, sc, contrast, csc, lp_rows, 2, 1.0)
+    bar = [math.exp((-0.1 - 0.3) / 2), math.exp(-0.5)]
+    true_hat = [(1.5 + bar[0]) / 3, (0.4 + bar[1]) / 3]
+    changed_hat = [(1.0 + 0.3) / 3, (0.4 + 0.9) / 3]
+    assert true_hat[0] > changed_hat[0] and true_hat[1] < changed_hat[1]  # one pair each way
+    assert got["pairs"] == 2
+    assert got["pi_hat_true_higher"] == 0.5
+    assert got["k_over_n_true_higher"] == 0.75  # 0.75 > 0.5, then a tie (0.2 = 0.2) counting 1/2
+    assert got["pi_bar_true_higher"] == 0.5  # 0.819 > 0.3, 0.607 < 0.9
+    assert got["mean_pi_hat_drop"] == pytest.approx(np.mean(np.subtract(true_hat, changed_hat)), abs=1e-12)
