@@ -918,8 +918,9 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
         if roll["key"] != s.rollout_key():
             raise ValueError(f"{out}/rollouts-{tag}.json holds rollouts of {roll['key']}, not {s.rollout_key()}: "
                              "use another --out (or delete it to start over)")
-        cells = [(c, t, "entropy") for c in plan.chunks for t in plan.teachers] + \
-                [(c, t, "random") for c in plan.random_at for t in plan.teachers]
+        # teacher by teacher: the hinted cells are whole before a trained teacher that is not built yet stops the run
+        cells = [(c, t, sel) for t in plan.teachers
+                 for sel, cs in (("entropy", plan.chunks), ("random", plan.random_at)) for c in cs]
         for chunk, teacher, selection in cells:
             name = cell_name(s.task, chunk, teacher, selection)
             cont = stages.unit(f"continuations-{name}",
