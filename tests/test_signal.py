@@ -1,0 +1,243 @@
+"""experiments/signal_probe.py: its statistics against brute-force references, its stage files, a tiny real run."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("signal_probe", REPO / "experiments" / "signal_probe.py")
+signal_probe = importlib.util.module_from_spec(_spec)
+sys.modules["signal_probe"] = signal_probe
+_spec.loader.exec_module(signal_probe)
+
+
+def brute_auc(scores, labels) -> float:
+    """Every (positive, negative) pair, one by one: 1 if the positive scores higher, 1/2 on a tie."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return math.nan
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def brute_within(scores, labels, groups) -> float:
+    wins = pairs = 0.0
+    for i, j in itertools.product(range(len(scores)), repeat=2):
+        if groups[i] == groups[j] and labels[i] and not labels[j]:
+            pairs += 1
+            wins += 1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0
+    return wins / pairs if pairs else math.nan
+
+
+def test_auc_hand_cases():
+    assert signal_probe.auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert signal_probe.auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert signal_probe.auc([0.5, 0.5, 0.5], [1, 0, 0]) == 0.5  # ties count half
+    # 3 positives x 2 negatives: (0.7 > 0.4, 0.7 > 0.2), (0.4 = 0.4 -> 1/2, 0.4 > 0.2), (0.1 < both) = 3.5 / 6
+    assert signal_probe.auc([0.7, 0.4, 0.1, 0.4, 0.2], [1, 1, 1, 0, 0]) == pytest.approx(3.5 / 6)
+    assert math.isnan(signal_probe.auc([0.3, 0.4], [1, 1]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_and_within_match_pairwise_counting(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    scores = rng.integers(0, 6, n) / 5.0  # few distinct values: many ties
+    labels = rng.random(n) < 0.4
+    groups = rng.integers(0, 7, n)
+    assert signal_probe.auc(scores, labels) == pytest.approx(brute_auc(scores, labels), abs=1e-12, nan_ok=True)
+    value, both = signal_probe.within_auc(scores, labels, groups)
+    assert value == pytest.approx(brute_within(scores, labels, groups), abs=1e-12, nan_ok=True)
+    assert both == sum(len({bool(y) for y, g in zip(labels, groups) if g == k}) == 2 for k in set(groups))
+
+
+def test_within_prompt_ignores_between_prompt_pairs():
+    # Prompt 0 is easy (all high), prompt 1 hard (all low): pooled AUC rewards the prompt, within does not.
+    scores = [0.9, 0.8, 0.2, 0.1]
+    labels = [1, 0, 1, 0]
+    groups = [0, 0, 1, 1]
+    assert signal_probe.within_auc(scores, labels, groups) == (1.0, 2)
+    assert signal_probe.auc(scores, labels) == pytest.approx(brute_auc(scores, labels))  # 3/4
+    assert signal_probe.auc(scores, labels) == 0.75
+
+
+def test_paired_bootstrap_matches_the_exact_resampling_distribution():
+    # Three prompts: the bootstrap draws each of the 27 ordered triples with probability 1/27. The paired difference
+    # on each draw by brute force; a prompt drawn twice is two copies, paired within each copy only.
+    a = [0.9, 0.1, 0.6, 0.7, 0.2, 0.3, 0.4, 0.8]
+    b = [0.2, 0.8, 0.5, 0.1, 0.6, 0.9, 0.35, 0.3]
+    labels = [1, 0, 1, 1, 0, 0, 1, 1]
+    groups = [0, 0, 1, 1, 1, 2, 2, 2]
+    units = {0: [0, 1], 1: [2, 3, 4], 2: [5, 6, 7]}
+
+    def exact(draw, within):
+        idx = [i for d in draw for i in units[d]]
+        copy = [c for c, d in enumerate(draw) for _ in units[d]]
+        y = [labels[i] for i in idx]
+        if within:
+            return brute_within([a[i] for i in idx], y, copy) - brute_within([b[i] for i in idx], y, copy)
+        return brute_auc([a[i] for i in idx], y) - brute_auc([b[i] for i in idx], y)
+
+    for within in (False, True):
+        res = signal_probe.paired_difference(a, b, labels, groups, within=within, reps=6000, seed=1)
+        assert res["diff"] == pytest.approx(exact((0, 1, 2), within), abs=1e-12)
+        expected: dict[float, float] = {}  # exact probability of each distinct value; NaN draws are dropped
+        for d in itertools.product((0, 1, 2), repeat=3):
+            v = exact(d, within)
+            if not math.isnan(v):
+                expected[round(v, 9)] = expected.get(round(v, 9), 0.0) + 1 / 27
+        total = sum(expected.values())
+        values = sorted(expected)
+        cdf = np.cumsum([expected[k] / total for k in values])
+        lo, hi = res["ci"]
+        # the interval's ends are the exact distribution's 2.5% and 97.5% quantiles (up to sampling error)
+        assert values[int(np.searchsorted(cdf, 0.015))] <= lo <= values[int(np.searchsorted(cdf, 0.035))]
+        assert values[int(np.searchsorted(cdf, 0.965))] <= hi <= values[int(np.searchsorted(cdf, 0.985))]
+        # and every replicate is one of the exact values, each about as often as its probability
+        reps_ = signal_probe.bootstrap(
+            lambda i, c, w=within: (signal_probe.within_auc(np.asarray(a)[i], np.asarray(labels)[i], c)[0]
+                                    - signal_probe.within_auc(np.asarray(b)[i], np.asarray(labels)[i], c)[0])
+            if w else signal_probe.auc(np.asarray(a)[i], np.asarray(labels)[i])
+            - signal_probe.auc(np.asarray(b)[i], np.asarray(labels)[i]), groups, reps=6000, seed=1)
+        seen = {k: float(np.mean(np.isclose(reps_, k, atol=1e-9))) for k in values}
+        assert sum(seen.values()) == pytest.approx(1.0)
+        for k in values:
+            assert seen[k] == pytest.approx(expected[k] / total, abs=0.025)
+
+
+def test_identical_configurations_differ_by_exactly_zero():
+    rng = np.random.default_rng(0)
+    s = rng.random(40)
+    y = rng.random(40) < 0.5
+    g = np.repeat(np.arange(10), 4)
+    for within in (False, True):
+        res = signal_probe.paired_difference(s, s, y, g, within=within, reps=200)
+        assert res["diff"] == 0.0 and res["ci"] == [0.0, 0.0]
+
+
+def test_stage_units_are_written_once_and_skipped_after(tmp_path):
+    calls = []
+    stages = signal_probe.Stages(tmp_path, log=lambda _: None)
+    first = stages.unit("a", lambda: calls.append(1) or {"x": 1})
+    again = signal_probe.Stages(tmp_path, log=lambda _: None).unit("a", lambda: calls.append(2) or {"x": 2})
+    assert calls == [1] and first["x"] == again["x"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary file left behind
+    stopping = signal_probe.Stages(tmp_path, stop_after=0, log=lambda _: None)
+    assert stopping.unit("a", lambda: {"x": 3})["x"] == 1  # a finished unit is read, not counted
+    with pytest.raises(signal_probe.StopAfter):
+        stopping.unit("b", lambda: {"x": 4})
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_failed_unit_leaves_no_file(tmp_path):
+    def boom():
+        raise RuntimeError("killed mid-unit")
+
+    with pytest.raises(RuntimeError):
+        signal_probe.Stages(tmp_path, log=lambda _: None).unit("c", boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _stage_files(out: Path) -> dict[str, tuple[int, str]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in out.glob("*.json")
+            if not p.name.startswith(("report-", "summary"))}
+
+
+def _report_core(out: Path) -> dict:
+    rep = json.loads((out / "report-addition-C8-hinted.json").read_text())
+    rep.pop("cost")
+    return rep
+
+
+def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
+    """The bundled student and the hinted bundled teacher at tiny sizes: stopped after two stage units, resumed,
+    then its later units deleted and redone: same report, and finished files never rewritten."""
+    out = tmp_path / "sig"
+    args = ["--task", "addition", "--chunk", "8", "--teacher", "hinted", "--student", "smollm2-135m", "--smoke",
+            "--phi", "ned", "rouge1", "--out", str(out)]
+    assert signal_probe.main(args + ["--stop-after", "2"]) == 3
+    early = _stage_files(out)
+    assert sorted(early) == ["continuations-addition-C8-hinted.json", "rollouts-addition.json"]
+    assert signal_probe.main(args) == 0
+    done = _stage_files(out)
+    assert {k: done[k] for k in early} == early  # not recomputed, not rewritten
+    assert {"scores-addition-C8-hinted-ned.json", "scores-addition-C8-hinted-rouge1.json",
+            "teacher-logprobs-addition-hinted.json", "contrast-addition-C8-hinted.json"} <= set(done)
+
+    roll = json.loads((out / "rollouts-addition.json").read_text())
+    assert len(roll["rollouts"]) == 4 and {r["prompt"] for r in roll["rollouts"]} == {0, 1}
+    assert all(len(r["entropy"]) == len(r["logprob"]) == len(r["token_ids"]) for r in roll["rollouts"])
+    cont = json.loads((out / "continuations-addition-C8-hinted.json").read_text())
+    assert cont["forks"] and all(len(t) == 2 for t in cont["texts"])  # N=2 each
+    assert cont["completion_tokens"] > 0
+    rep = _report_core(out)
+    for name in ("ned/N2", "rouge1/N2"):
+        c = rep["configs"][name]
+        assert c["chunks"] == len(cont["forks"])
+        assert 0 < c["pi_hat_spread"]["min"] <= c["pi_hat_spread"]["max"] < 1  # α=1: π̂ ∈ (0, 1)
+        for score in ("pi_hat", "k_over_n", "pi_bar", "opd"):
+            assert c["auc"][score]["rollout"]["units"] == sum(v is not None for v in
+                                                              rep["per_rollout"][f"{name}/{score}"])
+    assert (out / "report-addition-C8-hinted.md").read_text().startswith("# Signal probe")
+    assert (out / "summary.md").is_file()
+
+    # Delete everything after the two first units and redo it: the same numbers, the early files untouched.
+    for p in out.glob("*.json"):
+        if p.name not in early:
+            p.unlink()
+    assert signal_probe.main(args) == 0
+    assert {k: v for k, v in _stage_files(out).items() if k in early} == early
+    assert _report_core(out) == rep
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert os.path.getsize(out / "teacher_cache.sqlite") > 0
+
+
+def test_one_digit_change_with_the_real_tokenizer():
+    from transformers import AutoTokenizer
+
+    from omniopd.assets import student_path
+
+    tok = AutoTokenizer.from_pretrained(student_path("smollm2-135m"))
+    digit_ids = {d: tok.convert_tokens_to_ids(str(d)) for d in range(10)}
+    ids = tok.encode("Ones: 7 + 8 = 15, write 5 and carry 1. The answer is 85.", add_special_tokens=False)
+    anchor, chunk = 2, 8
+    for seed in range(20):
+        at, old, new, changed = signal_probe.change_one_digit(ids, anchor, chunk, digit_ids, seed)
+        assert anchor <= at < anchor + chunk and old != new
+        assert [i for i, (x, y) in enumerate(zip(ids, changed)) if x != y] == [at]
+        before, after = tok.decode(ids), tok.decode(changed)
+        assert len(before) == len(after)
+        assert [(x, y) for x, y in zip(before, after) if x != y] == [(str(old), str(new))]
+    words = tok.encode(" and carry the one over", add_special_tokens=False)
+    assert signal_probe.change_one_digit(words, 0, len(words), digit_ids, 0) is None
+
+
+def test_contrast_summary_against_the_dirichlet_formula():
+    # Two forks of right rollouts (C=2, N=2, α=1): π̂ = (Σφ + α·π̄) / (N + α) in float64 by hand.
+    lp_rows = [[-0.1, -0.3, -2.0], [-0.5, -0.5]]
+    cont = {"chunk": 2, "n": 2, "forks": [{"seq": 0, "anchor": 0, "prefix": "", "chunk": "12"},
+                                          {"seq": 1, "anchor": 0, "prefix": "", "chunk": "34"}],
+            "texts": [["a", "b"], ["c", "d"]]}
+    sc = {"values": [[1.0, 0.5], [0.2, 0.2]]}
+    contrast = {"pairs": [{"fork": 0, "chunk": "19", "pi_bar": 0.3}, {"fork": 1, "chunk": "39", "pi_bar": 0.9}],
+                "skipped_no_digit": 0}
+    csc = {"values": [[0.5, 0.5], [0.2, 0.2]]}
+    got = signal_probe.contrast_summary(cont, sc, contrast, csc, lp_rows, 2, 1.0)
+    bar = [math.exp((-0.1 - 0.3) / 2), math.exp(-0.5)]
+    true_hat = [(1.5 + bar[0]) / 3, (0.4 + bar[1]) / 3]
+    changed_hat = [(1.0 + 0.3) / 3, (0.4 + 0.9) / 3]
+    assert true_hat[0] > changed_hat[0] and true_hat[1] < changed_hat[1]  # one pair each way
+    assert got["pairs"] == 2
+    assert got["pi_hat_true_higher"] == 0.5
+    assert got["k_over_n_true_higher"] == 0.75  # 0.75 > 0.5, then a tie (0.2 = 0.2) counting 1/2
+    assert got["pi_bar_true_higher"] == 0.5  # 0.819 > 0.3, 0.607 < 0.9
+    assert got["mean_pi_hat_drop"] == pytest.approx(np.mean(np.subtract(true_hat, changed_hat)), abs=1e-12)
