@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +146,22 @@ def test_the_gemini_address_is_checked_like_the_other_api_addresses(tmp_path, mo
             check_teacher(_cfg(tmp_path, *base, f"--teacher.base_url={url}"))
     finally:
         server.shutdown()
+
+
+def test_the_trainer_reports_an_unbuilt_teacher_in_one_line_with_exit_2_before_loading(tmp_path):
+    """End to end: a real `python -m omniopd.train`, ended by the preflight in seconds, not minutes in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMNIOPD_CACHE"] = str(tmp_path / "cache")  # nothing built there
+    student = tmp_path / "student"  # passes the folder check, fails to load: loading it would end the run first
+    student.mkdir()
+    (student / "config.json").write_text("{}")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "omniopd.train", f"--log.dir={tmp_path / 'run'}",
+                           f"--model.student={student}", "--teacher.model=teacher:chained", "--data.task=chained"],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("omniopd.train: error:")]
+    assert len(errors) == 1 and "teacher.model='teacher:chained'" in errors[0] and "not built yet" in errors[0]
+    assert time.monotonic() - t0 < 30  # the preflight: no model was loaded
+    assert not (tmp_path / "run" / LOCK_NAME).exists() and not (tmp_path / "run" / "checkpoints").exists()
