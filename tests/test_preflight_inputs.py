@@ -65,6 +65,11 @@ def test_a_finetune_alias_not_built_yet_is_named_with_the_command_that_builds_it
     preflight(_cfg(tmp_path, f"--{key}={alias}"), rank=0, say=lambda _: None).release()
 
 
+def test_an_alias_of_an_unknown_task_is_named_with_the_tasks_there_are(tmp_path):
+    _refused(_cfg(tmp_path, "--model.student=warm:nosuch"), "model.student='warm:nosuch'", "unknown task 'nosuch'",
+             "chained")
+
+
 def test_an_api_teachers_model_name_is_not_taken_for_a_path(tmp_path, monkeypatch):
     """teacher.model is a provider's model name for API kinds: never checked as a folder."""
     cfg = _cfg(tmp_path, "--teacher.kind=anthropic", "--teacher.model=claude-sonnet-4-5",
@@ -114,7 +119,7 @@ class _GeminiModels(http.server.BaseHTTPRequestHandler):
     """The Gemini API's free model listing; a request without the right key is refused (403)."""
 
     def do_GET(self):  # noqa: N802 - the http.server API
-        ok = self.path == "/v1beta/models" and self.headers.get("x-goog-api-key") == "good-key"
+        ok = self.path == "/v1/models" and self.headers.get("x-goog-api-key") == "good-key"
         body = json.dumps({"models": [{"name": "models/gemini-2.5-flash"}]} if ok else {"error": {}}).encode()
         self.send_response(200 if ok else 403)
         self.send_header("Content-Type", "application/json")
@@ -132,6 +137,7 @@ def test_the_gemini_address_is_checked_like_the_other_api_addresses(tmp_path, mo
         closed = s.getsockname()[1]
     base = ["--teacher.kind=gemini", "--teacher.model=gemini-2.5-flash", "--teacher.api_key_env=OMNIOPD_TEST_GEMINI"]
     monkeypatch.setenv("OMNIOPD_TEST_GEMINI", "good-key")
+    monkeypatch.delenv("GOOGLE_GENAI_API_VERSION", raising=False)  # google-genai's default: /v1 after the base
     with pytest.raises(RunFault, match=f"teacher.base_url=http://127.0.0.1:{closed}: no answer"):
         check_teacher(_cfg(tmp_path, *base, f"--teacher.base_url=http://127.0.0.1:{closed}"))
     with pytest.raises(RunFault, match="teacher.base_url='ftp://x': not an http"):
