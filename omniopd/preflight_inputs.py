@@ -16,10 +16,11 @@ from pathlib import Path
 from omniopd.config import Config
 from omniopd.faults import RunFault
 
-# Anthropic models documented to refuse a prefilled final assistant turn (HTTP 400): the Claude 4.6 family
-# ("What's new in Claude 4.6", prefill removal). Other models are left to the request's own 400, which
-# `anthropic_api.prefill_refused` turns into the same advice.
-_ANTHROPIC_NO_PREFILL = re.compile(r"claude-(opus|sonnet)-4[-.]6(?!\d)")
+# Anthropic models that Anthropic's own documentation says refuse a prefilled final assistant turn (HTTP 400):
+# Claude Opus 4.6. Others (Sonnet 4.6 is reported to refuse it only by third-party guides) are left to the
+# request's own 400, which `anthropic_api.prefill_refused` turns into the same advice: refusing a model
+# offline on a rule we cannot verify would block runs that may work.
+_ANTHROPIC_NO_PREFILL = re.compile(r"claude-opus-4[-.]6(?!\d)")
 
 
 def _resolvable(key: str, name: str) -> None:

@@ -80,8 +80,8 @@ def test_an_api_teachers_model_name_is_not_taken_for_a_path(tmp_path, monkeypatc
 @pytest.mark.parametrize(("args", "needles"), [
     (["--teacher.kind=anthropic", "--teacher.model=claude-opus-4-6"],
      ["teacher.completion_mode=auto", "claude-opus-4-6", "teacher.completion_mode=instruct"]),
-    (["--teacher.kind=anthropic", "--teacher.model=claude-sonnet-4-6", "--teacher.completion_mode=chat"],
-     ["teacher.completion_mode=chat", "claude-sonnet-4-6"]),
+    (["--teacher.kind=anthropic", "--teacher.model=claude-opus-4-6", "--teacher.completion_mode=chat"],
+     ["teacher.completion_mode=chat", "claude-opus-4-6"]),
     (["--teacher.kind=gemini", "--teacher.model=gemini-2.5-flash", "--teacher.completion_mode=completions"],
      ["teacher.completion_mode=completions", "gemini"]),
     (["--teacher.kind=openai", "--teacher.model=m", "--teacher.completion_mode=completions"],
