@@ -222,7 +222,7 @@ class TeacherConfig(Section):
     cache: str = doc("SQLite response cache path; empty = <log.dir>/teacher_cache.sqlite; 'off' disables.", "")
     hint: Literal["none", "solution"] = doc(
         "What the teacher sees beyond the student's prompt and prefix: 'none' (the paper's); 'solution' (ours, "
-        "beyond the paper) adds the task's reference solution to its system message (makes a small local model "
+        "beyond the paper) adds the task's reference solution to its user turn (makes a small local model "
         "a real teacher).", "none")
 
 

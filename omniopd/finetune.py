@@ -7,8 +7,9 @@
 The bundled student is almost never right in its own rollouts (0.4% at T=1 on the addition task), so no
 on-policy signal has anything to reinforce. A *warm student* is a short fine-tune on the task's training split
 (meant to be right in 15-50% of its rollouts at the training temperature); a *trained teacher* is a longer one
-on more generated problems (meant to reach >= 80% on addition and >= 50% on chained), half of them shown with
-the reference-solution hint the trainer gives a local teacher, so it knows the task with and without it.
+with more steps and a higher learning rate, each of its problems seen once (meant to reach >= 80% on addition
+and >= 50% on chained), half of them shown with the reference-solution hint the trainer gives a local
+teacher, so it knows the task with and without it.
 
 This is its own small SFT loop (next-token loss on the worked solution, prompt tokens masked), not the
 trainer's objectives: a recipe (`RECIPES`) fixes the data, order, steps and learning rate, so a build is
@@ -55,7 +56,7 @@ class Recipe:
     lr: float = 5e-5  # AdamW peak; linear warm-up over the first 5% of steps, then linear decay to 0
     hint_fraction: float = 0.0  # share of examples whose prompt carries the reference-solution hint
     seed: int = 0
-    save_every: int = 25  # checkpoint period in steps (resumability; does not change the result)
+    save_every: int = 10  # checkpoint period in steps (resumability; does not change the result)
 
     @property
     def name(self) -> str:
@@ -68,7 +69,8 @@ class Recipe:
 
 # Sized to this machine's measured SFT speed (37-77 tokens/s on 2 shared cores, experiments/results/finetune/
 # throughput.md) so that the four builds take about 1.5-3 hours: ~22k, 42k, 92k and 174k tokens. Teachers see
-# each generated problem once (problems = steps x batch), warm students a slice of the training split.
+# each of their problems once (problems = steps x batch), warm students a slice of the training split. Both draw
+# from the training generator's one stream, so a teacher's problems are the first `problems` of it.
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("warm", "addition", problems=512, steps=20),
     Recipe("warm", "chained", problems=2048, steps=20),
@@ -124,8 +126,8 @@ def resolve(name: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Data
 def training_problems(recipe: Recipe) -> list[Problem]:
-    """Warm students learn from the task's training split only; teachers from a larger generated pool
-    (the same generator, never a held-out problem)."""
+    """The first `problems` of the task's training stream (never a held-out problem): the training split for a
+    warm student, the same generator asked for `problems` for a teacher."""
     if recipe.kind == "warm":
         train = builtin_task("train", recipe.task)
         if recipe.problems > len(train):
@@ -182,7 +184,7 @@ def _lr_factor(step: int, total: int) -> float:
     return (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
 
-def build(recipe: Recipe, *, log=print, stop_after: int | None = None) -> Path:
+def build(recipe: Recipe, *, log=print, stop_after: int | None = None, command: str | None = None) -> Path:
     """Fine-tune `recipe` into its cache folder (resuming a partial build) and return the folder.
 
     `stop_after`: leave after this many steps of this call with a checkpoint written (what a kill between
@@ -275,7 +277,8 @@ def build(recipe: Recipe, *, log=print, stop_after: int | None = None) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        meta = {"recipe": recipe.key(), "base": base, "steps": state["step"], "train_seconds": state["seconds"],
+        meta = {"recipe": recipe.key(), "command": command, "base": base, "steps": state["step"],
+                "train_seconds": state["seconds"],
                 "tokens": state["tokens"], "response_tokens": state["response_tokens"],
                 "tokens_per_second": state["tokens"] / max(state["seconds"], 1e-9), "losses": state["losses"],
                 "torch_threads": torch.get_num_threads()}
@@ -305,12 +308,12 @@ def problem_bootstrap_interval(right_per_problem: list[int], samples_per_problem
 
 
 def _row_key(model_path: str, task: str, problems: int, n: int, temperature: float, limit: int, hint: bool,
-             seed: int) -> dict[str, Any]:
+             seed: int, backend: str) -> dict[str, Any]:
     """What decides an evaluation row: a finished row with this key is reused by a rerun."""
     meta_file = Path(model_path) / "finetune.json"
     recipe = json.loads(meta_file.read_text())["recipe"] if meta_file.is_file() else None
     return {"path": model_path, "recipe": recipe, "task": task, "problems": problems, "n": n,
-            "temperature": temperature, "max_new_tokens": limit, "hint": hint, "seed": seed}
+            "temperature": temperature, "max_new_tokens": limit, "hint": hint, "seed": seed, "backend": backend}
 
 
 def evaluate(name: str, task: str, *, problems: int, k: int, temperatures: list[float], limits: list[int],
@@ -337,7 +340,7 @@ def evaluate(name: str, task: str, *, problems: int, k: int, temperatures: list[
     if rows_file is not None and rows_file.is_file():
         done = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
     plan = [(t, limit, 1 if t == 0 else k) for t in temperatures for limit in limits]
-    keys = [_row_key(path, task, len(held_out), n, t, limit, hint, seed) for t, limit, n in plan]
+    keys = [_row_key(path, task, len(held_out), n, t, limit, hint, seed, backend) for t, limit, n in plan]
     found = {json.dumps(r["key"], sort_keys=True): r["row"] for r in done if "key" in r}
     rows: list[dict[str, Any] | None] = [found.get(json.dumps(key, sort_keys=True)) for key in keys]
     generator = verifier = None
@@ -395,8 +398,10 @@ def write_results(result: dict[str, Any], out_dir: Path, command: str) -> Path:
     result = {"command": command, "finetune": meta, **result}
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"# {result['model']} on the {result['task']} task", "", f"Command: `{command}`", ""]
-    if meta and parse_alias(result["model"]):
-        lines += [f"Built by: `{build_command(*parse_alias(result['model']))}`", ""]
+    built_by = meta.get("command") or (build_command(*parse_alias(result["model"])) if parse_alias(result["model"])
+                                       else None)
+    if meta and built_by:
+        lines += [f"Built by: `{built_by}`", ""]
     if meta:
         lines += [f"Fine-tune: {meta['steps']} steps, {meta['tokens']} tokens, {meta['train_seconds'] / 60:.1f} min "
                   f"of training ({meta['tokens_per_second']:.0f} tokens/s, {meta.get('torch_threads')} threads); "
@@ -470,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = output_dir(kind, args.task)
                 if args.rebuild and is_built(out):
                     shutil.rmtree(out)
-                build(recipe, stop_after=args.stop_after)
+                build(recipe, stop_after=args.stop_after, command=command)
             return 0
         alias = parse_alias(args.model)
         task = args.task or (alias[1] if alias else None)

@@ -157,3 +157,27 @@ def test_the_accuracy_interval_resamples_problems():
     # (40 problems: sd 0.079), far wider than 160 independent samples would suggest (sd 0.040).
     low, high = finetune.problem_bootstrap_interval([4] * 20 + [0] * 20, 4)
     assert low < 0.5 < high and 0.25 < high - low < 0.38
+
+
+def test_an_evaluation_samples_greedy_once_grades_counts_cut_offs_and_reuses_finished_rows(tmp_path):
+    # The bundled student on 2 held-out addition problems with a 4-token limit: no worked answer fits, so
+    # every response is cut off and none is right, whatever the model says.
+    rows_file = tmp_path / "rows.jsonl"
+    kwargs = dict(problems=2, k=2, temperatures=[0.0, 1.0], limits=[4], hint=False, backend="hf",
+                  rows_file=rows_file)
+    first = finetune.evaluate("smollm2-135m", "addition", log=lambda _: None, **kwargs)
+    greedy, sampled = first["rows"]
+    assert (greedy["samples"], sampled["samples"]) == (2, 4)  # greedy: one per problem; sampled: k per problem
+    for row in (greedy, sampled):
+        assert row["cut_off"] == 1.0 and row["accuracy"] == 0.0 and row["mean_tokens"] == 4
+        assert row["accuracy_ci95"] == [0.0, 0.0] and row["problems_with_a_right_sample"] == 0
+    assert len(rows_file.read_text().splitlines()) == 2
+
+    logged: list[str] = []
+    again = finetune.evaluate("smollm2-135m", "addition", log=logged.append, **kwargs)
+    assert again["rows"] == first["rows"] and len(logged) == 2 and all("reused" in line for line in logged)
+    # Another backend is another measurement: not taken from the file.
+    logged.clear()
+    finetune.evaluate("smollm2-135m", "addition", log=logged.append, **{**kwargs, "temperatures": [0.0],
+                                                                        "backend": "auto"})
+    assert len(logged) == 1 and "reused" not in logged[0]
