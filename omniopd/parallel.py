@@ -7,7 +7,6 @@ one code path: all-reduces are cheap no-ops on one rank, and torch.distributed.c
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,17 +29,13 @@ class Dist:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init(cfg: ParallelConfig) -> Dist:
     """Join torchrun's process group (NCCL on GPUs, gloo on CPU), or make a 1-rank one."""
-    if "RANK" not in os.environ:  # plain `python -m omniopd.train`
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+    # Plain `python -m omniopd.train`: a 1-rank group on an in-process store. No TCP rendezvous: a port picked
+    # free and bound later can be taken by another run started at the same moment (EADDRINUSE).
+    single = "RANK" not in os.environ
+    if single:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -49,7 +44,8 @@ def init(cfg: ParallelConfig) -> Dist:
         device = torch.device("cpu")
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        store = {"store": dist.HashStore(), "rank": 0, "world_size": 1} if single else {}
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30), **store)
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
