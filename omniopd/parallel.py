@@ -31,11 +31,10 @@ class Dist:
 
 def init(cfg: ParallelConfig) -> Dist:
     """Join torchrun's process group (NCCL on GPUs, gloo on CPU), or make a 1-rank one."""
-    # Plain `python -m omniopd.train`: a 1-rank group on an in-process store. No TCP rendezvous: a port picked
-    # free and bound later can be taken by another run started at the same moment (EADDRINUSE).
+    # Plain `python -m omniopd.train`: a 1-rank group on an in-process store. No TCP rendezvous (a port picked
+    # free and bound later can be taken by another run started at the same moment: EADDRINUSE), and nothing
+    # written to os.environ (a child process would inherit RANK and look for a rendezvous that is not there).
     single = "RANK" not in os.environ
-    if single:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
