@@ -58,6 +58,19 @@ def test_an_alias_not_built_says_so_and_how(cache):
     assert finetune.main(["eval", "teacher:addition"]) == 2  # the CLI reports it too, without a traceback
 
 
+def test_an_alias_built_with_the_current_recipe_resolves_without_a_warning_and_a_stale_one_warns(cache, capsys):
+    out = finetune.output_dir("teacher", "addition")
+    out.mkdir(parents=True)
+    (out / ".complete").write_text(finetune.RECIPE_VERSION)
+    current = finetune.RECIPES["teacher:addition"].key()
+    (out / "finetune.json").write_text(json.dumps({"recipe": current}))
+    assert assets.student_path("teacher:addition") == str(out) and capsys.readouterr().err == ""
+    (out / "finetune.json").write_text(json.dumps({"recipe": current | {"lr": 5e-5}}))
+    assert assets.student_path("teacher:addition") == str(out)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"lr 5e-05 (recipe: {current['lr']!r})" in err and "--task addition --only teacher --rebuild" in err
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -70,7 +83,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in common)
 
 
-def test_a_stopped_build_resumes_to_the_same_weights_and_a_rerun_is_cached(built, cache):
+def test_a_stopped_build_resumes_to_the_same_weights_and_a_rerun_is_cached(built, cache, capsys):
     # TINY_BUILD's warm recipe: `built` holds it trained in one go, without a stop
     recipe = dataclasses.replace(finetune.RECIPES["warm:chained"], problems=8, steps=2, batch_size=2)
     out = finetune.output_dir("warm", "chained")
@@ -96,7 +109,14 @@ def test_a_stopped_build_resumes_to_the_same_weights_and_a_rerun_is_cached(built
     lines.clear()
     assert finetune.build(recipe, log=lines.append) == out and lines == [f"[finetune] warm:chained: cached at {out}"]
     assert (out / ".complete").stat().st_mtime_ns == stamp
+    capsys.readouterr()
     assert assets.student_path("warm:chained") == str(out)
+    # a build of overridden steps serves the alias, but says it is not the current recipe (and how to rebuild)
+    warm = finetune.RECIPES["warm:chained"]
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"steps 2 (recipe: {warm.steps})" in err and "--only warm --rebuild" in err
+    assets.student_path("warm:chained")
+    assert capsys.readouterr().err == ""  # said once per process
     with pytest.raises(finetune.FinetuneError, match="another recipe"):
         finetune.build(dataclasses.replace(recipe, steps=4))
 
