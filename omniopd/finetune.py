@@ -133,7 +133,10 @@ def _warn_if_stale(name: str, out: Path) -> None:
     """Say once per process when the build under an alias is not of the current recipe: a build with overridden
     steps (tests, timing) is legitimate, but one left over from an older recipe must not pass for the current."""
     current = RECIPES[name].key()
-    built = json.loads((out / "finetune.json").read_text()).get("recipe")
+    try:
+        built = json.loads((out / "finetune.json").read_text())["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        built = {}  # no readable record of its recipe: every field differs
     if built == current or out in _warned_stale:
         return
     _warned_stale.add(out)

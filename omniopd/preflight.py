@@ -23,7 +23,7 @@ from omniopd import checkpoint_files as ckpt
 from omniopd.config import Config, LogConfig
 from omniopd.eval.data import DataError
 from omniopd.faults import RunFault
-from omniopd.preflight_inputs import check_completion_mode, check_models, check_teacher_cache
+from omniopd.preflight_inputs import check_completion_mode, check_models, check_task_match, check_teacher_cache
 from omniopd.resume_rules import compare, truncate_metrics
 from omniopd.runlock import RunLock
 
@@ -194,6 +194,7 @@ def preflight(cfg: Config, *, rank: int, say: Callable[[str], None]) -> RunLock 
         check_completion_mode(cfg)
         check_teacher(cfg)
         check_models(cfg)
+        check_task_match(cfg, say)
         check_teacher_cache(cfg, rank)
     except BaseException:
         if lock is not None:

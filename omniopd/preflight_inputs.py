@@ -3,7 +3,8 @@
 Each of these used to surface only once the trainer built its models (minutes in, some as a traceback):
 a model path or `warm:`/`teacher:` alias that does not resolve, a `teacher.completion_mode` the teacher
 kind refuses, and a teacher response cache that cannot be opened. Each raises `RunFault` naming the key
-and its value. Nothing here imports torch or transformers.
+and its value; an alias fine-tuned on another task than `data.task` only gets a warning. Nothing here
+imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from omniopd.config import Config
@@ -44,6 +46,22 @@ def check_models(cfg: Config) -> None:
         _resolvable("teacher.model", cfg.teacher.model)
     elif cfg.teacher.kind == "openai" and cfg.teacher.tokenizer:
         _resolvable("teacher.tokenizer", cfg.teacher.tokenizer)
+
+
+def check_task_match(cfg: Config, say: Callable[[str], None]) -> None:
+    """A warning (not an error: it may be meant) for a `warm:`/`teacher:` alias fine-tuned on another built-in
+    task than the one `data.task` trains and evaluates on."""
+    from omniopd.finetune import parse_alias
+
+    if "builtin" not in (cfg.data.train, cfg.data.eval):
+        return
+    named = [("model.student", cfg.model.student), ("model.reference", cfg.model.reference)]
+    if cfg.teacher.kind == "local":
+        named.append(("teacher.model", cfg.teacher.model))
+    for key, name in named:
+        alias = parse_alias(name) if name else None
+        if alias and alias[1] != cfg.data.task:
+            say(f"warning: {key}={name!r} was fine-tuned on the {alias[1]} task, and data.task={cfg.data.task}")
 
 
 def check_completion_mode(cfg: Config) -> None:

@@ -65,6 +65,26 @@ def test_a_finetune_alias_not_built_yet_is_named_with_the_command_that_builds_it
     preflight(_cfg(tmp_path, f"--{key}={alias}"), rank=0, say=lambda _: None).release()
 
 
+def test_an_alias_fine_tuned_on_another_task_than_data_task_is_a_warning(tmp_path, monkeypatch):
+    from omniopd.finetune import RECIPES, output_dir
+
+    monkeypatch.setenv("OMNIOPD_CACHE", str(tmp_path / "cache"))
+    for kind in ("warm", "teacher"):
+        out = output_dir(kind, "addition")
+        out.mkdir(parents=True)
+        (out / ".complete").write_text("done")
+        (out / "finetune.json").write_text(json.dumps({"recipe": RECIPES[f"{kind}:addition"].key()}))
+    said: list[str] = []
+    aliases = ["--model.student=warm:addition", "--teacher.kind=local", "--teacher.model=teacher:addition"]
+    preflight(_cfg(tmp_path, *aliases, "--data.task=chained"), rank=0, say=said.append).release()
+    assert said == ["warning: model.student='warm:addition' was fine-tuned on the addition task, and data.task=chained",
+                    "warning: teacher.model='teacher:addition' was fine-tuned on the addition task, and "
+                    "data.task=chained"]
+    said.clear()
+    preflight(_cfg(tmp_path, *aliases, "--data.task=addition"), rank=0, say=said.append).release()
+    assert said == []
+
+
 def test_an_alias_of_an_unknown_task_is_named_with_the_tasks_there_are(tmp_path):
     _refused(_cfg(tmp_path, "--model.student=warm:nosuch"), "model.student='warm:nosuch'", "unknown task 'nosuch'",
              "chained")
