@@ -329,19 +329,23 @@ def problem_bootstrap_interval(right_per_problem: list[int], samples_per_problem
     return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
 
 
-def _row_key(model_path: str, task: str, problems: int, n: int, temperature: float, limit: int, hint: bool,
-             seed: int, backend: str) -> dict[str, Any]:
-    """What decides an evaluation row: a finished row with this key is reused by a rerun."""
+def _recipe_of(model_path: str) -> dict[str, Any] | None:
     meta_file = Path(model_path) / "finetune.json"
-    recipe = json.loads(meta_file.read_text())["recipe"] if meta_file.is_file() else None
+    return json.loads(meta_file.read_text())["recipe"] if meta_file.is_file() else None
+
+
+def _row_key(model_path: str, recipe: dict[str, Any] | None, task: str, problems: int, n: int, temperature: float,
+             limit: int, hint: bool, seed: int, backend: str) -> dict[str, Any]:
+    """What decides an evaluation row: a finished row with this key is reused by a rerun."""
     return {"path": model_path, "recipe": recipe, "task": task, "problems": problems, "n": n,
             "temperature": temperature, "max_new_tokens": limit, "hint": hint, "seed": seed, "backend": backend}
 
 
 def evaluate(name: str, task: str, *, problems: int, k: int, temperatures: list[float], limits: list[int],
-             hint: bool, backend: str = "auto", seed: int = 0, rows_file: Path | None = None,
+             hints: list[bool], backend: str = "auto", seed: int = 0, rows_file: Path | None = None,
              log=print) -> dict[str, Any]:
-    """Accuracy and cut-off fraction of `name` on the task's held-out split, per (temperature, limit).
+    """Accuracy and cut-off fraction of `name` on the task's held-out split, per (hint, temperature, limit),
+    with one generator for all of them.
 
     Greedy rows take one sample per problem (they are deterministic); sampled rows `k`. A response is cut
     off when it reached the limit without ending its turn; every verdict comes from the eval grader.
@@ -361,24 +365,26 @@ def evaluate(name: str, task: str, *, problems: int, k: int, temperatures: list[
     done: list[dict[str, Any]] = []
     if rows_file is not None and rows_file.is_file():
         done = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
-    plan = [(t, limit, 1 if t == 0 else k) for t in temperatures for limit in limits]
-    keys = [_row_key(path, task, len(held_out), n, t, limit, hint, seed, backend) for t, limit, n in plan]
+    plan = [(hint, t, limit, 1 if t == 0 else k) for hint in hints for t in temperatures for limit in limits]
+    recipe = _recipe_of(path)
+    keys = [_row_key(path, recipe, task, len(held_out), n, t, limit, hint, seed, backend)
+            for hint, t, limit, n in plan]
     found = {json.dumps(r["key"], sort_keys=True): r["row"] for r in done if "key" in r}
     rows: list[dict[str, Any] | None] = [found.get(json.dumps(key, sort_keys=True)) for key in keys]
+    chats = {hint: [teacher_messages(p, SYSTEM_PROMPT, "solution") if hint else student_messages(p, SYSTEM_PROMPT)
+                    for p in held_out] for hint in hints}
     generator = verifier = None
     try:
-        for i, ((temperature, limit, n), key) in enumerate(zip(plan, keys)):
+        for i, ((hint, temperature, limit, n), key) in enumerate(zip(plan, keys)):
             if rows[i] is not None:
                 log(f"[finetune] {name} T={temperature} limit={limit} hint={hint}: reused from {rows_file}")
                 continue
             if generator is None:
-                chats = [teacher_messages(p, SYSTEM_PROMPT, "solution") if hint else student_messages(p, SYSTEM_PROMPT)
-                         for p in held_out]
                 generator = build_generator(GenerationConfig(backend=backend, seed=seed, max_model_len=2048), path,
                                             serving_threads=torch.get_num_threads())
                 verifier = MathVerifier()
             started = time.monotonic()
-            outputs = generator.generate(chats, n, temperature=temperature, top_p=1.0, max_new_tokens=limit)
+            outputs = generator.generate(chats[hint], n, temperature=temperature, top_p=1.0, max_new_tokens=limit)
             right_per_problem = [sum(grade_response(p, s.text, "math", verifier=verifier)[0] for s in group)
                                  for p, group in zip(held_out, outputs)]
             samples = [s for group in outputs for s in group]
@@ -509,11 +515,8 @@ def main(argv: list[str] | None = None) -> int:
 
         out_dir = Path(args.out)
         rows_file = out_dir / f".{result_stem(args.model, student_path(args.model))}.rows.jsonl"
-        result: dict[str, Any] | None = None
-        for hint in hints:
-            part = evaluate(args.model, task, problems=args.problems, k=args.k, temperatures=args.temperatures,
-                            limits=limits, hint=hint, backend=args.backend, rows_file=rows_file)
-            result = part if result is None else {**result, "rows": result["rows"] + part["rows"]}
+        result = evaluate(args.model, task, problems=args.problems, k=args.k, temperatures=args.temperatures,
+                          limits=limits, hints=hints, backend=args.backend, rows_file=rows_file)
         print(f"[finetune] results: {write_results(result, out_dir, command)}")
         return 0
     except (FinetuneError, AssetError) as e:

@@ -183,7 +183,7 @@ def test_an_evaluation_samples_greedy_once_grades_counts_cut_offs_and_reuses_fin
     # The bundled student on 2 held-out addition problems with a 4-token limit: no worked answer fits, so
     # every response is cut off and none is right, whatever the model says.
     rows_file = tmp_path / "rows.jsonl"
-    kwargs = dict(problems=2, k=2, temperatures=[0.0, 1.0], limits=[4], hint=False, backend="hf",
+    kwargs = dict(problems=2, k=2, temperatures=[0.0, 1.0], limits=[4], hints=[False], backend="hf",
                   rows_file=rows_file)
     first = finetune.evaluate("smollm2-135m", "addition", log=lambda _: None, **kwargs)
     greedy, sampled = first["rows"]
@@ -201,3 +201,9 @@ def test_an_evaluation_samples_greedy_once_grades_counts_cut_offs_and_reuses_fin
     finetune.evaluate("smollm2-135m", "addition", log=logged.append, **{**kwargs, "temperatures": [0.0],
                                                                         "backend": "auto"})
     assert len(logged) == 1 and "reused" not in logged[0]
+    # With and without the hint in one call (one generator): the row without it is the one already measured.
+    logged.clear()
+    both = finetune.evaluate("smollm2-135m", "addition", log=logged.append, **{**kwargs, "temperatures": [0.0],
+                                                                              "hints": [False, True]})
+    assert [r["hint"] for r in both["rows"]] == [False, True] and both["rows"][0] == greedy
+    assert "reused" in logged[0] and "reused" not in logged[1]
