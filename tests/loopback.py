@@ -1,11 +1,14 @@
 """Helpers shared by the tests that talk HTTP to a teacher: loopback servers of our own (a quiet threaded
-server, a handler that reads a body and sends a JSON reply, a pass-through call to a real upstream) and a
+server, a handler that reads a body and sends a JSON reply, a model listing, a port nothing listens on, a
+pass-through call to a real upstream) and a
 factory of API teachers that closes every teacher it built."""
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +74,30 @@ class Loopback:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ModelListing(Loopback):
+    """A teacher server's free model listing: GET `path` answers `listing` when `accepts(headers)` (else 403);
+    any other request 404."""
+
+    def __init__(self, path: str, listing: dict, accepts: Callable[[dict[str, str]], bool] = lambda _: True):
+        self.path, self.listing, self.accepts = path, listing, accepts
+        super().__init__()
+
+    def serve(self, request: JsonHandler, method: str) -> None:
+        if method != "GET" or request.path != self.path:
+            request.reply(404, b'{"error": "not found"}')
+        elif not self.accepts({k.lower(): v for k, v in request.headers.items()}):
+            request.reply(403, b'{"error": {}}')
+        else:
+            request.reply(200, json.dumps(self.listing).encode())
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then let go)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def forward(upstream: str, method: str, path: str, body: bytes | None, headers: dict[str, str],

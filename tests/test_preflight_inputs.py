@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from loopback import ModelListing, closed_port
 
 from omniopd.config import load_config
 from omniopd.faults import RunFault
@@ -135,26 +133,8 @@ def test_a_teacher_cache_that_cannot_be_opened_is_named(tmp_path):
     assert good.is_file()  # created, as the run would
 
 
-class _GeminiModels(http.server.BaseHTTPRequestHandler):
-    """The Gemini API's free model listing; a request without the right key is refused (403)."""
-
-    def do_GET(self):  # noqa: N802 - the http.server API
-        ok = self.path == "/v1/models" and self.headers.get("x-goog-api-key") == "good-key"
-        body = json.dumps({"models": [{"name": "models/gemini-2.5-flash"}]} if ok else {"error": {}}).encode()
-        self.send_response(200 if ok else 403)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_the_gemini_address_is_checked_like_the_other_api_addresses(tmp_path, monkeypatch):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = closed_port()
     base = ["--teacher.kind=gemini", "--teacher.model=gemini-2.5-flash", "--teacher.api_key_env=OMNIOPD_TEST_GEMINI"]
     monkeypatch.setenv("OMNIOPD_TEST_GEMINI", "good-key")
     monkeypatch.delenv("GOOGLE_GENAI_API_VERSION", raising=False)  # google-genai's default: /v1 after the base
@@ -162,16 +142,17 @@ def test_the_gemini_address_is_checked_like_the_other_api_addresses(tmp_path, mo
         check_teacher(_cfg(tmp_path, *base, f"--teacher.base_url=http://127.0.0.1:{closed}"))
     with pytest.raises(RunFault, match="teacher.base_url='ftp://x': not an http"):
         check_teacher(_cfg(tmp_path, *base, "--teacher.base_url=ftp://x"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GeminiModels)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # The Gemini API's free model listing, refusing a request without the right key (403)
+    server = ModelListing("/v1/models", {"models": [{"name": "models/gemini-2.5-flash"}]},
+                          accepts=lambda headers: headers.get("x-goog-api-key") == "good-key")
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+        url = server.url
         check_teacher(_cfg(tmp_path, *base, f"--teacher.base_url={url}"))  # answers, key accepted
         monkeypatch.setenv("OMNIOPD_TEST_GEMINI", "wrong-key")
         with pytest.raises(RunFault, match=r"refused the key in \$OMNIOPD_TEST_GEMINI \(HTTP 403\)"):
             check_teacher(_cfg(tmp_path, *base, f"--teacher.base_url={url}"))
     finally:
-        server.shutdown()
+        server.close()
 
 
 def test_the_trainer_reports_an_unbuilt_teacher_in_one_line_with_exit_2_before_loading(tmp_path):

@@ -9,7 +9,6 @@ tiny model and one finished 3-step run (`base_run`), copied per test.
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import re
@@ -19,11 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from loopback import ModelListing, closed_port
 
 from omniopd.checkpoint_files import EXPORT_MARKER, checkpoints, verify
 from omniopd.runlock import LOCK_NAME
@@ -169,40 +168,22 @@ def test_an_export_target_holding_a_user_file_is_refused_before_training(tmp_pat
     assert not (out / "checkpoints").exists()
 
 
-class _Models(http.server.BaseHTTPRequestHandler):
-    """An OpenAI-compatible server's free model listing, serving one model."""
-
-    def do_GET(self):  # noqa: N802 - the http.server API
-        body = json.dumps({"object": "list", "data": [{"id": "served-model", "object": "model"}]}).encode()
-        self.send_response(200 if self.path == "/v1/models" else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_teacher_address_that_does_not_answer_or_lacks_the_model_is_refused(tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    url = f"http://127.0.0.1:{closed}/v1"
+    url = f"http://127.0.0.1:{closed_port()}/v1"
     t0 = time.monotonic()
     proc = _train(Path("/x"), tmp_path / "a", "--teacher.kind=openai", f"--teacher.base_url={url}")
     _one_error_line(proc, f"teacher.base_url={url}", "no answer")
     assert time.monotonic() - t0 < QUICK_S
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Models)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # an OpenAI-compatible server's free model listing, serving one model
+    server = ModelListing("/v1/models", {"object": "list", "data": [{"id": "served-model", "object": "model"}]})
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        url = f"{server.url}/v1"
         proc = _train(Path("/x"), tmp_path / "b", "--teacher.kind=openai", f"--teacher.base_url={url}",
                       "--teacher.model=other-model")
         _one_error_line(proc, "teacher.model='other-model'", "served-model")
     finally:
-        server.shutdown()
+        server.close()
 
 
 def test_a_lock_from_another_host_is_refused_with_how_to_clear_it(tmp_path):
