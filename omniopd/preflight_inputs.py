@@ -10,19 +10,12 @@ imports torch or transformers.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 from omniopd.config import Config
 from omniopd.faults import RunFault
-
-# Anthropic models that Anthropic's own documentation says refuse a prefilled final assistant turn (HTTP 400):
-# Claude Opus 4.6. Others (Sonnet 4.6 is reported to refuse it only by third-party guides) are left to the
-# request's own 400, which `anthropic_api.prefill_refused` turns into the same advice: refusing a model
-# offline on a rule we cannot verify would block runs that may work.
-_ANTHROPIC_NO_PREFILL = re.compile(r"claude-opus-4[-.]6(?!\d)")
 
 
 def _resolvable(key: str, name: str) -> None:
@@ -65,19 +58,20 @@ def check_task_match(cfg: Config, say: Callable[[str], None]) -> None:
 
 
 def check_completion_mode(cfg: Config) -> None:
-    """The combinations of `teacher.completion_mode` and teacher kind the backends are known to refuse."""
+    """A `teacher.completion_mode` the teacher kind is known to refuse: the teacher's own rule, asked before
+    any request (and before the SDK loads)."""
+    from omniopd.rollout.teachers import anthropic_api, gemini_api, openai_api
+
     t = cfg.teacher
-    mode = t.completion_mode
-    if t.kind == "openai" and mode == "completions" and not t.tokenizer:
-        raise RunFault("teacher.completion_mode=completions: needs the teacher's tokenizer in teacher.tokenizer "
-                       "(an HF folder or alias) to apply its chat template; or use teacher.completion_mode=chat")
-    if t.kind == "gemini" and mode == "completions":
-        raise RunFault("teacher.completion_mode=completions: is for OpenAI-compatible servers; the gemini teacher "
-                       "takes 'instruct' (the default under 'auto') or 'chat' (a final model turn)")
-    if t.kind == "anthropic" and mode != "instruct" and _ANTHROPIC_NO_PREFILL.search(t.model.lower()):
-        raise RunFault(f"teacher.completion_mode={mode} with teacher.model={t.model!r}: this model takes no "
-                       "prefilled assistant turn (Anthropic's Claude 4.6 models answer HTTP 400); set "
-                       "teacher.completion_mode=instruct")
+    refusal = None
+    if t.kind == "openai":
+        refusal = openai_api.mode_refusal(t, t.tokenizer or None)
+    elif t.kind == "gemini":
+        refusal = gemini_api.mode_refusal(t)
+    elif t.kind == "anthropic":
+        refusal = anthropic_api.mode_refusal(t)
+    if refusal:
+        raise RunFault(refusal)
 
 
 def cache_path(cfg: Config, rank: int) -> Path | None:

@@ -107,7 +107,14 @@ def test_an_api_teachers_model_name_is_not_taken_for_a_path(tmp_path, monkeypatc
 ])
 def test_a_completion_mode_the_teacher_kind_refuses_is_named_before_any_request(tmp_path, args, needles):
     # An unreachable base_url: the mode is refused first, offline, without waiting on the address.
-    _refused(_cfg(tmp_path, *args, "--teacher.base_url=http://127.0.0.1:1"), *needles)
+    cfg = _cfg(tmp_path, *args, "--teacher.base_url=http://127.0.0.1:1")
+    message = _refused(cfg, *needles)
+    # One rule: a teacher built without the trainer's preflight refuses the mode with the same words.
+    from omniopd.rollout.teachers import build_teacher
+
+    with pytest.raises(ValueError) as built:
+        build_teacher(cfg.teacher, cache_path=None, tokenizer_path=cfg.teacher.tokenizer or None)
+    assert str(built.value) == message
 
 
 def test_anthropic_instruct_mode_and_models_that_prefill_are_not_refused_for_their_mode(tmp_path):

@@ -15,6 +15,8 @@ the user turn (`instruct.py`).
 
 from __future__ import annotations
 
+import re
+
 from omniopd.config import TeacherConfig
 from omniopd.rollout.teachers.base import TeacherRequest
 from omniopd.rollout.teachers.cache import ResponseCache
@@ -38,6 +40,23 @@ def build_messages_params(model: str, req: TeacherRequest, *, instruct: bool = F
     if req.temperature != 1.0:
         params["extra_body"] = {"temperature": req.temperature}
     return params, "" if instruct else req.prefix[len(head):]
+
+
+# Anthropic models that Anthropic's own documentation says refuse a prefilled final assistant turn (HTTP 400):
+# Claude Opus 4.6. Others (Sonnet 4.6 is reported to refuse it only by third-party guides) are left to the
+# request's own 400, which `prefill_refused` turns into the same advice: refusing a model offline on a rule
+# we cannot verify would block runs that may work.
+_NO_PREFILL = re.compile(r"claude-opus-4[-.]6(?!\d)")
+
+
+def mode_refusal(cfg: TeacherConfig) -> str | None:
+    """Why this teacher cannot run in `cfg.completion_mode` (None: it can); the constructor and the preflight
+    both ask here."""
+    if cfg.completion_mode != "instruct" and _NO_PREFILL.search(cfg.model.lower()):
+        return (f"teacher.completion_mode={cfg.completion_mode} with teacher.model={cfg.model!r}: this model takes no "
+                "prefilled assistant turn (Anthropic's Claude 4.6 models answer HTTP 400); set "
+                "teacher.completion_mode=instruct")
+    return None
 
 
 def prefill_refused(exc: BaseException) -> CallError | None:
@@ -74,6 +93,8 @@ class AnthropicTeacher(RemoteTeacher):
         import anthropic
 
         self.sdk = anthropic
+        if refusal := mode_refusal(cfg):
+            raise ValueError(refusal)
         # Every mode but 'instruct' is the native prefill (a final assistant turn the API continues).
         self.mode = "instruct" if cfg.completion_mode == "instruct" else "prefill"
         key = read_api_key(cfg.api_key_env, required=True)

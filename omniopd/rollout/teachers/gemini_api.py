@@ -142,6 +142,15 @@ def candidate_text(candidate) -> str:
     raise CallError(f"an empty candidate (finish_reason {finish}, no text)", retryable=True)
 
 
+def mode_refusal(cfg: TeacherConfig) -> str | None:
+    """Why this teacher cannot run in `cfg.completion_mode` (None: it can); the constructor and the preflight
+    both ask here."""
+    if cfg.completion_mode == "completions":
+        return ("teacher.completion_mode=completions: is for OpenAI-compatible servers; the gemini teacher takes "
+                "'instruct' (the default under 'auto') or 'chat' (a final model turn)")
+    return None
+
+
 class GeminiTeacher(RemoteTeacher):
     kind = "gemini"
 
@@ -151,9 +160,8 @@ class GeminiTeacher(RemoteTeacher):
 
         self.sdk = genai
         self._types = types
-        if cfg.completion_mode == "completions":
-            raise ValueError("teacher.completion_mode='completions' is for OpenAI-compatible servers; the gemini "
-                             "teacher takes 'instruct' (the default under 'auto') or 'chat' (a final model turn)")
+        if refusal := mode_refusal(cfg):
+            raise ValueError(refusal)
         self.mode = "chat" if cfg.completion_mode == "chat" else "instruct"
         key = read_api_key(cfg.api_key_env, required=True)
         super().__init__(cfg, cache)

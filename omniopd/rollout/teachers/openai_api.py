@@ -100,6 +100,15 @@ def rejected_parameter(exc: BaseException) -> CallError | None:
                      retryable=False, status=400)
 
 
+def mode_refusal(cfg: TeacherConfig, tokenizer_path: str | None) -> str | None:
+    """Why this teacher cannot run in `cfg.completion_mode` (None: it can); the constructor and the preflight
+    both ask here."""
+    if cfg.completion_mode == "completions" and not tokenizer_path:
+        return ("teacher.completion_mode=completions: needs the teacher's tokenizer in teacher.tokenizer (an HF "
+                "folder or alias) to apply its chat template; or use teacher.completion_mode=chat")
+    return None
+
+
 class OpenAITeacher(RemoteTeacher):
     kind = "openai"
 
@@ -111,10 +120,8 @@ class OpenAITeacher(RemoteTeacher):
         mode = cfg.completion_mode
         if mode == "auto":
             mode = "completions" if tokenizer_path else "chat" if cfg.base_url else "instruct"
-        if mode == "completions" and not tokenizer_path:
-            raise ValueError("teacher.completion_mode='completions' needs the teacher's tokenizer "
-                             "(build_teacher(..., tokenizer_path=<its HF folder or alias>)) to apply the "
-                             "chat template; or use teacher.completion_mode='chat'")
+        if refusal := mode_refusal(cfg, tokenizer_path):
+            raise ValueError(refusal)
         self.mode = mode
         self.tokenizer = None
         if mode == "completions":
