@@ -1,4 +1,5 @@
-"""experiments/signal_probe.py: its statistics against brute-force references, its stage files, a tiny real run."""
+"""experiments/signal_probe.py and its statistics (rank_stats.py) against brute-force references, its stage files,
+a tiny real run."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ _spec = importlib.util.spec_from_file_location("signal_probe", REPO / "experimen
 signal_probe = importlib.util.module_from_spec(_spec)
 sys.modules["signal_probe"] = signal_probe
 _spec.loader.exec_module(signal_probe)
+import rank_stats  # noqa: E402  (experiments/, put on sys.path by signal_probe)
 
 
 def brute_auc(scores, labels) -> float:
@@ -39,12 +41,12 @@ def brute_within(scores, labels, groups) -> float:
 
 
 def test_auc_hand_cases():
-    assert signal_probe.auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
-    assert signal_probe.auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
-    assert signal_probe.auc([0.5, 0.5, 0.5], [1, 0, 0]) == 0.5  # ties count half
+    assert rank_stats.auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert rank_stats.auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert rank_stats.auc([0.5, 0.5, 0.5], [1, 0, 0]) == 0.5  # ties count half
     # 3 positives x 2 negatives: (0.7 > 0.4, 0.7 > 0.2), (0.4 = 0.4 -> 1/2, 0.4 > 0.2), (0.1 < both) = 3.5 / 6
-    assert signal_probe.auc([0.7, 0.4, 0.1, 0.4, 0.2], [1, 1, 1, 0, 0]) == pytest.approx(3.5 / 6)
-    assert math.isnan(signal_probe.auc([0.3, 0.4], [1, 1]))
+    assert rank_stats.auc([0.7, 0.4, 0.1, 0.4, 0.2], [1, 1, 1, 0, 0]) == pytest.approx(3.5 / 6)
+    assert math.isnan(rank_stats.auc([0.3, 0.4], [1, 1]))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -54,8 +56,8 @@ def test_auc_and_within_match_pairwise_counting(seed):
     scores = rng.integers(0, 6, n) / 5.0  # few distinct values: many ties
     labels = rng.random(n) < 0.4
     groups = rng.integers(0, 7, n)
-    assert signal_probe.auc(scores, labels) == pytest.approx(brute_auc(scores, labels), abs=1e-12, nan_ok=True)
-    value, both = signal_probe.within_auc(scores, labels, groups)
+    assert rank_stats.auc(scores, labels) == pytest.approx(brute_auc(scores, labels), abs=1e-12, nan_ok=True)
+    value, both = rank_stats.within_auc(scores, labels, groups)
     assert value == pytest.approx(brute_within(scores, labels, groups), abs=1e-12, nan_ok=True)
     assert both == sum(len({bool(y) for y, g in zip(labels, groups) if g == k}) == 2 for k in set(groups))
 
@@ -65,9 +67,9 @@ def test_within_prompt_ignores_between_prompt_pairs():
     scores = [0.9, 0.8, 0.2, 0.1]
     labels = [1, 0, 1, 0]
     groups = [0, 0, 1, 1]
-    assert signal_probe.within_auc(scores, labels, groups) == (1.0, 2)
-    assert signal_probe.auc(scores, labels) == pytest.approx(brute_auc(scores, labels))  # 3/4
-    assert signal_probe.auc(scores, labels) == 0.75
+    assert rank_stats.within_auc(scores, labels, groups) == (1.0, 2)
+    assert rank_stats.auc(scores, labels) == pytest.approx(brute_auc(scores, labels))  # 3/4
+    assert rank_stats.auc(scores, labels) == 0.75
 
 
 def test_paired_bootstrap_matches_the_exact_resampling_distribution():
@@ -88,7 +90,7 @@ def test_paired_bootstrap_matches_the_exact_resampling_distribution():
         return brute_auc([a[i] for i in idx], y) - brute_auc([b[i] for i in idx], y)
 
     for within in (False, True):
-        res = signal_probe.paired_difference(a, b, labels, groups, within=within, reps=6000, seed=1)
+        res = rank_stats.paired_difference(a, b, labels, groups, within=within, reps=6000, seed=1)
         assert res["diff"] == pytest.approx(exact((0, 1, 2), within), abs=1e-12)
         expected: dict[float, float] = {}  # exact probability of each distinct value; NaN draws are dropped
         for d in itertools.product((0, 1, 2), repeat=3):
@@ -103,11 +105,11 @@ def test_paired_bootstrap_matches_the_exact_resampling_distribution():
         assert values[int(np.searchsorted(cdf, 0.015))] <= lo <= values[int(np.searchsorted(cdf, 0.035))]
         assert values[int(np.searchsorted(cdf, 0.965))] <= hi <= values[int(np.searchsorted(cdf, 0.985))]
         # and every replicate is one of the exact values, each about as often as its probability
-        reps_ = signal_probe.bootstrap(
-            lambda i, c, w=within: (signal_probe.within_auc(np.asarray(a)[i], np.asarray(labels)[i], c)[0]
-                                    - signal_probe.within_auc(np.asarray(b)[i], np.asarray(labels)[i], c)[0])
-            if w else signal_probe.auc(np.asarray(a)[i], np.asarray(labels)[i])
-            - signal_probe.auc(np.asarray(b)[i], np.asarray(labels)[i]), groups, reps=6000, seed=1)
+        reps_ = rank_stats.bootstrap(
+            lambda i, c, w=within: (rank_stats.within_auc(np.asarray(a)[i], np.asarray(labels)[i], c)[0]
+                                    - rank_stats.within_auc(np.asarray(b)[i], np.asarray(labels)[i], c)[0])
+            if w else rank_stats.auc(np.asarray(a)[i], np.asarray(labels)[i])
+            - rank_stats.auc(np.asarray(b)[i], np.asarray(labels)[i]), groups, reps=6000, seed=1)
         seen = {k: float(np.mean(np.isclose(reps_, k, atol=1e-9))) for k in values}
         assert sum(seen.values()) == pytest.approx(1.0)
         for k in values:
@@ -120,7 +122,7 @@ def test_identical_configurations_differ_by_exactly_zero():
     y = rng.random(40) < 0.5
     g = np.repeat(np.arange(10), 4)
     for within in (False, True):
-        res = signal_probe.paired_difference(s, s, y, g, within=within, reps=200)
+        res = rank_stats.paired_difference(s, s, y, g, within=within, reps=200)
         assert res["diff"] == 0.0 and res["ci"] == [0.0, 0.0]
 
 
