@@ -21,7 +21,8 @@ class StopSignals:
     # that already got it from the terminal (run torchrun with --shutdown_timeout longer than a step, or it
     # kills the ranks before they save)
 
-    def __init__(self):
+    def __init__(self, *, announce: bool = True):
+        self.announce = announce  # under torchrun only rank 0 says it: every rank gets the terminal's signal
         self.requested = False
         self._first = 0.0
         self._previous: dict[int, Any] = {}
@@ -44,5 +45,6 @@ class StopSignals:
             return
         faults.note_signal(signum)
         self.requested, self._first = True, time.monotonic()
-        print(f"omniopd: {signal.Signals(signum).name} received: stopping after this step with a checkpoint "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        if self.announce:
+            print(f"omniopd: {signal.Signals(signum).name} received: stopping after this step with a checkpoint "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)

@@ -53,7 +53,8 @@ def _run(argv: list[str]) -> int:
     lock = preflight(cfg, rank=rank, say=_say if rank == 0 else lambda _: None)
     from omniopd.signals import StopSignals  # light
 
-    signals = StopSignals().install()  # a signal while the models load: a request, seen once they are built
+    # a signal while the models load: a request, seen once they are built
+    signals = StopSignals(announce=rank == 0).install()
     try:
         quiet_libraries(cfg.log.verbosity)  # before vLLM and transformers are imported: they read it then
         from omniopd import dryrun
