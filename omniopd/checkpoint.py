@@ -9,7 +9,8 @@ Each complete checkpoint also holds `config.json` (the run's full config: what r
 and `manifest.json` (every file's size, and a SHA-256 of the small ones). A new checkpoint is verified
 against its manifest before any older one is pruned; resume takes the newest one that verifies and says
 which it skipped and why (`newest_intact`). A write failure (a full disk, a file-size limit) removes the
-partial `.tmp` folder and is reported naming it; the earlier checkpoints stay as they were.
+partial `.tmp` folder and is reported naming it, on every rank (one rank's failure is each rank's error, never a
+peer left waiting at a barrier); the earlier checkpoints stay as they were.
 
 The HF export goes to a temporary folder first and replaces `<log.dir>/export` only if that is absent or
 holds nothing but an earlier export of ours (its `.omniopd-export` marker lists the files it wrote).
@@ -23,6 +24,7 @@ import pickle
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from omniopd import parallel
 from omniopd.checkpoint_files import (
     CONFIG,
     EXPORT_MARKER,
@@ -64,37 +67,66 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _PeerFailed(Exception):
+    """Another rank's part of a collective save failed; that rank reports what and why."""
+
+
+def _every_rank(part: Callable[[], object]) -> None:
+    """Run this rank's `part`, then learn whether every rank's succeeded (one collective, which is also a
+    barrier): a failure on any rank is raised on all of them, not left for the others to wait out at the next
+    collective until torchrun or the group's timeout ends them."""
+    error: BaseException | None = None
+    try:
+        part()
+    except BaseException as e:  # re-raised below, after the others have heard of it
+        error = e
+    failed = parallel.all_reduce_sum([float(error is not None)])[0] > 0
+    if error is not None:
+        raise error
+    if failed:
+        raise _PeerFailed("another rank failed (its error is in its own log)")
+
+
 def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
          extra: dict[str, Any], keep: int, config: dict[str, Any] | None = None) -> Path:
-    """Collective: every rank calls it. `extra` is this rank's non-tensor state (RNG, data, scheduler);
-    `config` the run's full config (`Config.to_dict()`), stored for resume to compare against."""
+    """Collective: every rank calls it, and every rank raises when any rank's part fails. `extra` is this rank's
+    non-tensor state (RNG, data, scheduler); `config` the run's full config (`Config.to_dict()`), stored for
+    resume to compare against."""
     rank, world = dist.get_rank(), dist.get_world_size()
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp"
-    try:
+
+    def prepare() -> None:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        dist.barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-        torch.save(extra, tmp / f"trainer_state_rank{rank}.pt")
-        dist.barrier()
+
+    def seal() -> None:  # once every rank's files are written
         if rank == 0:
             (tmp / "world_size").write_text(str(world))
             if config is not None:
                 (tmp / CONFIG).write_text(json.dumps(config, indent=1))
             write_manifest(tmp)
             _fsync_tree(tmp)  # on disk before the rename makes it a checkpoint: a power cut leaves no hollow one
-    except (OSError, RuntimeError, CheckpointException) as e:  # a full disk, a file-size limit
-        if not _checkpoint_fault(e):
+
+    try:
+        _every_rank(prepare)
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))  # raises on every rank itself
+        _every_rank(lambda: torch.save(extra, tmp / f"trainer_state_rank{rank}.pt"))
+        _every_rank(seal)
+    except (OSError, RuntimeError, CheckpointException, _PeerFailed) as e:  # a full disk, a file-size limit
+        if not (isinstance(e, _PeerFailed) or _checkpoint_fault(e)):
             raise  # a bug of ours keeps its traceback
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         reason = _reason(e)
         raise CheckpointError(f"{tmp}: writing the step-{step} checkpoint failed ({reason}); the partial folder "
                               "was removed and the earlier checkpoints are untouched") from e
-    if rank == 0:
+
+    def publish() -> None:
+        if rank != 0:
+            return
         # The same step saved again (a resumed run re-reaching it): the earlier copy is set aside, not deleted,
         # until the new one verifies.
         aside = root / f"step_{step:06d}.old"
@@ -112,7 +144,11 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
         _fsync_dir(root)  # the rename itself
         for _, old in checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+
+    try:
+        _every_rank(publish)
+    except _PeerFailed as e:
+        raise CheckpointError(f"{final}: rank 0 could not put the step-{step} checkpoint in place ({e})") from e
     return final
 
 

@@ -256,3 +256,49 @@ def test_saving_a_saved_step_again_replaces_it_whole_and_leaves_no_aside_copy(tm
     fresh = torch.nn.Linear(4, 4)
     checkpoint.load(path, fresh, torch.optim.AdamW(fresh.parameters()))
     assert torch.equal(fresh.weight, torch.full((4, 4), 3.0))  # the second save's weights
+
+
+def _save_with_rank0_limited(rank: int, store: str, root: str, results: str) -> None:
+    """One of two gloo ranks saving a checkpoint; on rank 0 alone a file-size limit (a real EFBIG from the kernel)
+    lets the small shard files through and stops the large config.json it writes while sealing."""
+    import resource
+    import signal
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from omniopd import checkpoint
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    checkpoint.save(Path(root), 1, model, optimizer, {"step": 1}, keep=3)  # a good one first
+    if rank == 0:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    big_config = {"padding": "x" * 200_000}
+    try:
+        checkpoint.save(Path(root), 2, model, optimizer, {"step": 2}, keep=3, config=big_config)
+        outcome = "saved"
+    except checkpoint.CheckpointError as e:
+        outcome = f"CheckpointError: {e}"
+    except BaseException as e:  # noqa: BLE001 - what a rank raised is the test's result
+        outcome = f"{type(e).__name__}: {e}"
+    Path(results, f"rank{rank}").write_text(outcome)
+    dist.destroy_process_group()
+
+
+def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_keeps_the_earlier_checkpoint(tmp_path):
+    import torch.multiprocessing as mp
+
+    from omniopd.checkpoint_files import checkpoints, verify
+
+    root, results = tmp_path / "checkpoints", tmp_path / "results"
+    results.mkdir()
+    mp.spawn(_save_with_rank0_limited, args=(str(tmp_path / "store"), str(root), str(results)), nprocs=2)
+    rank0, rank1 = (results / "rank0").read_text(), (results / "rank1").read_text()
+    assert rank0.startswith("CheckpointError") and "step-2 checkpoint failed" in rank0 and "File too large" in rank0
+    assert rank1.startswith("CheckpointError") and "step-2 checkpoint failed" in rank1 and "another rank" in rank1
+    assert [step for step, _ in checkpoints(root)] == [1] and verify(root / "step_000001") is None
+    assert not (root / "step_000002.tmp").exists()
