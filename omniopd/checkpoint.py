@@ -24,7 +24,6 @@ import pickle
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,26 +66,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class _PeerFailed(Exception):
-    """Another rank's part of a collective save failed; that rank reports what and why."""
-
-
-def _every_rank(part: Callable[[], object]) -> None:
-    """Run this rank's `part`, then learn whether every rank's succeeded (one collective, which is also a
-    barrier): a failure on any rank is raised on all of them, not left for the others to wait out at the next
-    collective until torchrun or the group's timeout ends them."""
-    error: BaseException | None = None
-    try:
-        part()
-    except BaseException as e:  # re-raised below, after the others have heard of it
-        error = e
-    failed = parallel.all_reduce_sum([float(error is not None)])[0] > 0
-    if error is not None:
-        raise error
-    if failed:
-        raise _PeerFailed("another rank failed (its error is in its own log)")
-
-
 def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
          extra: dict[str, Any], keep: int, config: dict[str, Any] | None = None) -> Path:
     """Collective: every rank calls it, and every rank raises when any rank's part fails. `extra` is this rank's
@@ -110,13 +89,13 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
             _fsync_tree(tmp)  # on disk before the rename makes it a checkpoint: a power cut leaves no hollow one
 
     try:
-        _every_rank(prepare)
+        parallel.every_rank(prepare)
         model_sd, optim_sd = get_state_dict(model, optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))  # raises on every rank itself
-        _every_rank(lambda: torch.save(extra, tmp / f"trainer_state_rank{rank}.pt"))
-        _every_rank(seal)
-    except (OSError, RuntimeError, CheckpointException, _PeerFailed) as e:  # a full disk, a file-size limit
-        if not (isinstance(e, _PeerFailed) or _checkpoint_fault(e)):
+        parallel.every_rank(lambda: torch.save(extra, tmp / f"trainer_state_rank{rank}.pt"))
+        parallel.every_rank(seal)
+    except (OSError, RuntimeError, CheckpointException, parallel.PeerFailed) as e:  # a full disk, a file-size limit
+        if not (isinstance(e, parallel.PeerFailed) or _checkpoint_fault(e)):
             raise  # a bug of ours keeps its traceback
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -146,8 +125,8 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
             shutil.rmtree(old, ignore_errors=True)
 
     try:
-        _every_rank(publish)
-    except _PeerFailed as e:
+        parallel.every_rank(publish)
+    except parallel.PeerFailed as e:
         raise CheckpointError(f"{final}: rank 0 could not put the step-{step} checkpoint in place ({e})") from e
     return final
 

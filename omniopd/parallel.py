@@ -7,6 +7,7 @@ one code path: all-reduces are cheap no-ops on one rank, and torch.distributed.c
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -79,6 +80,26 @@ def all_reduce_sum(values: list[float] | torch.Tensor) -> torch.Tensor:
         t = t.to(device)
         dist.all_reduce(t)
     return t.cpu()
+
+
+class PeerFailed(RuntimeError):
+    """Another rank's part of a collective step failed; that rank reports what and why."""
+
+
+def every_rank(part: Callable[[], object]) -> None:
+    """Run this rank's `part`, then learn whether every rank's succeeded (one collective, which is also a
+    barrier): a failure on any rank is raised on all of them (`PeerFailed` where it did not happen), not left
+    for the others to wait out at the next collective until torchrun or the group's timeout ends them."""
+    error: BaseException | None = None
+    try:
+        part()
+    except BaseException as e:  # re-raised below, once the other ranks have heard of it
+        error = e
+    failed = dist.is_initialized() and all_reduce_sum([float(error is not None)])[0] > 0
+    if error is not None:
+        raise error
+    if failed:
+        raise PeerFailed("another rank failed (its error is in its own log)")
 
 
 def all_gather_object(obj: object) -> list[object]:

@@ -498,7 +498,10 @@ class Trainer:
     def finish(self, summary: dict) -> None:
         """summary.json, the HF export of the final student and the plots (rank 0 writes)."""
         state = parallel.full_state_dict(self.model) if self.sharded else self.model.state_dict()
-        if self.dist.is_main:
+
+        def write() -> None:
+            if not self.dist.is_main:
+                return
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             if self.cfg.checkpoint.export:
                 path = checkpoint.export_hf(state, self.student_path, self.out / "export", self.tokenizer,
@@ -507,6 +510,11 @@ class Trainer:
             if self.cfg.log.plots and (self.out / "metrics.jsonl").exists():
                 png = plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
                 self.log.print(f"plots: {png}")
+
+        try:
+            parallel.every_rank(write)  # rank 0's failure (a full disk) ends every rank, none waits on it
+        except parallel.PeerFailed as e:
+            raise faults.RunFault(f"rank 0 could not write the summary, export or plots of {self.out} ({e})") from e
 
     def close(self) -> None:
         if getattr(self, "log", None) is not None:
