@@ -8,6 +8,8 @@ file and the row; nothing is skipped silently.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Iterator
 
@@ -141,11 +143,24 @@ class PromptStream:
             self.position += 1
         return batch
 
+    def fingerprint(self) -> str:
+        """A digest of the problems' contents in file order: an edited prompt file of the same length is another
+        prompt set, which a resumed position would silently index into."""
+        digest = hashlib.sha256()
+        for p in self.problems:
+            digest.update(json.dumps([p.id, p.question, p.answer, p.solution]).encode())
+        return digest.hexdigest()[:16]
+
     def state_dict(self) -> dict:
-        return {"position": self.position, "seed": self.seed, "size": len(self.problems)}
+        return {"position": self.position, "seed": self.seed, "size": len(self.problems),
+                "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
         if state["size"] != len(self.problems) or state["seed"] != self.seed:
             raise DataError(f"resume: the prompt set changed (saved {state['size']} problems, seed {state['seed']}; "
                             f"now {len(self.problems)}, seed {self.seed})")
+        saved = state.get("fingerprint")  # absent in checkpoints written before it was recorded
+        if saved is not None and saved != self.fingerprint():
+            raise DataError(f"resume: the prompt set changed (the same {len(self.problems)} rows in number, other "
+                            "contents or order); resume with the prompts the run started with, or start a new run")
         self.position = int(state["position"])

@@ -1,5 +1,6 @@
 """Prompt data: the built-in task, file loaders with named errors, the resumable stream."""
 
+import dataclasses
 import json
 
 import pytest
@@ -76,6 +77,14 @@ def test_stream_resumes_exactly():
     assert [p.id for p in c.next_batch(100)] == first[100:]
     with pytest.raises(DataError, match="prompt set changed"):
         PromptStream(problems[:5], seed=3).load_state_dict(b.state_dict())
+    # The same number of rows with one answer edited, or two rows swapped: another prompt set.
+    edited = [dataclasses.replace(problems[7], answer="-1") if i == 7 else p for i, p in enumerate(problems)]
+    swapped = [problems[1], problems[0], *problems[2:]]
+    for changed in (edited, swapped):
+        with pytest.raises(DataError, match="same 128 rows in number, other contents or order"):
+            PromptStream(changed, seed=3).load_state_dict(b.state_dict())
+    older = {k: v for k, v in b.state_dict().items() if k != "fingerprint"}  # a checkpoint from before it
+    PromptStream(problems, seed=3).load_state_dict(older)
 
 
 def test_student_chat_is_the_eval_harness_math_prompt():
