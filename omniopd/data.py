@@ -8,6 +8,7 @@ file and the row; nothing is skipped silently.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -143,9 +144,10 @@ class PromptStream:
             self.position += 1
         return batch
 
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A digest of the problems' contents in file order: an edited prompt file of the same length is another
-        prompt set, which a resumed position would silently index into."""
+        prompt set, which a resumed position would silently index into. Computed once: every save records it."""
         digest = hashlib.sha256()
         for p in self.problems:
             digest.update(json.dumps([p.id, p.question, p.answer, p.solution]).encode())
@@ -153,14 +155,14 @@ class PromptStream:
 
     def state_dict(self) -> dict:
         return {"position": self.position, "seed": self.seed, "size": len(self.problems),
-                "fingerprint": self.fingerprint()}
+                "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
         if state["size"] != len(self.problems) or state["seed"] != self.seed:
             raise DataError(f"resume: the prompt set changed (saved {state['size']} problems, seed {state['seed']}; "
                             f"now {len(self.problems)}, seed {self.seed})")
         saved = state.get("fingerprint")  # absent in checkpoints written before it was recorded
-        if saved is not None and saved != self.fingerprint():
+        if saved is not None and saved != self.fingerprint:
             raise DataError(f"resume: the prompt set changed (the same {len(self.problems)} rows in number, other "
                             "contents or order); resume with the prompts the run started with, or start a new run")
         self.position = int(state["position"])
