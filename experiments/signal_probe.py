@@ -148,6 +148,9 @@ def config_for(s: Settings, chunk: int, teacher: str, selection: str):
     cfg.teacher.model, cfg.teacher.hint = teacher_setup(teacher, s.task)
     cfg.teacher.temperature = s.teacher_temperature
     cfg.teacher.local_backend = s.backend
+    # Not a training step: every fork is sampled however long it takes (under the trainer's 600 s deadline a
+    # first run of this probe lost its last 103 of 512 forks, all from the last 13 prompts).
+    cfg.teacher.step_deadline_s = math.inf
     return cfg
 
 
@@ -566,6 +569,8 @@ def cell_report(s: Settings, rollouts: dict[str, Any], cont: dict[str, Any], sco
             "accuracy": rollouts["accuracy"],
             "prompts_with_both": within_auc(np.zeros(len(rows)), labels, [r["prompt"] for r in rows])[1],
             "forks": len(cont["forks"]), "forks_complete": sum(complete(t, n_full) for t in cont["texts"]),
+            "rollouts_scored": len({f["seq"] for f, t in zip(cont["forks"], cont["texts"]) if complete(t, n_full)}),
+            "fork_errors": [e for e in cont.get("errors", []) if e],
             "configs": configs, "differences": diffs, "per_rollout": per_rollout, "pi_hat_hist": hist,
             "cost": cost}
 
@@ -648,7 +653,9 @@ def cell_markdown(rep: dict[str, Any], command: str) -> str:
              f"{rep['prompts_with_both']} prompts have both right and wrong rollouts. Teacher `{rep['teacher_model']}` "
              f"(hint {rep['hint']}), {rep['selection']} anchors, M={s['num_chunks']}, C={rep['chunk']}, "
              f"N={s['num_continuations']} (N=4: the first 4), α={s['alpha']}: {rep['forks']} forks, "
-             f"{rep['forks_complete']} with all N continuations.", "",
+             f"{rep['forks_complete']} with all N continuations, on {rep.get('rollouts_scored', '?')} rollouts"
+             + (f" ({len(rep['fork_errors'])} requests failed, e.g. '{rep['fork_errors'][0]}')"
+                if rep.get("fork_errors") else "") + ".", "",
              "AUC against final correctness [95% prompt-bootstrap interval]; per rollout = the mean over its chunks; "
              "within = right vs wrong rollouts of the same prompt only.", "",
              "| φ / N | score | per rollout | per rollout, within | per chunk | per chunk, within |",
@@ -700,14 +707,15 @@ def grid_summary(out: Path, reps: int) -> dict[str, Any]:
              "Per-rollout AUC of π̂ against final correctness [95% prompt-bootstrap interval], pooled and within "
              "prompt; k_sem/N, π̄ and OPD's Σ log π_T − log π_S per rollout, pooled; contrast = share of "
              "one-digit changes ranked below the true chunk by π̂.", "",
-             "| cell | φ / N | rollouts (prompts, both) | acc | π̂ | π̂ within | k_sem/N | π̄ | OPD | π̂ std | "
-             "contrast | teacher tokens | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| cell | φ / N | rollouts scored / sampled (prompts, both) | acc | π̂ | π̂ within | k_sem/N | π̄ | OPD "
+             "| π̂ std | contrast | teacher tokens | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell, rep in reports.items():
         cost = rep["cost"]
         for name, c in rep["configs"].items():
             a = c["auc"]
             lines.append(
-                f"| {cell} | {name} | {rep['rollouts']} ({rep['prompts']}, {rep['prompts_with_both']}) | "
+                f"| {cell} | {name} | {rep.get('rollouts_scored', '?')} / {rep['rollouts']} ({rep['prompts']}, "
+                f"{rep['prompts_with_both']}) | "
                 f"{rep['accuracy']:.2f} | {_auc_cell(a['pi_hat']['rollout']['pooled'])} | "
                 f"{_auc_cell(a['pi_hat']['rollout']['within'])} | {_fmt(a['k_over_n']['rollout']['pooled']['auc'])} | "
                 f"{_fmt(a['pi_bar']['rollout']['pooled']['auc'])} | "

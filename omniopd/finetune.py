@@ -68,14 +68,12 @@ class Recipe:
 
 
 # Sized to this machine's measured SFT speed (37-77 tokens/s on 2 shared cores in experiments/results/finetune/
-# throughput.md, 104-127 in the builds themselves): ~22k, 84k, 92k and 174k tokens, about an hour. Teachers see
+# throughput.md, 104-127 in the builds themselves): ~22k, 42k, 92k and 174k tokens, under an hour. Teachers see
 # each of their problems once (problems = steps x batch), warm students a slice of the training split. Both draw
 # from the training generator's one stream, so a teacher's problems are the first `problems` of it.
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("warm", "addition", problems=512, steps=20),
-    # 20 steps at 5e-5 left warm:chained right in 1.6% of its rollouts at T=1 (12.5% greedy): twice the steps at
-    # the teachers' rate, still a third of the teacher's tokens.
-    Recipe("warm", "chained", problems=2048, steps=40, lr=1e-4),
+    Recipe("warm", "chained", problems=2048, steps=20),
     Recipe("teacher", "addition", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
     Recipe("teacher", "chained", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
 ]}

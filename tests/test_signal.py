@@ -180,8 +180,9 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
     assert all(len(r["entropy"]) == len(r["logprob"]) == len(r["token_ids"]) for r in roll["rollouts"])
     cont = json.loads((out / "continuations-addition-C8-hinted.json").read_text())
     assert cont["forks"] and all(len(t) == 2 for t in cont["texts"])  # N=2 each
-    assert cont["completion_tokens"] > 0
+    assert cont["completion_tokens"] > 0 and not any(cont["errors"])  # no fork lost to a deadline
     rep = _report_core(out)
+    assert rep["fork_errors"] == [] and rep["rollouts_scored"] == len({f["seq"] for f in cont["forks"]})
     for name in ("ned/N2", "rouge1/N2"):
         c = rep["configs"][name]
         assert c["chunks"] == len(cont["forks"])
