@@ -88,17 +88,22 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
             write_manifest(tmp)
             _fsync_tree(tmp)  # on disk before the rename makes it a checkpoint: a power cut leaves no hollow one
 
+    state: dict[str, Any] = {}
+
+    def gather() -> None:  # before dcp.save's own collectives: a rank failing here must not strand the others
+        state["model"], state["optim"] = get_state_dict(model, optimizer)
+
     try:
         parallel.every_rank(prepare)
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))  # raises on every rank itself
+        parallel.every_rank(gather)
+        dcp.save(state, checkpoint_id=str(tmp))  # raises on every rank itself when one rank's write fails
         parallel.every_rank(lambda: torch.save(extra, tmp / f"trainer_state_rank{rank}.pt"))
         parallel.every_rank(seal)
-    except (OSError, RuntimeError, CheckpointException, parallel.PeerFailed) as e:  # a full disk, a file-size limit
-        if not (isinstance(e, parallel.PeerFailed) or _checkpoint_fault(e)):
-            raise  # a bug of ours keeps its traceback
+    except BaseException as e:
         if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # whatever failed, no partial folder stays behind
+        if not (isinstance(e, parallel.PeerFailed) or _checkpoint_fault(e)):
+            raise  # a bug of ours (or a stop) keeps its type and traceback
         reason = _reason(e)
         raise CheckpointError(f"{tmp}: writing the step-{step} checkpoint failed ({reason}); the partial folder "
                               "was removed and the earlier checkpoints are untouched") from e
@@ -126,6 +131,8 @@ def save(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
 
     try:
         parallel.every_rank(publish)
+    except OSError as e:  # rank 0: the rename or the pruning hit a file fault
+        raise CheckpointError(f"{final}: putting the step-{step} checkpoint in place failed ({_reason(e)})") from e
     except parallel.PeerFailed as e:
         raise CheckpointError(f"{final}: rank 0 could not put the step-{step} checkpoint in place ({e})") from e
     return final

@@ -164,5 +164,6 @@ class PromptStream:
         saved = state.get("fingerprint")  # absent in checkpoints written before it was recorded
         if saved is not None and saved != self.fingerprint:
             raise DataError(f"resume: the prompt set changed (the same {len(self.problems)} rows in number, other "
-                            "contents or order); resume with the prompts the run started with, or start a new run")
+                            "contents or order: an edited file, or a change to the built-in task's generator or "
+                            "to answer parsing); resume with the prompts the run started with, or start a new run")
         self.position = int(state["position"])

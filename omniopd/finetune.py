@@ -134,11 +134,13 @@ def _warn_if_stale(name: str, out: Path) -> None:
     try:
         built = json.loads((out / "finetune.json").read_text())["recipe"]
     except (OSError, ValueError, KeyError, TypeError):
+        built = None
+    if not isinstance(built, dict):
         built = {}  # no readable record of its recipe: every field differs
-    if built == current or out in _warned_stale:
+    differ = ", ".join(f"{k} {built.get(k)!r} (recipe: {v!r})" for k, v in current.items() if built.get(k) != v)
+    if not differ or out in _warned_stale:
         return
     _warned_stale.add(out)
-    differ = ", ".join(f"{k} {built.get(k)!r} (recipe: {v!r})" for k, v in current.items() if built.get(k) != v)
     print(f"omniopd: warning: '{name}' at {out} was not built with the current recipe ({differ}); "
           f"`{build_command(*parse_alias(name))} --rebuild` builds it", file=sys.stderr, flush=True)
 

@@ -95,11 +95,23 @@ def every_rank(part: Callable[[], object]) -> None:
         part()
     except BaseException as e:  # re-raised below, once the other ranks have heard of it
         error = e
-    failed = dist.is_initialized() and all_reduce_sum([float(error is not None)])[0] > 0
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        if error is not None:
+            raise error
+        return
+    flags = [0.0] * dist.get_world_size()
+    flags[dist.get_rank()] = float(error is not None)
+    try:
+        failed = [rank for rank, flag in enumerate(all_reduce_sum(flags).tolist()) if flag > 0]
+    except Exception as collective:  # a peer already gone: this rank's own error is the one to report
+        if error is not None:
+            raise error from collective
+        raise
     if error is not None:
         raise error
     if failed:
-        raise PeerFailed("another rank failed (its error is in its own log)")
+        names = ", ".join(str(rank) for rank in failed)
+        raise PeerFailed(f"rank {names} failed (its error is in its own log)")
 
 
 def all_gather_object(obj: object) -> list[object]:

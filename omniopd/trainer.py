@@ -513,6 +513,8 @@ class Trainer:
 
         try:
             parallel.every_rank(write)  # rank 0's failure (a full disk) ends every rank, none waits on it
+        except OSError as e:  # rank 0 itself: one line, like the other file faults
+            raise faults.RunFault(f"writing the summary, export or plots of {self.out} failed: {e}") from e
         except parallel.PeerFailed as e:
             raise faults.RunFault(f"rank 0 could not write the summary, export or plots of {self.out} ({e})") from e
 

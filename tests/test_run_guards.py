@@ -258,9 +258,10 @@ def test_saving_a_saved_step_again_replaces_it_whole_and_leaves_no_aside_copy(tm
     assert torch.equal(fresh.weight, torch.full((4, 4), 3.0))  # the second save's weights
 
 
-def _save_with_rank0_limited(rank: int, store: str, root: str, results: str) -> None:
-    """One of two gloo ranks saving a checkpoint; on rank 0 alone a file-size limit (a real EFBIG from the kernel)
-    lets the small shard files through and stops the large config.json it writes while sealing."""
+def _save_with_one_rank_limited(rank: int, store: str, root: str, results: str, limited: int, big: str) -> None:
+    """One of two gloo ranks saving a checkpoint; on rank `limited` alone a file-size limit (a real EFBIG from the
+    kernel) lets the small shard files through and stops one large file: rank 0's config.json, written while
+    sealing (`big="config"`), or that rank's own trainer state (`big="state"`)."""
     import resource
     import signal
     from datetime import timedelta
@@ -274,12 +275,13 @@ def _save_with_rank0_limited(rank: int, store: str, root: str, results: str) -> 
     model = torch.nn.Linear(4, 4)
     optimizer = torch.optim.AdamW(model.parameters())
     checkpoint.save(Path(root), 1, model, optimizer, {"step": 1}, keep=3)  # a good one first
-    if rank == 0:
+    if rank == limited:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-    big_config = {"padding": "x" * 200_000}
+    padding = {"padding": "x" * 200_000}
+    extra = {"step": 2} | (padding if big == "state" else {})
     try:
-        checkpoint.save(Path(root), 2, model, optimizer, {"step": 2}, keep=3, config=big_config)
+        checkpoint.save(Path(root), 2, model, optimizer, extra, keep=3, config=padding if big == "config" else None)
         outcome = "saved"
     except checkpoint.CheckpointError as e:
         outcome = f"CheckpointError: {e}"
@@ -289,16 +291,20 @@ def _save_with_rank0_limited(rank: int, store: str, root: str, results: str) -> 
     dist.destroy_process_group()
 
 
-def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_keeps_the_earlier_checkpoint(tmp_path):
+@pytest.mark.parametrize(("limited", "big"), [(0, "config"), (1, "state")])
+def test_a_save_that_fails_on_one_rank_fails_on_every_rank_and_keeps_the_earlier_checkpoint(tmp_path, limited, big):
     import torch.multiprocessing as mp
 
     from omniopd.checkpoint_files import checkpoints, verify
 
     root, results = tmp_path / "checkpoints", tmp_path / "results"
     results.mkdir()
-    mp.spawn(_save_with_rank0_limited, args=(str(tmp_path / "store"), str(root), str(results)), nprocs=2)
-    rank0, rank1 = (results / "rank0").read_text(), (results / "rank1").read_text()
-    assert rank0.startswith("CheckpointError") and "step-2 checkpoint failed" in rank0 and "File too large" in rank0
-    assert rank1.startswith("CheckpointError") and "step-2 checkpoint failed" in rank1 and "another rank" in rank1
+    mp.spawn(_save_with_one_rank_limited, args=(str(tmp_path / "store"), str(root), str(results), limited, big),
+             nprocs=2)
+    failed, other = (results / f"rank{limited}").read_text(), (results / f"rank{1 - limited}").read_text()
+    assert failed.startswith("CheckpointError") and "step-2 checkpoint failed" in failed
+    assert "File too large" in failed or "unexpected pos" in failed  # json's write, or torch.save's own words
+    assert other.startswith("CheckpointError") and "step-2 checkpoint failed" in other
+    assert f"rank {limited} failed" in other  # the peer names the rank whose log has the cause
     assert [step for step, _ in checkpoints(root)] == [1] and verify(root / "step_000001") is None
     assert not (root / "step_000002.tmp").exists()

@@ -105,7 +105,8 @@ def mode_refusal(cfg: TeacherConfig, tokenizer_path: str | None) -> str | None:
     both ask here."""
     if cfg.completion_mode == "completions" and not tokenizer_path:
         return ("teacher.completion_mode=completions: needs the teacher's tokenizer in teacher.tokenizer (an HF "
-                "folder or alias) to apply its chat template; or use teacher.completion_mode=chat")
+                "folder or alias; `build_teacher(..., tokenizer_path=...)` outside the trainer) to apply its chat "
+                "template; or use teacher.completion_mode=chat")
     return None
 
 
