@@ -138,7 +138,7 @@ def _warn_if_stale(name: str, out: Path) -> None:
     if not isinstance(built, dict):
         built = {}  # no readable record of its recipe: every field differs
     differ = ", ".join(f"{k} {built.get(k)!r} (recipe: {v!r})" for k, v in current.items() if built.get(k) != v)
-    if not differ or out in _warned_stale:
+    if not differ or out in _warned_stale or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says it
         return
     _warned_stale.add(out)
     print(f"omniopd: warning: '{name}' at {out} was not built with the current recipe ({differ}); "
