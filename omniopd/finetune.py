@@ -131,12 +131,7 @@ def _warn_if_stale(name: str, out: Path) -> None:
     """Say once per process when the build under an alias is not of the current recipe: a build with overridden
     steps (tests, timing) is legitimate, but one left over from an older recipe must not pass for the current."""
     current = RECIPES[name].key()
-    try:
-        built = json.loads((out / "finetune.json").read_text())["recipe"]
-    except (OSError, ValueError, KeyError, TypeError):
-        built = None
-    if not isinstance(built, dict):
-        built = {}  # no readable record of its recipe: every field differs
+    built = _recipe_of(out) or {}  # no readable record of its recipe: every field differs
     differ = ", ".join(f"{k} {built.get(k)!r} (recipe: {v!r})" for k, v in current.items() if built.get(k) != v)
     if not differ or out in _warned_stale or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says it
         return
@@ -218,7 +213,7 @@ def build(recipe: Recipe, *, log=print, stop_after: int | None = None, command: 
 
     out = output_dir(recipe.kind, recipe.task)
     if is_built(out):
-        built = json.loads((out / "finetune.json").read_text())["recipe"]
+        built = _recipe_of(out)
         if built != recipe.key():
             raise FinetuneError(f"{out} holds {recipe.name} built with another recipe ({built}); delete it (or "
                                 f"pass --rebuild) to build {recipe.key()}")
@@ -329,9 +324,13 @@ def problem_bootstrap_interval(right_per_problem: list[int], samples_per_problem
     return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
 
 
-def _recipe_of(model_path: str) -> dict[str, Any] | None:
-    meta_file = Path(model_path) / "finetune.json"
-    return json.loads(meta_file.read_text())["recipe"] if meta_file.is_file() else None
+def _recipe_of(model_path: str | Path) -> dict[str, Any] | None:
+    """The recipe a build recorded in its finetune.json; None for a model without a readable one."""
+    try:
+        recipe = json.loads((Path(model_path) / "finetune.json").read_text())["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def _row_key(model_path: str, recipe: dict[str, Any] | None, task: str, problems: int, n: int, temperature: float,

@@ -30,14 +30,21 @@ def _resolvable(key: str, name: str) -> None:
         raise RunFault(f"{key}={name!r}: {e}") from e
 
 
+def _local_models(cfg: Config) -> list[tuple[str, str]]:
+    """(key, name) of every model the trainer loads itself: student, reference (if set), a local teacher."""
+    named = [("model.student", cfg.model.student)]
+    if cfg.model.reference:
+        named.append(("model.reference", cfg.model.reference))
+    if cfg.teacher.kind == "local":
+        named.append(("teacher.model", cfg.teacher.model))
+    return named
+
+
 def check_models(cfg: Config) -> None:
     """The student, the reference and a local teacher (or an API teacher's local tokenizer) resolve."""
-    _resolvable("model.student", cfg.model.student)
-    if cfg.model.reference:
-        _resolvable("model.reference", cfg.model.reference)
-    if cfg.teacher.kind == "local":
-        _resolvable("teacher.model", cfg.teacher.model)
-    elif cfg.teacher.kind == "openai" and cfg.teacher.tokenizer:
+    for key, name in _local_models(cfg):
+        _resolvable(key, name)
+    if cfg.teacher.kind == "openai" and cfg.teacher.tokenizer:
         _resolvable("teacher.tokenizer", cfg.teacher.tokenizer)
 
 
@@ -48,11 +55,8 @@ def check_task_match(cfg: Config, say: Callable[[str], None]) -> None:
 
     if "builtin" not in (cfg.data.train, cfg.data.eval):
         return
-    named = [("model.student", cfg.model.student), ("model.reference", cfg.model.reference)]
-    if cfg.teacher.kind == "local":
-        named.append(("teacher.model", cfg.teacher.model))
-    for key, name in named:
-        alias = parse_alias(name) if name else None
+    for key, name in _local_models(cfg):
+        alias = parse_alias(name)
         if alias and alias[1] != cfg.data.task:
             say(f"warning: {key}={name!r} was fine-tuned on the {alias[1]} task, and data.task={cfg.data.task}")
 
