@@ -3,10 +3,15 @@
 The addition task's answers are ~60 tokens, too short for audited chunks of C=50. Here every problem starts
 from a count and changes it three or four times (buy packs, give away, double, share equally); each step
 needs the previous result, so a slip anywhere is visible in the final number. The worked solution writes
-one line per operation and ends in `\\boxed{answer}`; the 2,048 training solutions run 120-225 tokens in
-SmolLM2's tokenizer (median 166; 121-226 with the end-of-turn token; tests/test_chained_task.py bounds
-them). Everything is integer arithmetic: divisions are exact by construction, and no count ever drops to
-zero or below.
+one line per operation and ends in `\\boxed{answer}`; the 2,048 training solutions run 120-216 tokens in
+SmolLM2's tokenizer (median 164; tests/test_chained_task.py bounds them). Everything is integer arithmetic:
+divisions are exact by construction, and no count ever drops to zero or below.
+
+The numbers are small on purpose (version 2 of the task: single-digit packs, factors and divisors, counts
+that stay mostly two-digit). Version 1 had products like 135 × 4 and divisions by up to 9: after 60 SFT steps
+the 135M teacher wrote 14 of 47 worked lines wrong on 10 held-out problems (the chains themselves right) and
+solved 9% of 32, so no student could be right "sometimes"; the difficulty meant to matter here is the chain,
+not the digit arithmetic.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ Step = tuple[str, str, int]
 
 
 def _buy_packs(n: int, rng: random.Random, name: str, thing: str) -> Step | None:
-    packs, each = rng.randint(2, 6), rng.randint(3, 15)
+    packs, each = rng.randint(2, 5), rng.randint(2, 9)
     got = packs * each
     return (f"buys {packs} packs with {each} {thing} in each pack",
             f"{name} buys {packs} packs of {each} {thing}, which is {packs} × {each} = {got} {thing}. "
@@ -38,30 +43,30 @@ def _buy_packs(n: int, rng: random.Random, name: str, thing: str) -> Step | None
 
 
 def _receive(n: int, rng: random.Random, name: str, thing: str) -> Step | None:
-    got = rng.randint(11, 79)
+    got = rng.randint(5, 40)
     return (f"receives {got} more {thing} as a gift",
             f"{name} receives {got} more {thing}, so {name} has {n} + {got} = {n + got} {thing}.", n + got)
 
 
 def _give_away(n: int, rng: random.Random, name: str, thing: str) -> Step | None:
-    if n < 20:
+    if n < 15:
         return None
-    lost = rng.randint(5, n - 8)
+    lost = rng.randint(3, min(n - 5, 60))
     return (f"gives {lost} {thing} to a friend",
             f"{name} gives away {lost} {thing}, so {name} has {n} - {lost} = {n - lost} {thing} left.", n - lost)
 
 
 def _multiply(n: int, rng: random.Random, name: str, thing: str) -> Step | None:
-    if n > 300:
+    if n > 40:
         return None
-    factor = rng.choice([2, 3, 4])
-    word = {2: "doubles", 3: "triples", 4: "quadruples"}[factor]
+    factor = rng.choice([2, 3])
+    word = {2: "doubles", 3: "triples"}[factor]
     return (f"{word} the collection",
             f"{name} {word} the {thing}, so {name} has {n} × {factor} = {n * factor} {thing}.", n * factor)
 
 
 def _share(n: int, rng: random.Random, name: str, thing: str) -> Step | None:
-    ways = [d for d in range(2, 10) if n % d == 0 and n // d >= 3]
+    ways = [d for d in range(2, 6) if n % d == 0 and n // d >= 3]
     if not ways:
         return None
     d = rng.choice(ways)
@@ -79,7 +84,7 @@ def chained_problem(seed: int, problem_id: str) -> Problem:
     """One problem, a function of `seed` only: 3 or 4 operations chained on a starting count."""
     rng = random.Random(seed)
     name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
-    count = start = rng.randint(12, 95)
+    count = start = rng.randint(12, 60)
     clauses, lines, kinds = [], [], []
     for _ in range(rng.choice([3, 4])):
         while True:  # some operation always applies: _receive never refuses

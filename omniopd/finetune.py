@@ -39,8 +39,6 @@ from omniopd.assets import AssetError
 from omniopd.data import BUILTIN_TASKS, Problem, PromptStream, builtin_task, student_messages, teacher_messages
 
 KINDS = ("warm", "teacher")
-# Bump when the loop changes what a recipe produces, so stale builds are not taken for current ones.
-RECIPE_VERSION = "1"
 SYSTEM_PROMPT = "Solve the problem. Put the final answer in \\boxed{}."  # DataConfig's default: prompts match
 
 
@@ -57,6 +55,9 @@ class Recipe:
     hint_fraction: float = 0.0  # share of examples whose prompt carries the reference-solution hint
     seed: int = 0
     save_every: int = 10  # checkpoint period in steps (resumability; does not change the result)
+    # Bump when what the recipe produces changes (the loop, or its task's data) so a stale build is not taken
+    # for a current one: it names the cache folder and is part of the key. Chained: "2" is task version 2.
+    version: str = "1"
 
     @property
     def name(self) -> str:
@@ -64,7 +65,7 @@ class Recipe:
 
     def key(self) -> dict[str, Any]:
         """The fields that change the trained weights (not `save_every`)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "save_every"} | {"version": RECIPE_VERSION}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "save_every"}
 
 
 # Sized to this machine's measured SFT speed (37-77 tokens/s on 2 shared cores in experiments/results/finetune/
@@ -73,9 +74,9 @@ class Recipe:
 # from the training generator's one stream, so a teacher's problems are the first `problems` of it.
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("warm", "addition", problems=512, steps=20),
-    Recipe("warm", "chained", problems=2048, steps=20),
+    Recipe("warm", "chained", problems=2048, steps=20, version="2"),
     Recipe("teacher", "addition", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
-    Recipe("teacher", "chained", problems=480, steps=60, lr=1e-4, hint_fraction=0.5),
+    Recipe("teacher", "chained", problems=480, steps=60, lr=1e-4, hint_fraction=0.5, version="2"),
 ]}
 
 
@@ -100,7 +101,7 @@ def build_command(kind: str, task: str) -> str:
 def output_dir(kind: str, task: str) -> Path:
     from omniopd.assets import cache_dir
 
-    return cache_dir() / "finetuned" / f"{kind}-{task}-v{RECIPE_VERSION}"
+    return cache_dir() / "finetuned" / f"{kind}-{task}-v{RECIPES[f'{kind}:{task}'].version}"
 
 
 def _partial_dir(out: Path) -> Path:
@@ -300,7 +301,7 @@ def build(recipe: Recipe, *, log=print, stop_after: int | None = None, command: 
                 "tokens_per_second": state["tokens"] / max(state["seconds"], 1e-9), "losses": state["losses"],
                 "torch_threads": torch.get_num_threads()}
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=1) + "\n")
-        (tmp / ".complete").write_text(RECIPE_VERSION)
+        (tmp / ".complete").write_text(recipe.version)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

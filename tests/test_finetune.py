@@ -61,7 +61,7 @@ def test_an_alias_not_built_says_so_and_how(cache):
 def test_an_alias_built_with_the_current_recipe_resolves_without_a_warning_and_a_stale_one_warns(cache, capsys):
     out = finetune.output_dir("teacher", "addition")
     out.mkdir(parents=True)
-    (out / ".complete").write_text(finetune.RECIPE_VERSION)
+    (out / ".complete").write_text("1")
     current = finetune.RECIPES["teacher:addition"].key()
     (out / "finetune.json").write_text(json.dumps({"recipe": current}))
     assert assets.student_path("teacher:addition") == str(out) and capsys.readouterr().err == ""
@@ -69,6 +69,17 @@ def test_an_alias_built_with_the_current_recipe_resolves_without_a_warning_and_a
     assert assets.student_path("teacher:addition") == str(out)
     err = " ".join(capsys.readouterr().err.split())
     assert f"lr 5e-05 (recipe: {current['lr']!r})" in err and "--task addition --only teacher --rebuild" in err
+
+
+def test_a_recipe_version_names_its_folder_so_a_build_of_an_older_task_version_is_not_taken(cache):
+    assert finetune.output_dir("warm", "addition").name == "warm-addition-v1"
+    assert finetune.output_dir("warm", "chained").name == "warm-chained-v2"  # the chained task's version 2
+    assert finetune.RECIPES["teacher:chained"].key()["version"] == "2"
+    older = finetune.output_dir("warm", "chained").parent / "warm-chained-v1"
+    older.mkdir(parents=True)
+    (older / ".complete").write_text("1")  # a finished build of task version 1
+    with pytest.raises(assets.AssetError, match="'warm:chained' is not built yet"):
+        assets.student_path("warm:chained")
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
