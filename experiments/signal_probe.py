@@ -82,10 +82,15 @@ class Stages:
         self.out, self.stop_after, self.log = out, stop_after, log
         self.computed: list[str] = []
 
-    def unit(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def unit(self, name: str, compute: Callable[[], dict[str, Any]],
+             incomplete: Callable[[dict[str, Any]], str | None] = lambda _: None) -> dict[str, Any]:
+        """`incomplete(obj)`: why a finished file must be computed again (failed teacher requests), or None."""
         path = self.out / f"{name}.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            obj = json.loads(path.read_text())
+            if (why := incomplete(obj)) is None:
+                return obj
+            self.log(f"[signal] {name}: {why}; computing it again")
         if self.stop_after is not None and len(self.computed) >= self.stop_after:
             raise StopAfter(name)
         started = time.monotonic()
@@ -320,6 +325,12 @@ def make_continuations(s: Settings, models: Models, rollouts: dict[str, Any], ch
             "prompt_tokens": sum(r.prompt_tokens for r in results),
             "completion_tokens": sum(r.completion_tokens for r in results),
             "cached_requests": sum(r.cached for r in results)}
+
+
+def failed_requests(cont: dict[str, Any]) -> str | None:
+    """A continuations file with failed requests is asked again (the answered ones come from the reply cache)."""
+    failed = sum(1 for e in cont.get("errors", []) if e)
+    return f"{failed} of {len(cont['errors'])} teacher requests failed" if failed else None
 
 
 def complete(texts: list[str | None] | None, n: int) -> bool:
@@ -837,7 +848,12 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
         for chunk, teacher, selection in cells:
             name = cell_name(s.task, chunk, teacher, selection)
             cont = stages.unit(f"continuations-{name}",
-                               partial(make_continuations, s, models, roll, chunk, teacher, selection))
+                               partial(make_continuations, s, models, roll, chunk, teacher, selection),
+                               incomplete=failed_requests)
+            if f"continuations-{name}" in stages.computed:  # new continuations: what was scored on old ones goes
+                for stale in [f"contrast-{name}", *(f"{kind}-{name}-{phi}" for kind in ("scores", "contrast-scores")
+                                                    for phi in PHIS)]:
+                    (out / f"{stale}.json").unlink(missing_ok=True)
             scores = {phi: stages.unit(f"scores-{name}-{phi}", partial(make_scores, models, cont, phi))
                       for phi in s.phis}
             teacher_lp = stages.unit(f"teacher-logprobs-{s.task}-{teacher}",

@@ -140,6 +140,21 @@ def test_stage_units_are_written_once_and_skipped_after(tmp_path):
     assert not (tmp_path / "b.json").exists()
 
 
+def test_a_continuations_file_with_failed_requests_is_computed_again(tmp_path):
+    said: list[str] = []
+    stages = signal_probe.Stages(tmp_path, log=said.append)
+    failed = {"errors": [None, "teacher timed out", None]}
+    assert signal_probe.failed_requests(failed) == "1 of 3 teacher requests failed"
+    assert signal_probe.failed_requests({"errors": [None, None]}) is None
+    stages.unit("continuations-x", lambda: failed, incomplete=signal_probe.failed_requests)
+    answered = {"errors": [None, None, None]}
+    again = stages.unit("continuations-x", lambda: answered, incomplete=signal_probe.failed_requests)
+    assert again["errors"] == answered["errors"] and any("1 of 3 teacher requests failed" in s for s in said)
+    calls = []
+    stages.unit("continuations-x", lambda: calls.append(1) or failed, incomplete=signal_probe.failed_requests)
+    assert calls == []  # whole now: read, not recomputed
+
+
 def test_a_failed_unit_leaves_no_file(tmp_path):
     def boom():
         raise RuntimeError("killed mid-unit")
@@ -202,6 +217,21 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
     assert _report_core(out) == rep
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert os.path.getsize(out / "teacher_cache.sqlite") > 0
+
+    # A continuations file that recorded a failed request is asked again, and what was scored on it redone.
+    cont_path = out / "continuations-addition-C8-hinted.json"
+    broken = json.loads(cont_path.read_text())
+    broken["errors"][0] = "teacher timed out"
+    cont_path.write_text(json.dumps(broken))
+    before = _stage_files(out)
+    assert signal_probe.main(args) == 0
+    after = _stage_files(out)
+    assert not any(json.loads(cont_path.read_text())["errors"])
+    for name in ("continuations-addition-C8-hinted.json", "scores-addition-C8-hinted-ned.json",
+                 "contrast-addition-C8-hinted.json"):
+        assert after[name][0] != before[name][0], name  # rewritten
+    assert after["rollouts-addition.json"] == before["rollouts-addition.json"]
+    assert _report_core(out) == rep  # the answered requests came from the reply cache
 
 
 def test_one_digit_change_with_the_real_tokenizer():
