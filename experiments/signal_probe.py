@@ -83,14 +83,19 @@ class Stages:
         self.computed: list[str] = []
 
     def unit(self, name: str, compute: Callable[[], dict[str, Any]],
-             incomplete: Callable[[dict[str, Any]], str | None] = lambda _: None) -> dict[str, Any]:
-        """`incomplete(obj)`: why a finished file must be computed again (failed teacher requests), or None."""
+             incomplete: Callable[[dict[str, Any]], str | None] = lambda _: None,
+             derived: tuple[str, ...] = ()) -> dict[str, Any]:
+        """`incomplete(obj)`: why a finished file must be computed again (failed teacher requests), or None;
+        the `derived` units, computed from this one, are then deleted first (a kill between the two must not
+        leave a new file beside results of the old)."""
         path = self.out / f"{name}.json"
         if path.is_file():
             obj = json.loads(path.read_text())
             if (why := incomplete(obj)) is None:
                 return obj
-            self.log(f"[signal] {name}: {why}; computing it again")
+            self.log(f"[signal] {name}: {why}; computing it again (and the {len(derived)} units derived from it)")
+            for unit in derived:
+                (self.out / f"{unit}.json").unlink(missing_ok=True)
         if self.stop_after is not None and len(self.computed) >= self.stop_after:
             raise StopAfter(name)
         started = time.monotonic()
@@ -325,6 +330,23 @@ def make_continuations(s: Settings, models: Models, rollouts: dict[str, Any], ch
             "prompt_tokens": sum(r.prompt_tokens for r in results),
             "completion_tokens": sum(r.completion_tokens for r in results),
             "cached_requests": sum(r.cached for r in results)}
+
+
+def score_unit(cell: str, phi: str) -> str:
+    return f"scores-{cell}-{phi}"
+
+
+def contrast_unit(cell: str) -> str:
+    return f"contrast-{cell}"
+
+
+def contrast_score_unit(cell: str, phi: str) -> str:
+    return f"contrast-scores-{cell}-{phi}"
+
+
+def derived_units(cell: str) -> tuple[str, ...]:
+    """Every unit computed from a cell's continuations (every φ, not only this run's)."""
+    return (contrast_unit(cell), *(f(cell, phi) for f in (score_unit, contrast_score_unit) for phi in PHIS))
 
 
 def failed_requests(cont: dict[str, Any]) -> str | None:
@@ -849,18 +871,14 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
             name = cell_name(s.task, chunk, teacher, selection)
             cont = stages.unit(f"continuations-{name}",
                                partial(make_continuations, s, models, roll, chunk, teacher, selection),
-                               incomplete=failed_requests)
-            if f"continuations-{name}" in stages.computed:  # new continuations: what was scored on old ones goes
-                for stale in [f"contrast-{name}", *(f"{kind}-{name}-{phi}" for kind in ("scores", "contrast-scores")
-                                                    for phi in PHIS)]:
-                    (out / f"{stale}.json").unlink(missing_ok=True)
-            scores = {phi: stages.unit(f"scores-{name}-{phi}", partial(make_scores, models, cont, phi))
+                               incomplete=failed_requests, derived=derived_units(name))
+            scores = {phi: stages.unit(score_unit(name, phi), partial(make_scores, models, cont, phi))
                       for phi in s.phis}
             teacher_lp = stages.unit(f"teacher-logprobs-{s.task}-{teacher}",
                                      partial(make_teacher_logprobs, s, models, roll, teacher)) if plan.opd else None
             contrast, contrast_scores = None, {}
             if plan.contrast and selection == "entropy":
-                contrast = stages.unit(f"contrast-{name}", partial(make_contrast, s, models, roll, cont))
+                contrast = stages.unit(contrast_unit(name), partial(make_contrast, s, models, roll, cont))
                 changed = {"n": cont["n"], "forks": cont["forks"], "texts": cont["texts"]}
                 chunks = [f["chunk"] for f in cont["forks"]]
                 for p in contrast["pairs"]:
@@ -868,7 +886,7 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
                 only = {p["fork"] for p in contrast["pairs"]}
                 changed["texts"] = [t if i in only else None for i, t in enumerate(cont["texts"])]
                 contrast_scores = {
-                    phi: stages.unit(f"contrast-scores-{name}-{phi}",
+                    phi: stages.unit(contrast_score_unit(name, phi),
                                      partial(_contrast_scores, models, changed, phi, chunks, contrast["pairs"]))
                     for phi in s.phis}
             cost = {"rollout_seconds": roll["seconds"],

@@ -2,7 +2,8 @@
 
 A wrong final answer on the chained task is either a wrong chain (a step skipped, a number copied wrong) or a
 wrong piece of arithmetic inside a right chain. This decodes held-out problems greedily (transformers'
-`generate`, deterministic) and recomputes each `a op b = c` it wrote, so the two can be told apart:
+`generate`, deterministic) and recomputes each `a op b = c` it wrote: it counts the arithmetic slips (the
+chains are for reading; `--show` prints the responses):
 
     python experiments/worked_lines.py teacher:chained --problems 10 \
         --out experiments/results/finetune/teacher-chained-lines.json
@@ -13,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
-EQUATION = re.compile(r"(\d+) ([+\-×÷]) (\d+) = (\d+)")
+EQUATION = re.compile(r"(\d+) ([+\-×÷]) (\d+) = (-?\d+)")  # a wrong subtraction may go below zero
 
 
 def check_line(a: int, op: str, b: int, c: int) -> bool:
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", help="an alias (teacher:chained, warm:chained) or a model folder")
     ap.add_argument("--problems", type=int, default=10, help="the first N held-out chained problems")
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--out", type=Path, help="write the counts as JSON here")
+    ap.add_argument("--out", type=Path, help="write the counts (and the responses) as JSON here")
+    ap.add_argument("--show", action="store_true", help="print each problem and response")
     args = ap.parse_args(argv)
 
     import torch
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     path = student_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    lines, wrong, solved = Counter(), Counter(), 0
+    lines, wrong, solved, responses = Counter(), Counter(), 0, []
     problems = builtin_task("eval", "chained")[:args.problems]
     for problem in problems:
         ids = tokenizer.apply_chat_template(student_messages(problem, SYSTEM_PROMPT), add_generation_prompt=True,
@@ -59,12 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
         text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        solved += grade_response(problem, text, "math")[0]
+        right = grade_response(problem, text, "math")[0]
+        solved += right
+        responses.append({"id": problem.id, "answer": problem.answer, "right": right, "response": text})
+        if args.show:
+            print(f"=== {problem.id} ({'right' if right else 'wrong'}, answer {problem.answer})\n"
+                  f"{problem.question}\n{text}\n")
         for op, right in line_errors(text):
             lines[op] += 1
             wrong[op] += not right
+    command = ["python", "experiments/worked_lines.py", args.model, "--problems", str(args.problems),
+               "--max-new-tokens", str(args.max_new_tokens)]
     result = {"model": args.model, "path": path, "problems": len(problems), "solved": solved,
-              "lines": dict(lines), "wrong": dict(wrong), "command": " ".join(["python", *sys.argv])}
+              "lines": dict(lines), "wrong": dict(wrong), "command": " ".join(command), "responses": responses}
     print(f"{args.model}: solved {solved}/{len(problems)}; worked lines wrong "
           f"{sum(wrong.values())}/{sum(lines.values())}: "
           + ", ".join(f"{op} {wrong[op]}/{lines[op]}" for op in "+-×÷" if lines[op]))

@@ -147,9 +147,12 @@ def test_a_continuations_file_with_failed_requests_is_computed_again(tmp_path):
     assert signal_probe.failed_requests(failed) == "1 of 3 teacher requests failed"
     assert signal_probe.failed_requests({"errors": [None, None]}) is None
     stages.unit("continuations-x", lambda: failed, incomplete=signal_probe.failed_requests)
+    stages.unit("scores-x-ned", lambda: {"from": "the failed continuations"})
     answered = {"errors": [None, None, None]}
-    again = stages.unit("continuations-x", lambda: answered, incomplete=signal_probe.failed_requests)
+    again = stages.unit("continuations-x", lambda: answered, incomplete=signal_probe.failed_requests,
+                        derived=("scores-x-ned", "scores-x-cosine"))
     assert again["errors"] == answered["errors"] and any("1 of 3 teacher requests failed" in s for s in said)
+    assert not (tmp_path / "scores-x-ned.json").exists()  # derived from the old file: gone, to be recomputed
     calls = []
     stages.unit("continuations-x", lambda: calls.append(1) or failed, incomplete=signal_probe.failed_requests)
     assert calls == []  # whole now: read, not recomputed
@@ -228,7 +231,8 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
     after = _stage_files(out)
     assert not any(json.loads(cont_path.read_text())["errors"])
     for name in ("continuations-addition-C8-hinted.json", "scores-addition-C8-hinted-ned.json",
-                 "contrast-addition-C8-hinted.json"):
+                 "scores-addition-C8-hinted-rouge1.json", "contrast-addition-C8-hinted.json",
+                 "contrast-scores-addition-C8-hinted-ned.json", "contrast-scores-addition-C8-hinted-rouge1.json"):
         assert after[name][0] != before[name][0], name  # rewritten
     assert after["rollouts-addition.json"] == before["rollouts-addition.json"]
     assert _report_core(out) == rep  # the answered requests came from the reply cache

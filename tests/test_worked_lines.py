@@ -16,9 +16,9 @@ _spec.loader.exec_module(worked_lines)
 
 def test_lines_are_checked_in_exact_integer_arithmetic():
     text = ("Step 1: 4 × 11 = 42 beads. Now 93 + 42 = 135. Step 2: 51 - 35 = 16 left. "
-            "Step 3: 17 ÷ 2 = 8, so 8. Step 4: 84 ÷ 6 = 14. Step 5: 135 × 4 = 540.")
+            "Step 3: 17 ÷ 2 = 8, so 8. Step 4: 84 ÷ 6 = 14. Step 5: 135 × 4 = 540. 5 - 8 = -3")
     assert worked_lines.line_errors(text) == [("×", False), ("+", True), ("-", True), ("÷", False), ("÷", True),
-                                              ("×", True)]
+                                              ("×", True), ("-", True)]
     assert worked_lines.line_errors("The answer is \\boxed{12}.") == []
 
 
