@@ -23,6 +23,11 @@ class RunFault(RuntimeError):
     the message names the culprit."""
 
 
+class StopAtStepBoundary(KeyboardInterrupt):
+    """A stop signal honoured between steps, after a checkpoint: on a rank that got it, or on a peer of one
+    (under torchrun the signal may reach one rank only; every rank stops at the same boundary)."""
+
+
 class StopNow(KeyboardInterrupt):
     """A second stop signal: leave at once, without the checkpoint the first one asked for."""
 
@@ -50,6 +55,11 @@ def stop_exit_code() -> int:
 
 def stop_signal_name() -> str:
     return signal.Signals(_received[0]).name if _received else "SIGINT"
+
+
+def stop_cause() -> str:
+    """What stopped a run at a step boundary: this rank's signal, else a peer's."""
+    return stop_signal_name() if _received else "a stop signal on another rank"
 
 
 def user_fault_types() -> tuple[type[BaseException], ...]:

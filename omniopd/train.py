@@ -95,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"stopped at once by a second {faults.stop_signal_name()}: no checkpoint of the step in flight "
                "(--resume continues from the newest intact one)")
         return 128 + stop.signum
+    except faults.StopAtStepBoundary:
+        _error(f"stopped by {faults.stop_cause()} after saving a checkpoint (continue with --resume)")
+        return faults.stop_exit_code()
     except KeyboardInterrupt:
-        _error(f"stopped by {faults.stop_signal_name()} after saving a checkpoint (continue with --resume)"
-               if faults.received_signal() else "stopped by SIGINT before training started")
+        _error(f"stopped by {faults.stop_signal_name()} before training started")
         return faults.stop_exit_code()
     except faults.user_fault_types() as e:
         _error(str(e))

@@ -145,7 +145,7 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 if self.stop_requested():
-                    raise KeyboardInterrupt
+                    raise faults.StopAtStepBoundary
                 metrics = self.train_step()
                 self.step += 1
                 self.log.log(self.step, metrics)
@@ -157,7 +157,7 @@ class Trainer:
                     self.log.print(f"held-out accuracy at step {self.step}: {held_out['eval/accuracy']:.3f}")
                     self.log.log(self.step, held_out)
             if self.stop_requested():  # a signal during the last step
-                raise KeyboardInterrupt
+                raise faults.StopAtStepBoundary
         except KeyboardInterrupt as stop:
             if isinstance(stop, faults.StopNow):  # a second signal: the step in flight is half done, never saved
                 raise

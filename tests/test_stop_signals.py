@@ -23,3 +23,21 @@ def test_a_signal_is_a_request_and_only_an_announcing_rank_says_so(capsys, monke
         stop.restore()
     assert signal.getsignal(signal.SIGTERM) == before
     assert ("SIGTERM received: stopping after this step" in capsys.readouterr().err) == announce
+
+
+@pytest.mark.parametrize("own_signal", [signal.SIGTERM, None])
+def test_a_stop_at_a_step_boundary_names_its_cause_on_every_rank(capsys, monkeypatch, own_signal):
+    """Under torchrun a signal may reach one rank only: its peers stop at the same step boundary and must say
+    so, not "before training started"."""
+    from omniopd import train
+
+    monkeypatch.setattr(faults, "_received", [own_signal] if own_signal else [])
+
+    def stopped(argv):
+        raise faults.StopAtStepBoundary
+
+    monkeypatch.setattr(train, "_run", stopped)
+    assert train.main([]) == 128 + (own_signal or signal.SIGINT)
+    cause = "SIGTERM" if own_signal else "a stop signal on another rank"
+    assert capsys.readouterr().err.strip().endswith(f"stopped by {cause} after saving a checkpoint (continue with "
+                                                    "--resume)")
