@@ -4,15 +4,15 @@
     python experiments/signal_probe.py --grid                                                # the whole grid
     python experiments/signal_probe.py --task addition --chunk 8 --student smollm2-135m --smoke --out /tmp/sig
 
-The warm student samples rollouts on held-out problems (the task's `eval` split, which neither fine-tune saw)
-the way the trainer does (its generator; the temperature and response limit recommended for the task), the eval
-grader grades them, and the trainer's exact-entropy forward gives each token's entropy and log-prob. Then, per
-(task, C, teacher, selection): the step's own fork code (`pick_forks`, M chunks per rollout, as many as fit) and teacher requests
-(`fork_requests`, N=10 continuations each; N=4 is their first 4), per φ the library's similarity and
+The warm student samples rollouts on held-out problems (the task's `eval` split, which neither fine-tune saw) the
+way the trainer does (its generator; the temperature and response limit recommended for the task), the eval grader
+grades them, and the trainer's exact-entropy forward gives each token's entropy and log-prob. Then, per (task, C,
+teacher, selection): the step's own fork code (`pick_forks`, M chunks per rollout, as many as fit) and teacher
+requests (`fork_requests`, N=10 continuations each; N=4 is their first 4), per φ the library's similarity and
 `score_forks` (k_sem, π̄, π̂), the white-box teacher's token log-probs for OPD's signal Σ_chunk log π_T − log π_S
 (`baselines.teacher_logprobs`), and a controlled contrast (a correct rollout's chunk with one digit changed, π̄
-recomputed under the student, scored against the same continuations). The report gives, per configuration, the
-AUC of π̂, k_sem/N, π̄ and OPD against final correctness, per chunk and averaged per rollout, pooled and within
+recomputed under the student, scored against the same continuations). The report gives, per configuration, the AUC
+of π̂, k_sem/N, π̄ and OPD against final correctness, per chunk and averaged per rollout, pooled and within
 prompt, with prompt-bootstrap intervals, and paired bootstrap intervals for differences between configurations.
 
 Resumable: every stage unit is one file under `--out`, written atomically (temporary file, then rename); a rerun
