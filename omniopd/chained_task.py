@@ -1,6 +1,6 @@
 """The built-in chained task: word problems of three or four dependent operations, one worked line each.
 
-The addition task's answers are ~60 tokens, too short for audited chunks of C=50. Here every problem starts
+The addition task's answers are ~85 tokens, too short for audited chunks of C=50. Here every problem starts
 from a count and changes it three or four times (buy packs, give away, double, share equally); each step
 needs the previous result, so a slip anywhere is visible in the final number. The worked solution writes
 one line per operation and ends in `\\boxed{answer}`; the 2,048 training solutions run 120-216 tokens in

@@ -338,7 +338,7 @@ class DataConfig(Section):
     eval: str = doc("Held-out prompts: 'builtin' or a path.", "builtin")
     task: Literal["addition", "chained"] = doc(
         "The built-in task wherever train/eval say 'builtin' (both at once): 'addition' (two-digit sums with "
-        "a carry, ~60-token solutions) or 'chained' (3-4 dependent operations, ~120-250-token solutions).",
+        "a carry, ~85-token solutions) or 'chained' (3-4 dependent operations, ~120-220-token solutions).",
         "addition")
     prompt_field: str = doc("Field holding the problem text.", "problem")
     answer_field: str = doc("Field holding the checkable final answer.", "answer")
