@@ -119,7 +119,7 @@ class Settings:
     student: str
     prompts: int = 64
     rollouts: int = 4
-    temperature: float = 1.0  # TEMPERATURE[task] from the command line
+    temperature: float | None = None  # None: TEMPERATURE[task]
     max_new_tokens: int = 0  # 0: RESPONSE_LIMIT[task]
     num_chunks: int = 2  # M
     num_continuations: int = 10  # N
@@ -132,6 +132,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.max_new_tokens = self.max_new_tokens or RESPONSE_LIMIT[self.task]
+        self.temperature = TEMPERATURE[self.task] if self.temperature is None else self.temperature
 
     def rollout_key(self) -> dict[str, Any]:
         return {"task": self.task, "student": self.student, "prompts": self.prompts, "rollouts": self.rollouts,
@@ -354,7 +355,7 @@ def derived_units(cell: str) -> tuple[str, ...]:
 
 def failed_requests(cont: dict[str, Any]) -> str | None:
     """A continuations file with failed requests is asked again (the answered ones come from the reply cache)."""
-    failed = sum(1 for e in cont.get("errors", []) if e)
+    failed = sum(1 for e in cont["errors"] if e)
     return f"{failed} of {len(cont['errors'])} teacher requests failed" if failed else None
 
 
@@ -951,7 +952,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python experiments/signal_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -965,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         teachers = list(TEACHERS) if args.grid else args.teacher
         s = Settings(task=task, student=args.student if args.student and not args.grid else f"warm:{task}",
                      prompts=args.prompts, rollouts=args.rollouts,
-                     temperature=TEMPERATURE[task] if args.temperature is None else args.temperature,
+                     temperature=args.temperature,
                      max_new_tokens=args.max_new_tokens, num_chunks=args.m, num_continuations=args.n,
                      seed=args.seed, backend=args.backend, phis=tuple(args.phi), reps=args.reps)
         jobs.append((s, Plan(chunks, teachers, random_at, opd=not args.no_opd, contrast=not args.no_contrast)))
