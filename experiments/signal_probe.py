@@ -17,8 +17,9 @@ prompt, with prompt-bootstrap intervals, and paired bootstrap intervals for diff
 
 Resumable: every stage unit is one file under `--out`, written atomically (temporary file, then rename); a rerun
 loads what exists and computes only the rest; the local teacher's reply cache (`teacher_cache.sqlite`) keeps the
-continuations already sampled inside an interrupted unit. Reports, the grid summary and the plots are
-recomputed from the stage files on every run (seconds).
+continuations already sampled inside an interrupted unit (they are sampled in slices of 64 requests, so a stop
+loses at most one slice). Reports, the grid summary and the plots are recomputed from the stage files on every run
+(seconds).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ TEMPERATURE = {"addition": 1.0, "chained": 0.6}
 GRID = {"addition": (8, 16), "chained": (16, 32, 50)}
 RANDOM_AT = {"addition": 8, "chained": 16}  # random-vs-entropy anchors: one C per task (the cheapest)
 TEACHERS = ("hinted", "trained")
+REQUESTS_PER_SLICE = 64  # teacher requests sampled (and cached) together; each asks for N rows
 SCORES = ("pi_hat", "k_over_n", "pi_bar", "opd")
 
 
@@ -311,7 +313,7 @@ def padded(rollouts: list[dict[str, Any]], field_name: str):
 
 
 def make_continuations(s: Settings, models: Models, rollouts: dict[str, Any], chunk: int, teacher: str,
-                       selection: str) -> dict[str, Any]:
+                       selection: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The step's forks on every rollout (M per rollout, as many as fit) and N teacher continuations of each."""
     from omniopd.audit import fork_requests, pick_forks
 
@@ -324,7 +326,13 @@ def make_continuations(s: Settings, models: Models, rollouts: dict[str, Any], ch
                                    models.tokenizer, 0, cfg)
     requests = fork_requests(forks, row_problems, cfg, 0, 0)
     t = models.teacher(cfg)
-    results = t.generate(requests) if requests else []
+    # In slices: the reply cache is written per sampled batch, so a stop loses at most one slice (the
+    # engine's own batch would be 4096 rows, tens of minutes at C=50 on this CPU).
+    results, started = [], time.monotonic()
+    for lo in range(0, len(requests), REQUESTS_PER_SLICE):
+        results += t.generate(requests[lo:lo + REQUESTS_PER_SLICE])
+        log(f"[signal] {chunk=} {teacher} {selection}: {len(results)}/{len(requests)} forks answered "
+            f"({time.monotonic() - started:.0f}s)")
     return {"chunk": chunk, "teacher": teacher, "teacher_model": cfg.teacher.model, "hint": cfg.teacher.hint,
             "selection": selection, "n": s.num_continuations, "anchors": anchors.tolist(),
             "forks": [{"seq": f.seq, "anchor": f.anchor, "prefix": f.prefix_text, "chunk": f.chunk_text}
@@ -874,7 +882,7 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
         for chunk, teacher, selection in cells:
             name = cell_name(s.task, chunk, teacher, selection)
             cont = stages.unit(f"continuations-{name}",
-                               partial(make_continuations, s, models, roll, chunk, teacher, selection),
+                               partial(make_continuations, s, models, roll, chunk, teacher, selection, log=log),
                                incomplete=failed_requests, derived=derived_units(name))
             scores = {phi: stages.unit(score_unit(name, phi), partial(make_scores, models, cont, phi))
                       for phi in s.phis}

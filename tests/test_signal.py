@@ -278,3 +278,30 @@ def test_contrast_summary_against_the_dirichlet_formula():
     assert got["k_over_n_true_higher"] == 0.75  # 0.75 > 0.5, then a tie (0.2 = 0.2) counting 1/2
     assert got["pi_bar_true_higher"] == 0.5  # 0.819 > 0.3, 0.607 < 0.9
     assert got["mean_pi_hat_drop"] == pytest.approx(np.mean(np.subtract(true_hat, changed_hat)), abs=1e-12)
+
+
+def test_a_stop_inside_the_continuations_keeps_the_slices_already_sampled(tmp_path, monkeypatch):
+    """Stopped after the first slice of teacher requests: the rerun takes that slice from the reply cache and
+    asks only for the rest."""
+    from omniopd.rollout.teachers.base import Teacher
+
+    monkeypatch.setattr(signal_probe, "REQUESTS_PER_SLICE", 1)
+    out = tmp_path / "sig"
+    args = ["--task", "addition", "--chunk", "8", "--teacher", "hinted", "--student", "smollm2-135m", "--smoke",
+            "--phi", "ned", "--no-opd", "--no-contrast", "--out", str(out)]
+    real, calls = Teacher.generate, []
+
+    def stop_on_second_slice(self, requests):
+        calls.append(len(requests))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a stop while the second slice is being sampled
+        return real(self, requests)
+
+    monkeypatch.setattr(Teacher, "generate", stop_on_second_slice)
+    with pytest.raises(KeyboardInterrupt):
+        signal_probe.main(args)
+    assert calls == [1, 1] and not (out / "continuations-addition-C8-hinted.json").exists()
+    monkeypatch.setattr(Teacher, "generate", real)
+    assert signal_probe.main(args) == 0
+    cont = json.loads((out / "continuations-addition-C8-hinted.json").read_text())
+    assert len(cont["forks"]) >= 2 and cont["cached_requests"] == 1 and not any(cont["errors"])
