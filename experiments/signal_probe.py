@@ -238,6 +238,28 @@ class Models:
 
 # ---------------------------------------------------------------------------------------------
 # Stage computations
+def student_build(name: str) -> str | None:
+    """What student `name` is on this machine: a fine-tune alias's built folder (its name carries the recipe's
+    version), None when that fine-tune is not built here; any other name stands for itself."""
+    from omniopd import finetune
+
+    if finetune.parse_alias(name) is None:
+        return name
+    try:
+        return Path(finetune.resolve(name)).name
+    except finetune.FinetuneError:
+        return None
+
+
+def check_rollouts_student(path: Path, roll: dict[str, Any], s: Settings) -> None:
+    """The rollouts key names the student's alias; a rebuild under a new recipe version keeps the alias, so the
+    build that sampled them must also be the build the alias names now (an unbuilt alias computes nothing)."""
+    made_by, now = roll.get("student_build"), student_build(s.student)
+    if made_by and now and made_by != now:
+        raise ValueError(f"{path} holds rollouts of {s.student} as built in {made_by}, but {s.student} is now "
+                         f"{now}: use another --out (or delete the file to sample them again)")
+
+
 def problems_of(s: Settings):
     from omniopd.data import builtin_task
 
@@ -292,7 +314,8 @@ def make_rollouts(s: Settings, models: Models) -> dict[str, Any]:
     finally:
         verifier.close()
     entropy, logprob = student_pass(models, [p for p, _ in rows], [smp for _, smp in rows])
-    return {"key": s.rollout_key(), "backend": generator.backend, "generate_seconds": round(gen_seconds, 2),
+    return {"key": s.rollout_key(), "student_build": student_build(s.student), "backend": generator.backend,
+            "generate_seconds": round(gen_seconds, 2),
             "rollouts": [{"prompt": i // s.rollouts, "problem_id": p.id, "prompt_ids": smp.prompt_ids,
                           "token_ids": smp.token_ids, "text": smp.text, "finish_reason": smp.finish_reason,
                           "correct": bool(ok), "verdict": verdict, "entropy": ent, "logprob": lp}
@@ -610,6 +633,7 @@ def cell_report(s: Settings, rollouts: dict[str, Any], cont: dict[str, Any], sco
             "hint": cont["hint"], "selection": cont["selection"], "settings": s.rollout_key() | {
                 "num_chunks": s.num_chunks, "num_continuations": n_full, "alpha": s.alpha,
                 "teacher_temperature": s.teacher_temperature},
+            "student_build": rollouts.get("student_build"),
             "rollouts": len(rows), "prompts": len({r["prompt"] for r in rows}),
             "accuracy": rollouts["accuracy"],
             "prompts_with_both": within_auc(np.zeros(len(rows)), labels, [r["prompt"] for r in rows])[1],
@@ -693,7 +717,8 @@ def _auc_cell(r: dict[str, Any]) -> str:
 def cell_markdown(rep: dict[str, Any], command: str) -> str:
     s = rep["settings"]
     lines = [f"# Signal probe: {rep['cell']}", "", f"Command: `{command}`", "",
-             f"Student `{s['student']}` at T={s['temperature']}, limit {s['max_new_tokens']} tokens: "
+             f"Student `{s['student']}`" + (f" (build `{rep['student_build']}`)" if rep.get("student_build") else "")
+             + f" at T={s['temperature']}, limit {s['max_new_tokens']} tokens: "
              f"{rep['rollouts']} rollouts on {rep['prompts']} held-out prompts, accuracy {rep['accuracy']:.3f}; "
              f"{rep['prompts_with_both']} prompts have both right and wrong rollouts. Teacher `{rep['teacher_model']}` "
              f"(hint {rep['hint']}), {rep['selection']} anchors, M={s['num_chunks']}, C={rep['chunk']}, "
@@ -876,6 +901,7 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
         if roll["key"] != s.rollout_key():
             raise ValueError(f"{out}/rollouts-{tag}.json holds rollouts of {roll['key']}, not {s.rollout_key()}: "
                              "use another --out (or delete it to start over)")
+        check_rollouts_student(out / f"rollouts-{tag}.json", roll, s)
         # teacher by teacher: the hinted cells are whole before a trained teacher that is not built yet stops the run
         cells = [(c, t, sel) for t in plan.teachers
                  for sel, cs in (("entropy", plan.chunks), ("random", plan.random_at)) for c in cs]
