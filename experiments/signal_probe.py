@@ -238,8 +238,8 @@ class Models:
 
 # ---------------------------------------------------------------------------------------------
 # Stage computations
-def student_build(name: str) -> str | None:
-    """What student `name` is on this machine: a fine-tune alias's built folder (its name carries the recipe's
+def model_build(name: str) -> str | None:
+    """What model `name` is on this machine: a fine-tune alias's built folder (its name carries the recipe's
     version), None when that fine-tune is not built here; any other name stands for itself."""
     from omniopd import finetune
 
@@ -251,13 +251,13 @@ def student_build(name: str) -> str | None:
         return None
 
 
-def check_rollouts_student(path: Path, roll: dict[str, Any], s: Settings) -> None:
-    """The rollouts key names the student's alias; a rebuild under a new recipe version keeps the alias, so the
-    build that sampled them must also be the build the alias names now (an unbuilt alias computes nothing)."""
-    made_by, now = roll.get("student_build"), student_build(s.student)
+def check_build(path: Path, made_by: str | None, name: str) -> None:
+    """Stage files name their models by alias, and a rebuild under a new recipe version keeps the alias: the build
+    that made a file must be the one the alias names now (an alias not built here computes nothing, so passes)."""
+    now = model_build(name)
     if made_by and now and made_by != now:
-        raise ValueError(f"{path} holds rollouts of {s.student} as built in {made_by}, but {s.student} is now "
-                         f"{now}: use another --out (or delete the file to sample them again)")
+        raise ValueError(f"{path} was made by {name} as built in {made_by}, but {name} is now {now}: "
+                         "use another --out (or delete the file to compute it again)")
 
 
 def problems_of(s: Settings):
@@ -314,7 +314,7 @@ def make_rollouts(s: Settings, models: Models) -> dict[str, Any]:
     finally:
         verifier.close()
     entropy, logprob = student_pass(models, [p for p, _ in rows], [smp for _, smp in rows])
-    return {"key": s.rollout_key(), "student_build": student_build(s.student), "backend": generator.backend,
+    return {"key": s.rollout_key(), "student_build": model_build(s.student), "backend": generator.backend,
             "generate_seconds": round(gen_seconds, 2),
             "rollouts": [{"prompt": i // s.rollouts, "problem_id": p.id, "prompt_ids": smp.prompt_ids,
                           "token_ids": smp.token_ids, "text": smp.text, "finish_reason": smp.finish_reason,
@@ -356,7 +356,8 @@ def make_continuations(s: Settings, models: Models, rollouts: dict[str, Any], ch
         results += t.generate(requests[lo:lo + REQUESTS_PER_SLICE])
         log(f"[signal] {chunk=} {teacher} {selection}: {len(results)}/{len(requests)} forks answered "
             f"({time.monotonic() - started:.0f}s)")
-    return {"chunk": chunk, "teacher": teacher, "teacher_model": cfg.teacher.model, "hint": cfg.teacher.hint,
+    return {"chunk": chunk, "teacher": teacher, "teacher_model": cfg.teacher.model,
+            "teacher_build": model_build(cfg.teacher.model), "hint": cfg.teacher.hint,
             "selection": selection, "n": s.num_continuations, "anchors": anchors.tolist(),
             "forks": [{"seq": f.seq, "anchor": f.anchor, "prefix": f.prefix_text, "chunk": f.chunk_text}
                       for f in forks],
@@ -435,7 +436,8 @@ def make_teacher_logprobs(s: Settings, models: Models, rollouts: dict[str, Any],
         batch = pack([problems[r["problem_id"]] for r in part], samples, pad, torch.device("cpu"))
         logp = teacher_logprobs(t, PromptIds(), batch, cfg, pad, torch.device("cpu"))
         out += [logp[i, :len(r["token_ids"])].double().tolist() for i, r in enumerate(part)]
-    return {"teacher": teacher, "teacher_model": cfg.teacher.model, "hint": cfg.teacher.hint, "logprobs": out}
+    return {"teacher": teacher, "teacher_model": cfg.teacher.model, "teacher_build": model_build(cfg.teacher.model),
+            "hint": cfg.teacher.hint, "logprobs": out}
 
 
 def change_one_digit(token_ids: Sequence[int], anchor: int, chunk: int, digit_ids: dict[int, int],
@@ -901,7 +903,7 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
         if roll["key"] != s.rollout_key():
             raise ValueError(f"{out}/rollouts-{tag}.json holds rollouts of {roll['key']}, not {s.rollout_key()}: "
                              "use another --out (or delete it to start over)")
-        check_rollouts_student(out / f"rollouts-{tag}.json", roll, s)
+        check_build(out / f"rollouts-{tag}.json", roll.get("student_build"), s.student)
         # teacher by teacher: the hinted cells are whole before a trained teacher that is not built yet stops the run
         cells = [(c, t, sel) for t in plan.teachers
                  for sel, cs in (("entropy", plan.chunks), ("random", plan.random_at)) for c in cs]
@@ -910,10 +912,14 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
             cont = stages.unit(f"continuations-{name}",
                                partial(make_continuations, s, models, roll, chunk, teacher, selection, log=log),
                                incomplete=failed_requests, derived=derived_units(name))
+            check_build(out / f"continuations-{name}.json", cont.get("teacher_build"), cont["teacher_model"])
             scores = {phi: stages.unit(score_unit(name, phi), partial(make_scores, models, cont, phi))
                       for phi in s.phis}
             teacher_lp = stages.unit(f"teacher-logprobs-{s.task}-{teacher}",
                                      partial(make_teacher_logprobs, s, models, roll, teacher)) if plan.opd else None
+            if teacher_lp is not None:
+                check_build(out / f"teacher-logprobs-{s.task}-{teacher}.json", teacher_lp.get("teacher_build"),
+                            teacher_lp["teacher_model"])
             contrast, contrast_scores = None, {}
             if plan.contrast and selection == "entropy":
                 contrast = stages.unit(contrast_unit(name), partial(make_contrast, s, models, roll, cont))

@@ -196,6 +196,7 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
     roll = json.loads((out / "rollouts-addition.json").read_text())
     assert len(roll["rollouts"]) == 4 and {r["prompt"] for r in roll["rollouts"]} == {0, 1}
     assert roll["student_build"] == "smollm2-135m"
+    assert json.loads((out / "continuations-addition-C8-hinted.json").read_text())["teacher_build"] == "smollm2-135m"
     assert all(len(r["entropy"]) == len(r["logprob"]) == len(r["token_ids"]) for r in roll["rollouts"])
     cont = json.loads((out / "continuations-addition-C8-hinted.json").read_text())
     assert cont["forks"] and all(len(t) == 2 for t in cont["texts"])  # N=2 each
@@ -308,18 +309,18 @@ def test_a_stop_inside_the_continuations_keeps_the_slices_already_sampled(tmp_pa
     assert len(cont["forks"]) >= 2 and cont["cached_requests"] == 1 and not any(cont["errors"])
 
 
-def test_rollouts_of_another_build_of_the_student_are_refused(tmp_path):
-    """The rollouts key names the alias; the build that sampled them is checked too (a new recipe version keeps
-    the alias), and the error names both builds."""
-    s = signal_probe.Settings(task="addition", student="smollm2-135m")
-    path = tmp_path / "rollouts-addition.json"
-    signal_probe.check_rollouts_student(path, {"student_build": "smollm2-135m"}, s)  # the same build: fine
-    signal_probe.check_rollouts_student(path, {}, s)  # written before builds were recorded: trusted
-    with pytest.raises(ValueError, match="built in warm-addition-v0, but smollm2-135m is now smollm2-135m"):
-        signal_probe.check_rollouts_student(path, {"student_build": "warm-addition-v0"}, s)
+def test_stage_files_of_another_build_are_refused():
+    """Stage files name their models by alias; the build that made them is checked too (a new recipe version keeps
+    the alias), and the error names the file and both builds."""
+    path = Path("rollouts-addition.json")
+    signal_probe.check_build(path, "smollm2-135m", "smollm2-135m")  # the same build: fine
+    signal_probe.check_build(path, None, "smollm2-135m")  # written before builds were recorded: trusted
+    with pytest.raises(ValueError, match="rollouts-addition.json was made by smollm2-135m as built in "
+                                         "warm-addition-v0, but smollm2-135m is now smollm2-135m"):
+        signal_probe.check_build(path, "warm-addition-v0", "smollm2-135m")
 
 
-def test_the_student_build_is_the_alias_folder_or_none_when_not_built(tmp_path, monkeypatch):
+def test_a_model_build_is_the_alias_folder_or_none_when_not_built(tmp_path, monkeypatch):
     monkeypatch.setenv("OMNIOPD_CACHE", str(tmp_path))
-    assert signal_probe.student_build("warm:chained") is None  # not built here
-    assert signal_probe.student_build("/some/model/folder") == "/some/model/folder"
+    assert signal_probe.model_build("warm:chained") is None  # not built here: nothing to check against
+    assert signal_probe.model_build("/some/model/folder") == "/some/model/folder"
