@@ -26,6 +26,8 @@ _NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", 
 _THINGS = ["apples", "marbles", "stickers", "books", "coins", "shells", "cards", "pencils", "stamps", "beads"]
 _FRIENDS = ["friends", "classmates", "cousins", "neighbours", "teammates"]
 
+# The same two splits as addition (train / held-out eval, disjoint streams); more training problems because
+# the chained warm student's recipe samples from 2,048 (addition's recipes from 512).
 CHAINED_SIZES = {"train": 2048, "eval": 128}
 BENCHMARK = "builtin-chained"
 

@@ -91,10 +91,11 @@ def test_worked_solutions_run_120_to_220_student_tokens():
     from omniopd import assets
 
     tokenizer = AutoTokenizer.from_pretrained(assets.student_path())
-    lengths = sorted(len(tokenizer.encode(p.solution, add_special_tokens=False))
-                     for p in builtin_task("train", "chained")[:500])
-    assert lengths[0] >= 120 and lengths[-1] <= 220, (lengths[0], lengths[-1])
-    assert 150 <= lengths[len(lengths) // 2] <= 180
+    for split in ("train", "eval"):  # every solution of both splits (about a second)
+        lengths = sorted(len(tokenizer.encode(p.solution, add_special_tokens=False))
+                         for p in builtin_task(split, "chained"))
+        assert lengths[0] >= 120 and lengths[-1] <= 220, (split, lengths[0], lengths[-1])
+        assert 150 <= lengths[len(lengths) // 2] <= 180, split
 
 
 def test_one_config_value_selects_the_task_for_training_and_evaluation():
