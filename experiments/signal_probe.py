@@ -635,7 +635,7 @@ def cell_report(s: Settings, rollouts: dict[str, Any], cont: dict[str, Any], sco
             "hint": cont["hint"], "selection": cont["selection"], "settings": s.rollout_key() | {
                 "num_chunks": s.num_chunks, "num_continuations": n_full, "alpha": s.alpha,
                 "teacher_temperature": s.teacher_temperature},
-            "student_build": rollouts.get("student_build"),
+            "student_build": rollouts.get("student_build"), "teacher_build": cont.get("teacher_build"),
             "rollouts": len(rows), "prompts": len({r["prompt"] for r in rows}),
             "accuracy": rollouts["accuracy"],
             "prompts_with_both": within_auc(np.zeros(len(rows)), labels, [r["prompt"] for r in rows])[1],
@@ -723,7 +723,8 @@ def cell_markdown(rep: dict[str, Any], command: str) -> str:
              + f" at T={s['temperature']}, limit {s['max_new_tokens']} tokens: "
              f"{rep['rollouts']} rollouts on {rep['prompts']} held-out prompts, accuracy {rep['accuracy']:.3f}; "
              f"{rep['prompts_with_both']} prompts have both right and wrong rollouts. Teacher `{rep['teacher_model']}` "
-             f"(hint {rep['hint']}), {rep['selection']} anchors, M={s['num_chunks']}, C={rep['chunk']}, "
+             + (f"(build `{rep['teacher_build']}`, " if rep.get("teacher_build") else "(")
+             + f"hint {rep['hint']}), {rep['selection']} anchors, M={s['num_chunks']}, C={rep['chunk']}, "
              f"N={s['num_continuations']} (N=4: the first 4), α={s['alpha']}: {rep['forks']} forks, "
              f"{rep['forks_complete']} with all N continuations, on {rep.get('rollouts_scored', '?')} rollouts"
              + (f" ({len(rep['fork_errors'])} requests failed, e.g. '{rep['fork_errors'][0]}')"

@@ -210,7 +210,9 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
         for score in ("pi_hat", "k_over_n", "pi_bar", "opd"):
             assert c["auc"][score]["rollout"]["units"] == sum(v is not None for v in
                                                               rep["per_rollout"][f"{name}/{score}"])
-    assert (out / "report-addition-C8-hinted.md").read_text().startswith("# Signal probe")
+    assert rep["student_build"] == rep["teacher_build"] == "smollm2-135m"
+    md = (out / "report-addition-C8-hinted.md").read_text()
+    assert md.startswith("# Signal probe") and "Teacher `smollm2-135m` (build `smollm2-135m`, hint solution)" in md
     assert (out / "summary.md").is_file()
 
     # Delete everything after the two first units and redo it: the same numbers, the early files untouched.
@@ -324,3 +326,10 @@ def test_a_model_build_is_the_alias_folder_or_none_when_not_built(tmp_path, monk
     monkeypatch.setenv("OMNIOPD_CACHE", str(tmp_path))
     assert signal_probe.model_build("warm:chained") is None  # not built here: nothing to check against
     assert signal_probe.model_build("/some/model/folder") == "/some/model/folder"
+    from omniopd import finetune
+
+    built = finetune.output_dir("warm", "chained")  # a finished build, as `finetune build` leaves it
+    built.mkdir(parents=True)
+    (built / "finetune.json").write_text(json.dumps({"recipe": finetune.RECIPES["warm:chained"].key()}))
+    (built / ".complete").write_text("1")
+    assert signal_probe.model_build("warm:chained") == built.name == "warm-chained-v2"
