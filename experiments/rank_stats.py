@@ -11,6 +11,29 @@ from typing import Any
 import numpy as np
 
 
+def _labels(labels: Sequence[Any]) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.dtype != bool and not np.isin(y, (0, 1)).all():  # a 2 would silently count as right
+        raise ValueError(f"labels must be bool or 0/1, got {sorted(set(y.tolist()) - {0, 1})[:3]}")
+    return y.astype(bool)
+
+
+def _scores(scores: Sequence[float], units: int, name: str = "scores") -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) != units:
+        raise ValueError(f"{name}: {len(s)} values for {units} labels")
+    if np.isnan(s).any():  # NaN has no rank: a missing score is left out by the caller, not ranked
+        raise ValueError(f"{name}: {int(np.isnan(s).sum())} NaN (first at unit {int(np.flatnonzero(np.isnan(s))[0])})")
+    return s
+
+
+def _groups(groups: Sequence[Any], units: int) -> np.ndarray:
+    g = np.asarray(groups)
+    if len(g) != units:
+        raise ValueError(f"groups: {len(g)} values for {units} labels")
+    return g
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing their mean rank."""
     order = np.argsort(x, kind="mergesort")
@@ -38,14 +61,16 @@ def _u_pairs(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """P(score of a random positive > score of a random negative) + P(tie)/2; NaN without both classes."""
-    u, pairs = _u_pairs(np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool))
+    y = _labels(labels)
+    u, pairs = _u_pairs(_scores(scores, len(y)), y)
     return u / pairs if pairs else math.nan
 
 
 def within_auc(scores: Sequence[float], labels: Sequence[bool], groups: Sequence[Any]) -> tuple[float, int]:
     """(AUC over positive-negative pairs of the same group only, number of groups with both classes): every
     such pair weighs the same, so a prompt with 2 right and 2 wrong rollouts counts 4 pairs."""
-    s, y, g = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool), np.asarray(groups)
+    y = _labels(labels)
+    s, g = _scores(scores, len(y)), _groups(groups, len(y))
     u_sum = pair_sum = 0.0
     both = 0
     for key in np.unique(g):
@@ -61,7 +86,8 @@ def bootstrap(stat: Callable[[np.ndarray, np.ndarray], float], groups: Sequence[
               seed: int = 0) -> np.ndarray:
     """`reps` values of `stat(index, copy)`, each on a resample of the groups (prompts) with replacement: `index`
     are the units of the drawn groups and `copy[j]` the draw unit `index[j]` came with, so a prompt drawn twice
-    is two groups (a within-prompt statistic never pairs its two copies). NaN replicates are dropped."""
+    is two groups (a within-prompt statistic never pairs its two copies). NaN replicates (a resample without
+    both classes) are dropped: the callers report how many were kept."""
     g = np.asarray(groups)
     keys = np.unique(g)
     members = [np.flatnonzero(g == k) for k in keys]
@@ -84,20 +110,30 @@ def interval(values: np.ndarray) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def mean_with_interval(values, groups, *, reps: int, seed: int = 0) -> dict[str, Any]:
+    """Mean of per-unit values (e.g. 1, 1/2, 0 for won, tied, lost pairs) with its 95% group-bootstrap interval."""
+    v = np.asarray(values, dtype=np.float64)
+    g = _groups(groups, len(v))
+    reps_ = bootstrap(lambda i, _c: float(v[i].mean()) if len(i) else math.nan, g, reps=reps, seed=seed)
+    return {"mean": float(v.mean()) if len(v) else math.nan, "ci": interval(reps_), "replicates": len(reps_)}
+
+
 def auc_with_interval(scores, labels, groups, *, within: bool, reps: int, seed: int = 0) -> dict[str, Any]:
-    s, y, g = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool), np.asarray(groups)
+    y = _labels(labels)
+    s, g = _scores(scores, len(y)), _groups(groups, len(y))
     if within:
         value, both = within_auc(s, y, g)
         reps_ = bootstrap(lambda i, c: within_auc(s[i], y[i], c)[0], g, reps=reps, seed=seed)
-        return {"auc": value, "ci": interval(reps_), "prompts_with_both": both}
+        return {"auc": value, "ci": interval(reps_), "prompts_with_both": both, "replicates": len(reps_)}
     reps_ = bootstrap(lambda i, _c: auc(s[i], y[i]), g, reps=reps, seed=seed)
-    return {"auc": auc(s, y), "ci": interval(reps_)}
+    return {"auc": auc(s, y), "ci": interval(reps_), "replicates": len(reps_)}
 
 
 def paired_difference(a, b, labels, groups, *, within: bool, reps: int, seed: int = 0) -> dict[str, Any]:
-    """AUC(a) − AUC(b) on the same units, and its 95% interval from one prompt resample for both."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    y, g = np.asarray(labels, dtype=bool), np.asarray(groups)
+    """AUC(a) − AUC(b) on the same units, and its 95% interval from one prompt resample for both; `units` are the
+    rollouts compared, and within prompt `prompts_with_both` the prompts that contribute pairs."""
+    y = _labels(labels)
+    a, b, g = _scores(a, len(y), "a"), _scores(b, len(y), "b"), _groups(groups, len(y))
 
     def diff(i: np.ndarray, copy: np.ndarray) -> float:
         if within:
@@ -105,4 +141,8 @@ def paired_difference(a, b, labels, groups, *, within: bool, reps: int, seed: in
         return auc(a[i], y[i]) - auc(b[i], y[i])
 
     full = diff(np.arange(len(y)), g)
-    return {"diff": full, "ci": interval(bootstrap(diff, g, reps=reps, seed=seed)), "units": len(y)}
+    reps_ = bootstrap(diff, g, reps=reps, seed=seed)
+    out = {"diff": full, "ci": interval(reps_), "units": len(y), "replicates": len(reps_)}
+    if within:
+        out["prompts_with_both"] = within_auc(a, y, g)[1]
+    return out

@@ -45,7 +45,7 @@ for _path in (REPO, HERE):  # run as a script from a clone: `omniopd` and its st
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from rank_stats import auc_with_interval, paired_difference, within_auc  # noqa: E402
+from rank_stats import auc_with_interval, mean_with_interval, paired_difference, within_auc  # noqa: E402
 
 PHIS = ("ned", "rouge1", "cosine", "hybrid")
 N_SUBSET = 4  # N=4 is the first 4 of the N continuations
@@ -260,6 +260,16 @@ def check_build(path: Path, made_by: str | None, name: str) -> None:
                          "use another --out (or delete the file to compute it again)")
 
 
+def check_sampling(path: Path, cont: dict[str, Any], s: Settings) -> None:
+    """A continuations file is reused only for the N and M it was sampled with (files written before M was
+    recorded were all sampled at the default M=2)."""
+    made = {"n": cont["n"], "m": cont.get("num_chunks", 2)}
+    asked = {"n": s.num_continuations, "m": s.num_chunks}
+    if made != asked:
+        raise ValueError(f"{path} was sampled with {made}, not {asked}: use another --out (every report also gives "
+                         f"N={N_SUBSET} as the first {N_SUBSET} of N)")
+
+
 def problems_of(s: Settings):
     from omniopd.data import builtin_task
 
@@ -358,7 +368,7 @@ def make_continuations(s: Settings, models: Models, rollouts: dict[str, Any], ch
             f"({time.monotonic() - started:.0f}s)")
     return {"chunk": chunk, "teacher": teacher, "teacher_model": cfg.teacher.model,
             "teacher_build": model_build(cfg.teacher.model), "hint": cfg.teacher.hint,
-            "selection": selection, "n": s.num_continuations, "anchors": anchors.tolist(),
+            "selection": selection, "n": s.num_continuations, "num_chunks": s.num_chunks, "anchors": anchors.tolist(),
             "forks": [{"seq": f.seq, "anchor": f.anchor, "prefix": f.prefix_text, "chunk": f.chunk_text}
                       for f in forks],
             "texts": [r.texts for r in results], "errors": [r.error for r in results],
@@ -534,7 +544,9 @@ def targets(cont: dict[str, Any], phi_values: list[list[float] | None], logprob_
             order.append(i)
     forks = [Fork(forks_all[i]["seq"], forks_all[i]["anchor"], forks_all[i]["prefix"],
                   forks_all[i]["chunk"]) for i in order]
-    texts = [cont["texts"][i][:n] if phi_values[i] is not None else None for i in order]
+    # the first n answered continuations, as `make_scores` scored them (a failed sample is None)
+    texts = [[x for x in cont["texts"][i] if isinstance(x, str)][:n] if phi_values[i] is not None else None
+             for i in order]
     kept = [i for i in order if phi_values[i] is not None]
     phi = torch.tensor([phi_values[i][:n] for i in kept], dtype=torch.float64).reshape(len(kept), n)
     result = score_forks(anchors, forks, texts, old, lambda _s, _t: phi, n=n, alpha=alpha,
@@ -628,7 +640,8 @@ def cell_report(s: Settings, rollouts: dict[str, Any], cont: dict[str, Any], sco
                           "wrong": t.pi_hat[~labels[t.rows]].tolist() if t.rows else []}
             if contrast is not None and phi in contrast_scores:
                 configs[name]["contrast"] = contrast_summary(cont, sc, contrast, contrast_scores[phi], lp_rows, n,
-                                                             s.alpha)
+                                                             s.alpha, prompts=[r["prompt"] for r in rows],
+                                                             reps=s.reps)
     diffs = cell_differences(per_rollout, rows, s.reps)
     return {"cell": cell_name(s.task, cont["chunk"], cont["teacher"], cont["selection"]), "task": s.task,
             "chunk": cont["chunk"], "teacher": cont["teacher"], "teacher_model": cont["teacher_model"],
@@ -674,8 +687,10 @@ def paired_rollouts(a: list[float | None], b: list[float | None], rows: list[dic
             "within": paired_difference(av, bv, y, g, within=True, reps=reps)}
 
 
-def contrast_summary(cont, sc, contrast, csc, lp_rows, n, alpha) -> dict[str, Any]:
-    """Fraction of (true, changed) chunk pairs where π̂, k_sem/N (and π̄) rank the true chunk higher (ties: 1/2).
+def contrast_summary(cont, sc, contrast, csc, lp_rows, n, alpha, *, prompts: Sequence[Any] | None = None,
+                     reps: int = 1000) -> dict[str, Any]:
+    """Fraction of (true, changed) chunk pairs where π̂, k_sem/N (and π̄) rank the true chunk higher (ties: 1/2),
+    π̂'s with a 95% interval resampling the prompts (`prompts[row]`) the pairs come from.
     The changed chunk keeps the fork and its continuations; its φ is of the changed text and its π̄ the
     student's on the changed response, so π̂' = acceptance_target(k_sem', π̄')."""
     import torch
@@ -696,11 +711,17 @@ def contrast_summary(cont, sc, contrast, csc, lp_rows, n, alpha) -> dict[str, An
     ch = acceptance_target(k_changed, bar_changed, n, alpha).numpy()
     ck, cb = (k_changed / n).numpy(), bar_changed.numpy()
 
-    def frac(x, y):
-        return float(np.mean((x > y) + 0.5 * (x == y)))
+    def won(x, y):
+        return (x > y) + 0.5 * (x == y)
 
+    def frac(x, y):
+        return float(np.mean(won(x, y)))
+
+    groups = [prompts[cont["forks"][i]["seq"]] for i in idx] if prompts is not None else list(range(len(idx)))
     return {"pairs": len(pairs), "skipped_no_digit": contrast["skipped_no_digit"],
-            "pi_hat_true_higher": frac(th, ch), "k_over_n_true_higher": frac(tk, ck),
+            "pi_hat_true_higher": frac(th, ch),
+            "pi_hat_true_higher_ci": mean_with_interval(won(th, ch), groups, reps=reps)["ci"],
+            "k_over_n_true_higher": frac(tk, ck),
             "pi_bar_true_higher": frac(tb, cb), "mean_pi_hat_drop": float(np.mean(th - ch)),
             "mean_k_over_n_drop": float(np.mean(tk - ck))}
 
@@ -750,7 +771,9 @@ def cell_markdown(rep: dict[str, Any], command: str) -> str:
         lines.append(f"| {name} | {c['chunks']} | {_fmt(sp.get('mean'))} ± {_fmt(sp.get('std'))} | "
                      f"{_fmt(sp.get('p10'))} / {_fmt(sp.get('p50'))} / {_fmt(sp.get('p90'))} | "
                      f"{_fmt(c['pi_hat_spread_correct'].get('mean'))} / {_fmt(c['pi_hat_spread_wrong'].get('mean'))} "
-                     f"| {ct.get('pairs', '—')} | {_fmt(ct.get('pi_hat_true_higher'))} | "
+                     f"| {ct.get('pairs', '—')} | {_fmt(ct.get('pi_hat_true_higher'))}"
+                     + (" [{}, {}]".format(*(_fmt(x, 2) for x in ct["pi_hat_true_higher_ci"]))
+                        if "pi_hat_true_higher_ci" in ct else "") + " | "
                      f"{_fmt(ct.get('k_over_n_true_higher'))} | {_fmt(ct.get('pi_bar_true_higher'))} |")
     lines += ["", "Paired differences of per-rollout AUC on shared rollouts [95% prompt-bootstrap interval]:", "",
               "| difference | pooled | within prompt |", "|---|---|---|"]
@@ -760,13 +783,17 @@ def cell_markdown(rep: dict[str, Any], command: str) -> str:
     lines += ["", f"Cost: {cost['seconds']:.0f} s of this cell's stages ({json.dumps(cost['stage_seconds'])}), "
               f"{cost['teacher_prompt_tokens']} teacher prompt tokens, {cost['teacher_completion_tokens']} "
               f"teacher completion tokens; rollouts (shared by every cell of the task) "
-              f"{cost['rollout_seconds']:.0f} s.", ""]
+              f"{cost['rollout_seconds']:.0f} s."
+              + (f" {cost['teacher_cached_requests']} of the {cost['teacher_requests']} teacher requests came from an "
+                 "earlier run's reply cache: their time and tokens are not in these figures."
+                 if cost.get("teacher_cached_requests") else ""), ""]
     return "\n".join(lines)
 
 
 def _diff_cell(d: dict[str, Any]) -> str:
     lo, hi = d["ci"]
-    return f"{_fmt(d['diff'])} [{_fmt(lo, 2)}, {_fmt(hi, 2)}] (n={d['units']})"
+    both = f", {d['prompts_with_both']} prompts with both" if "prompts_with_both" in d else ""
+    return f"{_fmt(d['diff'])} [{_fmt(lo, 2)}, {_fmt(hi, 2)}] (n={d['units']}{both})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -781,7 +808,8 @@ def grid_summary(out: Path, reps: int) -> dict[str, Any]:
              "prompt; k_sem/N, π̄ and OPD's Σ log π_T − log π_S per rollout, pooled; contrast = share of "
              "one-digit changes ranked below the true chunk by π̂.", "",
              "| cell | φ / N | rollouts scored / sampled (prompts, both) | acc | π̂ | π̂ within | k_sem/N | π̄ | OPD "
-             "| π̂ std | contrast | teacher tokens | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| π̂ std | contrast | teacher tokens | s | cached requests |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell, rep in reports.items():
         cost = rep["cost"]
         for name, c in rep["configs"].items():
@@ -794,7 +822,8 @@ def grid_summary(out: Path, reps: int) -> dict[str, Any]:
                 f"{_fmt(a['pi_bar']['rollout']['pooled']['auc'])} | "
                 f"{_fmt(a['opd']['rollout']['pooled']['auc']) if 'opd' in a else '—'} | "
                 f"{_fmt(c['pi_hat_spread'].get('std'))} | {_fmt(c.get('contrast', {}).get('pi_hat_true_higher'))} | "
-                f"{cost['teacher_prompt_tokens'] + cost['teacher_completion_tokens']} | {cost['seconds']:.0f} |")
+                f"{cost['teacher_prompt_tokens'] + cost['teacher_completion_tokens']} | {cost['seconds']:.0f} | "
+                f"{cost.get('teacher_cached_requests', '?')} / {cost.get('teacher_requests', '?')} |")
     across = {}
     for cell, rep in reports.items():
         rows = [{"correct": c, "prompt": p} for c, p in zip(rep["labels"], rep["groups"])]
@@ -914,6 +943,7 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
                                partial(make_continuations, s, models, roll, chunk, teacher, selection, log=log),
                                incomplete=failed_requests, derived=derived_units(name))
             check_build(out / f"continuations-{name}.json", cont.get("teacher_build"), cont["teacher_model"])
+            check_sampling(out / f"continuations-{name}.json", cont, s)
             scores = {phi: stages.unit(score_unit(name, phi), partial(make_scores, models, cont, phi))
                       for phi in s.phis}
             teacher_lp = stages.unit(f"teacher-logprobs-{s.task}-{teacher}",
@@ -941,7 +971,9 @@ def run_task(s: Settings, plan: Plan, out: Path, stages: Stages, command: str, l
                                          if teacher_lp else {}),
                                       **({"contrast": contrast["seconds"]} if contrast else {})},
                     "teacher_prompt_tokens": cont["prompt_tokens"],
-                    "teacher_completion_tokens": cont["completion_tokens"]}
+                    "teacher_completion_tokens": cont["completion_tokens"],
+                    # replies an earlier run left in the reply cache: their time and tokens are not in these figures
+                    "teacher_requests": len(cont["forks"]), "teacher_cached_requests": cont.get("cached_requests", 0)}
             cost["seconds"] = round(sum(cost["stage_seconds"].values()), 1)
             rep = cell_report(s, roll, cont, scores, teacher_lp, contrast, contrast_scores, cost)
             rep["labels"] = [r["correct"] for r in roll["rollouts"]]
@@ -966,11 +998,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=tuple(GRID), default="addition")
     p.add_argument("--chunk", type=int, nargs="+", default=None, help="C values (default: the grid's for the task)")
-    p.add_argument("--teacher", choices=TEACHERS, nargs="+", default=["hinted"])
+    p.add_argument("--teacher", choices=TEACHERS, nargs="+", default=None, help="default: hinted")
     p.add_argument("--student", default=None, help="default: warm:<task>")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--rollouts", type=int, default=4, help="rollouts per prompt")
-    p.add_argument("--n", type=int, default=10, help="teacher continuations per chunk (N=4 is their first 4)")
+    p.add_argument("--n", type=int, default=None,
+                   help="teacher continuations per chunk (default 10; --smoke 2); N=4 is their first 4")
     p.add_argument("--m", type=int, default=2, help="chunks per rollout, as many as fit")
     p.add_argument("--temperature", type=float, default=None,
                    help="student sampling (default: 1.0 addition, 0.6 chained)")
@@ -985,10 +1018,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", action="store_true", help="the issue's grid: both tasks, both teachers, every C, "
                    "random anchors at one C per task")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: 2 prompts x 2 rollouts, N=2, HF backend")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: 2 prompts x 2 rollouts, N=2 (unless --n), "
+                   "HF backend")
     p.add_argument("--stop-after", type=int, default=None, help="leave after this many stage units (tests)")
     p.add_argument("--out", default=str(REPO / "experiments" / "results" / "signal"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.grid and (args.chunk or args.teacher or args.student or args.random_at is not None):
+        p.error("--grid chooses the tasks, C values, teachers, students and random anchors itself: "
+                "leave out --chunk, --teacher, --student and --random-at")
+    for flag in ("prompts", "rollouts", "n", "m", "reps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    for flag in ("chunk", "random_at"):
+        if any(c < 1 for c in getattr(args, flag) or []):
+            p.error(f"--{flag.replace('_', '-')} values must be at least 1, got {getattr(args, flag)}")
+    if args.max_new_tokens < 0:
+        p.error(f"--max-new-tokens must be positive (0: the task's default), got {args.max_new_tokens}")
+    args.teacher = args.teacher or ["hinted"]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -997,14 +1044,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "python experiments/signal_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.smoke:
-        args.prompts, args.rollouts, args.n, args.reps = 2, 2, 2, 200
+        args.prompts, args.rollouts, args.n, args.reps = 2, 2, args.n or 2, 200
         args.backend = "hf" if args.backend == "auto" else args.backend
+    args.n = args.n or 10
     jobs = []
     for task in (GRID if args.grid else (args.task,)):
-        chunks = args.chunk if args.chunk and not args.grid else list(GRID[task])
-        random_at = [RANDOM_AT[task]] if args.grid and args.random_at is None else (args.random_at or [])
+        chunks = args.chunk or list(GRID[task])
+        random_at = [RANDOM_AT[task]] if args.grid else (args.random_at or [])
         teachers = list(TEACHERS) if args.grid else args.teacher
-        s = Settings(task=task, student=args.student if args.student and not args.grid else f"warm:{task}",
+        s = Settings(task=task, student=args.student or f"warm:{task}",
                      prompts=args.prompts, rollouts=args.rollouts,
                      temperature=args.temperature,
                      max_new_tokens=args.max_new_tokens, num_chunks=args.m, num_continuations=args.n,

@@ -179,11 +179,12 @@ def _report_core(out: Path) -> dict:
 
 
 def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
-    """The bundled student and the hinted bundled teacher at tiny sizes: stopped after two stage units, resumed,
-    then its later units deleted and redone: same report, and finished files never rewritten."""
+    """The bundled student and the hinted bundled teacher at tiny sizes (N=5, so N=4 is a real subset; random
+    anchors too): stopped after two stage units, resumed, then its later units deleted and redone: same report,
+    and finished files never rewritten."""
     out = tmp_path / "sig"
     args = ["--task", "addition", "--chunk", "8", "--teacher", "hinted", "--student", "smollm2-135m", "--smoke",
-            "--phi", "ned", "rouge1", "--out", str(out)]
+            "--n", "5", "--random-at", "8", "--phi", "ned", "rouge1", "--out", str(out)]
     assert signal_probe.main(args + ["--stop-after", "2"]) == 3
     early = _stage_files(out)
     assert sorted(early) == ["continuations-addition-C8-hinted.json", "rollouts-addition.json"]
@@ -198,12 +199,13 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
     assert roll["student_build"] == "smollm2-135m"
     assert all(len(r["entropy"]) == len(r["logprob"]) == len(r["token_ids"]) for r in roll["rollouts"])
     cont = json.loads((out / "continuations-addition-C8-hinted.json").read_text())
-    assert cont["forks"] and all(len(t) == 2 for t in cont["texts"])  # N=2 each
+    assert cont["forks"] and all(len(t) == 5 for t in cont["texts"])  # N=5 each
     assert cont["teacher_build"] == "smollm2-135m"
     assert cont["completion_tokens"] > 0 and not any(cont["errors"])  # no fork lost to a deadline
     rep = _report_core(out)
     assert rep["fork_errors"] == [] and rep["rollouts_scored"] == len({f["seq"] for f in cont["forks"]})
-    for name in ("ned/N2", "rouge1/N2"):
+    assert set(rep["configs"]) == {"ned/N5", "ned/N4", "rouge1/N5", "rouge1/N4"}
+    for name in rep["configs"]:
         c = rep["configs"][name]
         assert c["chunks"] == len(cont["forks"])
         assert 0 < c["pi_hat_spread"]["min"] <= c["pi_hat_spread"]["max"] < 1  # α=1: π̂ ∈ (0, 1)
@@ -214,6 +216,12 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
     md = (out / "report-addition-C8-hinted.md").read_text()
     assert md.startswith("# Signal probe") and "Teacher `smollm2-135m` (build `smollm2-135m`, hint solution)" in md
     assert (out / "summary.md").is_file()
+    random = json.loads((out / "report-addition-C8-hinted-random.json").read_text())
+    assert random["selection"] == "random" and random["forks_complete"] == random["forks"] > 0
+    assert "ned/N4" in random["configs"] and "contrast" not in random["configs"]["ned/N4"]  # contrast: entropy only
+    summary = json.loads((out / "summary.json").read_text())
+    diff = summary["across"]["addition-C8-hinted-random - addition-C8-hinted"]
+    assert 0 < diff["pooled"]["units"] <= 4 and "prompts_with_both" in diff["within"]
 
     # Delete everything after the two first units and redo it: the same numbers, the early files untouched.
     for p in out.glob("*.json"):
@@ -333,3 +341,87 @@ def test_a_model_build_is_the_alias_folder_or_none_when_not_built(tmp_path, monk
     (built / "finetune.json").write_text(json.dumps({"recipe": finetune.RECIPES["warm:chained"].key()}))
     (built / ".complete").write_text("1")
     assert signal_probe.model_build("warm:chained") == built.name == "warm-chained-v2"
+
+
+@pytest.mark.parametrize("call", [
+    lambda: rank_stats.auc([0.1, math.nan, 0.3], [1, 0, 1]),
+    lambda: rank_stats.within_auc([0.1, 0.2], [1, 0], [0]),
+    lambda: rank_stats.auc([0.1, 0.2], [1, 2]),
+    lambda: rank_stats.auc([0.1, 0.2, 0.3], [1, 0]),
+    lambda: rank_stats.paired_difference([0.1, 0.2], [0.3, math.nan], [1, 0], [0, 0], within=False, reps=10),
+])
+def test_input_that_would_give_a_silently_wrong_auc_is_refused(call):
+    with pytest.raises(ValueError, match="NaN|labels must be|values for"):
+        call()
+
+
+def test_mean_with_interval_resamples_prompts():
+    # Prompt 0 won both pairs, prompt 1 lost its one: the mean is over pairs, the interval over prompt draws.
+    got = rank_stats.mean_with_interval([1.0, 1.0, 0.0], [0, 0, 1], reps=400)
+    assert got["mean"] == pytest.approx(2 / 3) and got["replicates"] == 400
+    lo, hi = got["ci"]
+    assert lo == 0.0 and hi == 1.0  # a draw of prompt 1 twice gives 0, of prompt 0 twice gives 1
+    assert rank_stats.mean_with_interval([0.5] * 4, [0, 1, 2, 3], reps=50)["ci"] == [0.5, 0.5]
+
+
+def test_within_differences_name_the_prompts_that_contribute():
+    d = rank_stats.paired_difference([0.9, 0.1, 0.5, 0.4], [0.1, 0.9, 0.5, 0.4], [1, 0, 1, 1], [0, 0, 1, 1],
+                                     within=True, reps=20)
+    assert d["diff"] == 1.0 and d["units"] == 4 and d["prompts_with_both"] == 1
+
+
+def test_targets_skip_a_failed_sample_the_way_the_scores_did():
+    """A None sample (a failed row) among the first n: φ was computed on the first n answered texts, and π̂ must
+    be too (N=3 sampled, n=2 scored: the subset path) — by hand, π̂ = (Σφ + α·π̄) / (n + α)."""
+    cont = {"chunk": 2, "n": 3, "forks": [{"seq": 0, "anchor": 0, "prefix": "", "chunk": "12"},
+                                          {"seq": 1, "anchor": 0, "prefix": "", "chunk": "34"}],
+            "texts": [["a", None, "b", "c"], ["d", "e", "f"]]}
+    phi = [[1.0, 0.5], [0.2, 0.4]]  # what make_scores gives for the first 2 answered texts of each
+    lp_rows = [[-0.2, -0.4], [-1.0, -1.0]]
+    t = signal_probe.targets(cont, phi, lp_rows, 2, 1.0)
+    bar = [math.exp(-0.3), math.exp(-1.0)]
+    assert t.kept == [0, 1] and t.rows == [0, 1]
+    np.testing.assert_allclose(t.pi_hat, [(1.5 + bar[0]) / 3, (0.6 + bar[1]) / 3], rtol=1e-12)
+    np.testing.assert_allclose(t.k_over_n, [0.75, 0.3], rtol=1e-12)
+
+
+def test_contrast_fraction_has_a_prompt_interval():
+    lp_rows = [[-0.1, -0.3], [-0.5, -0.5], [-0.2, -0.2]]
+    cont = {"chunk": 2, "n": 2, "forks": [{"seq": i, "anchor": 0, "prefix": "", "chunk": c}
+                                          for i, c in enumerate(["12", "34", "56"])],
+            "texts": [["a", "b"], ["c", "d"], ["e", "f"]]}
+    sc = {"values": [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]}
+    contrast = {"pairs": [{"fork": i, "chunk": "99", "pi_bar": 0.5} for i in range(3)], "skipped_no_digit": 0}
+    csc = {"values": [[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]}  # rollouts 0 and 1 (prompt 0) win, rollout 2 loses
+    got = signal_probe.contrast_summary(cont, sc, contrast, csc, lp_rows, 2, 1.0, prompts=[0, 0, 1], reps=300)
+    assert got["pi_hat_true_higher"] == pytest.approx(2 / 3)
+    assert got["pi_hat_true_higher_ci"] == [0.0, 1.0]
+
+
+def test_continuations_are_reused_only_for_the_n_and_m_they_were_sampled_with(tmp_path):
+    s = signal_probe.Settings(task="addition", student="smollm2-135m", num_continuations=10, num_chunks=2)
+    path = tmp_path / "continuations-addition-C8-hinted.json"
+    signal_probe.check_sampling(path, {"n": 10, "num_chunks": 2}, s)
+    signal_probe.check_sampling(path, {"n": 10}, s)  # written before M was recorded: the default M=2
+    with pytest.raises(ValueError, match=r"sampled with \{'n': 10, 'm': 2\}, not \{'n': 4, 'm': 2\}.*"
+                                         r"N=4 as the first 4"):
+        signal_probe.check_sampling(path, {"n": 10}, signal_probe.Settings(task="addition", student="x",
+                                                                           num_continuations=4))
+    with pytest.raises(ValueError, match=r"'m': 1"):
+        signal_probe.check_sampling(path, {"n": 10, "num_chunks": 1}, s)
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--grid", "--chunk", "16"], "leave out --chunk"),
+    (["--grid", "--teacher", "trained"], "leave out"),
+    (["--n", "0"], "--n must be at least 1"),
+    (["--m", "-1"], "--m must be at least 1"),
+    (["--chunk", "8", "0"], "--chunk values must be at least 1"),
+    (["--random-at", "-4"], "--random-at values must be at least 1"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens must be positive"),
+])
+def test_bad_flags_are_refused_before_anything_runs(argv, culprit, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        signal_probe.main(argv + ["--out", str(tmp_path / "sig")])
+    assert e.value.code == 2 and culprit in capsys.readouterr().err
+    assert not (tmp_path / "sig").exists()
