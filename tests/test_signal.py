@@ -233,6 +233,16 @@ def test_tiny_real_run_resumes_without_redoing_finished_units(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert os.path.getsize(out / "teacher_cache.sqlite") > 0
 
+    # Stopped at every stage boundary in turn (one unit per run, the reply cache kept): the same report.
+    for path in out.glob("*.json"):
+        if path.name not in early:
+            path.unlink()
+    runs = 0
+    while signal_probe.main(args + ["--stop-after", "1"]) == 3:
+        runs += 1
+        assert runs < 20, "a stopped run made no progress"
+    assert runs == 8 and _report_core(out) == rep  # 9 units: random continuations, log-probs, contrast, 2φ × 3 scores
+
     # A continuations file that recorded a failed request is asked again, and what was scored on it redone.
     cont_path = out / "continuations-addition-C8-hinted.json"
     broken = json.loads(cont_path.read_text())
