@@ -19,7 +19,7 @@ Resumable: every stage unit is one file under `--out`, written atomically (tempo
 loads what exists and computes only the rest; the local teacher's reply cache (`teacher_cache.sqlite`) keeps the
 continuations already sampled inside an interrupted unit (they are sampled in slices of 64 requests, so a stop
 loses at most one slice). Reports, the grid summary and the plots are recomputed from the stage files on every run
-(seconds).
+(1–2 min a cell: the bootstrap).
 """
 
 from __future__ import annotations
