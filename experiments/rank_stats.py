@@ -62,7 +62,12 @@ def _u_pairs(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """P(score of a random positive > score of a random negative) + P(tie)/2; NaN without both classes."""
     y = _labels(labels)
-    u, pairs = _u_pairs(_scores(scores, len(y)), y)
+    return _auc(_scores(scores, len(y)), y)
+
+
+def _auc(s: np.ndarray, y: np.ndarray) -> float:
+    """`auc` on arrays already checked (the bootstrap's replicates of checked inputs)."""
+    u, pairs = _u_pairs(s, y)
     return u / pairs if pairs else math.nan
 
 
@@ -70,7 +75,11 @@ def within_auc(scores: Sequence[float], labels: Sequence[bool], groups: Sequence
     """(AUC over positive-negative pairs of the same group only, number of groups with both classes): every
     such pair weighs the same, so a prompt with 2 right and 2 wrong rollouts counts 4 pairs."""
     y = _labels(labels)
-    s, g = _scores(scores, len(y)), _groups(groups, len(y))
+    return _within_auc(_scores(scores, len(y)), y, _groups(groups, len(y)))
+
+
+def _within_auc(s: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[float, int]:
+    """`within_auc` on arrays already checked."""
     u_sum = pair_sum = 0.0
     both = 0
     for key in np.unique(g):
@@ -122,11 +131,11 @@ def auc_with_interval(scores, labels, groups, *, within: bool, reps: int, seed: 
     y = _labels(labels)
     s, g = _scores(scores, len(y)), _groups(groups, len(y))
     if within:
-        value, both = within_auc(s, y, g)
-        reps_ = bootstrap(lambda i, c: within_auc(s[i], y[i], c)[0], g, reps=reps, seed=seed)
+        value, both = _within_auc(s, y, g)
+        reps_ = bootstrap(lambda i, c: _within_auc(s[i], y[i], c)[0], g, reps=reps, seed=seed)
         return {"auc": value, "ci": interval(reps_), "prompts_with_both": both, "replicates": len(reps_)}
-    reps_ = bootstrap(lambda i, _c: auc(s[i], y[i]), g, reps=reps, seed=seed)
-    return {"auc": auc(s, y), "ci": interval(reps_), "replicates": len(reps_)}
+    reps_ = bootstrap(lambda i, _c: _auc(s[i], y[i]), g, reps=reps, seed=seed)
+    return {"auc": _auc(s, y), "ci": interval(reps_), "replicates": len(reps_)}
 
 
 def paired_difference(a, b, labels, groups, *, within: bool, reps: int, seed: int = 0) -> dict[str, Any]:
@@ -137,12 +146,12 @@ def paired_difference(a, b, labels, groups, *, within: bool, reps: int, seed: in
 
     def diff(i: np.ndarray, copy: np.ndarray) -> float:
         if within:
-            return within_auc(a[i], y[i], copy)[0] - within_auc(b[i], y[i], copy)[0]
-        return auc(a[i], y[i]) - auc(b[i], y[i])
+            return _within_auc(a[i], y[i], copy)[0] - _within_auc(b[i], y[i], copy)[0]
+        return _auc(a[i], y[i]) - _auc(b[i], y[i])
 
     full = diff(np.arange(len(y)), g)
     reps_ = bootstrap(diff, g, reps=reps, seed=seed)
     out = {"diff": full, "ci": interval(reps_), "units": len(y), "replicates": len(reps_)}
     if within:
-        out["prompts_with_both"] = within_auc(a, y, g)[1]
+        out["prompts_with_both"] = _within_auc(a, y, g)[1]
     return out

@@ -405,6 +405,11 @@ def complete(texts: list[str | None] | None, n: int) -> bool:
     return texts is not None and sum(isinstance(x, str) for x in texts) >= n
 
 
+def answered(texts: list[str | None], n: int) -> list[str]:
+    """The first n continuations the teacher answered (a failed sample is None): what φ and π̂ are computed on."""
+    return [x for x in texts if isinstance(x, str)][:n]
+
+
 def make_scores(models: Models, cont: dict[str, Any], phi: str, chunks: list[str] | None = None) -> dict[str, Any]:
     """φ(chunk, r_n) for every fork with all N continuations (None for the others), in one batched call."""
     n = cont["n"]
@@ -413,7 +418,7 @@ def make_scores(models: Models, cont: dict[str, Any], phi: str, chunks: list[str
     out: list[list[float] | None] = [None] * len(chunks)
     if keep:
         values = models.similarity(phi)([chunks[i] for i in keep],
-                                        [[x for x in cont["texts"][i] if isinstance(x, str)][:n] for i in keep])
+                                        [answered(cont["texts"][i], n) for i in keep])
         for i, row in zip(keep, values.double().tolist()):
             out[i] = row
     return {"phi": phi, "values": out}
@@ -544,9 +549,7 @@ def targets(cont: dict[str, Any], phi_values: list[list[float] | None], logprob_
             order.append(i)
     forks = [Fork(forks_all[i]["seq"], forks_all[i]["anchor"], forks_all[i]["prefix"],
                   forks_all[i]["chunk"]) for i in order]
-    # the first n answered continuations, as `make_scores` scored them (a failed sample is None)
-    texts = [[x for x in cont["texts"][i] if isinstance(x, str)][:n] if phi_values[i] is not None else None
-             for i in order]
+    texts = [answered(cont["texts"][i], n) if phi_values[i] is not None else None for i in order]
     kept = [i for i in order if phi_values[i] is not None]
     phi = torch.tensor([phi_values[i][:n] for i in kept], dtype=torch.float64).reshape(len(kept), n)
     result = score_forks(anchors, forks, texts, old, lambda _s, _t: phi, n=n, alpha=alpha,
